@@ -1,0 +1,42 @@
+//! The service's one error type. `api::status` maps every variant to a gRPC status in a
+//! single exhaustive match, so a new variant forces a decision about its code.
+
+use thiserror::Error;
+
+use crate::core::PermitError;
+use crate::store::StoreError;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("account_id {0}")]
+    InvalidAccountId(&'static str),
+    #[error("permit_id is not valid for account {account}: {source}")]
+    InvalidPermit {
+        account: String,
+        #[source]
+        source: PermitError,
+    },
+    #[error("{field} is required")]
+    MissingField { field: &'static str },
+    #[error("{field} must be at most {max} bytes")]
+    FieldTooLong { field: &'static str, max: usize },
+    #[error("{field} must be one of {allowed}")]
+    InvalidEnum {
+        field: &'static str,
+        allowed: &'static str,
+    },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the registry holds its maximum of {max} accounts; no breaker can be created for a new account")]
+    AccountLimit { max: usize },
+    #[error("account {0} has no breaker yet; one is created, CLOSED, on its first CheckTrade")]
+    UnknownAccount(String),
+    #[error("events after sequence {after} are no longer retained (oldest retained: {oldest}); re-read the snapshot by watching without after_sequence")]
+    HistoryExpired { after: u64, oldest: u64 },
+    #[error("after_sequence {after} is ahead of the latest sequence {latest}: the server's history does not include it; re-read the snapshot by watching without after_sequence")]
+    HistoryAhead { after: u64, latest: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

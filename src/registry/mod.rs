@@ -1,0 +1,373 @@
+//! The registry: every account's breaker, and everything around the pure core that a running
+//! service needs.
+//!
+//! Owns: account lookup and creation (bounded by `max_accounts`), locking (a fixed set of
+//! shards, each a mutex over a map, so a check locks one shard and nothing global), the clock,
+//! turning transitions into sequenced events, scheduling breaker deadlines, and handing changes
+//! to the store and waiting until they are durable. It must not decide breaker semantics (the
+//! core does) nor speak gRPC (the api layer does).
+//!
+//! A `CheckTrade` in CLOSED locks one shard, reads the clock, issues a permit and returns: it
+//! creates no event, submits nothing to the store and never waits.
+
+mod account_id;
+mod deadlines;
+mod events;
+mod operations;
+mod reasons;
+mod view;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use hashbrown::HashMap as FastMap;
+
+use crate::clock::Clock;
+use crate::core::{permit, Breaker, Settings, State, Timestamp, Transitions};
+use crate::error::{Error, Result};
+use crate::store::{Batch, Commit, Store, StoredBreaker};
+
+pub use account_id::{validate as validate_account_id, MAX_ACCOUNT_ID_LEN};
+pub use events::{Event, OperatorAction};
+pub use operations::{CheckResult, ReportResult};
+pub use reasons::human as human_duration;
+pub use view::{BreakerView, ProbeView};
+
+use deadlines::DeadlineQueue;
+use events::{EventLog, Feed};
+
+/// Shards of the account map. A power of two well above the core count, so that concurrent
+/// checks of different accounts rarely meet on one lock.
+const SHARDS: usize = 256;
+
+/// What the registry is built with (from configuration).
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    pub defaults: Settings,
+    /// Per-account settings that replace the defaults for that account.
+    pub overrides: HashMap<String, Settings>,
+    pub max_accounts: usize,
+    /// Events kept for watchers that resume with `after_sequence`.
+    pub retained_events: usize,
+    /// Events a live watcher may fall behind by before it is ended.
+    pub subscriber_buffer: usize,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            defaults: Settings::default(),
+            overrides: HashMap::new(),
+            max_accounts: 100_000,
+            retained_events: 10_000,
+            subscriber_buffer: 1_024,
+        }
+    }
+}
+
+/// One account's entry.
+struct Slot {
+    breaker: Breaker,
+    /// The settings in force for this account, shared with every account that has the same.
+    settings: Arc<Settings>,
+    /// The sequence of this breaker's last event, so watchers can tell what a snapshot reflects.
+    last_sequence: u64,
+    /// The deadline queued for this breaker, so a breaker is queued once, not on every change.
+    scheduled: Option<Timestamp>,
+}
+
+type Shard = FastMap<Box<str>, Slot>;
+
+pub struct Registry {
+    shards: Box<[Mutex<Shard>]>,
+    defaults: Arc<Settings>,
+    overrides: HashMap<String, Arc<Settings>>,
+    max_accounts: usize,
+    /// Accounts in all shards; changed only when an account is created.
+    accounts: AtomicUsize,
+    events: EventLog,
+    deadlines: DeadlineQueue,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Where a watcher starts: an optional snapshot, then the feed of events.
+pub struct Subscription {
+    /// The current state of the watched breakers; `None` when resuming.
+    pub snapshot: Option<Vec<BreakerView>>,
+    /// Events to replay when resuming, oldest first.
+    pub replay: Vec<Arc<Event>>,
+    pub live: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    /// The snapshot (or resume point) reflects every event up to this sequence.
+    pub as_of: u64,
+}
+
+impl Registry {
+    /// Builds the registry from what `store` holds. Call before serving.
+    pub fn open(
+        options: RegistryOptions,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let recovered = store.load()?;
+        let registry = Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            defaults: Arc::new(options.defaults),
+            overrides: options
+                .overrides
+                .into_iter()
+                .map(|(account, settings)| (account, Arc::new(settings)))
+                .collect(),
+            max_accounts: options.max_accounts,
+            accounts: AtomicUsize::new(0),
+            events: EventLog::new(options.retained_events, options.subscriber_buffer),
+            deadlines: DeadlineQueue::default(),
+            store,
+            clock,
+        };
+        registry
+            .events
+            .restore(recovered.events, recovered.last_sequence);
+        for stored in recovered.breakers {
+            let account_id = stored.account_id;
+            let mut slot = Slot {
+                breaker: Breaker::from_record(&stored.record),
+                settings: registry.settings_for(&account_id),
+                last_sequence: stored.last_sequence,
+                scheduled: None,
+            };
+            registry.schedule(&account_id, &mut slot);
+            let mut shard = registry.shard(&account_id);
+            if shard.insert(account_id.into_boxed_str(), slot).is_none() {
+                registry.accounts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(registry)
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    pub fn last_sequence(&self) -> u64 {
+        self.events.last_sequence()
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.accounts.load(Ordering::Relaxed)
+    }
+
+    /// The full view of one breaker.
+    pub fn get(&self, account_id: &str) -> Result<BreakerView> {
+        validate_account_id(account_id)?;
+        let now = self.clock.now();
+        let shard = self.shard(account_id);
+        let slot = shard
+            .get(account_id)
+            .ok_or_else(|| Error::UnknownAccount(account_id.to_owned()))?;
+        Ok(slot.view(account_id, now))
+    }
+
+    /// Breakers ordered by account id, after `after` (exclusive), at most `limit`, optionally
+    /// only those in `state`. Returns the page and whether more follow.
+    pub fn list(
+        &self,
+        state: Option<State>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<BreakerView>, bool) {
+        let now = self.clock.now();
+        let mut views = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            views.extend(
+                shard
+                    .iter()
+                    .filter(|(id, _)| after.is_none_or(|after| id.as_ref() > after))
+                    .filter(|(_, slot)| state.is_none_or(|s| slot.breaker.state() == s))
+                    .map(|(id, slot)| slot.view(id, now)),
+            );
+        }
+        views.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
+        let more = views.len() > limit;
+        views.truncate(limit);
+        (views, more)
+    }
+
+    /// Starts following events: with `after` (resume), the retained events after it; without,
+    /// a snapshot of the watched breakers (all when `accounts` is empty).
+    pub fn subscribe(&self, accounts: &[String], after: Option<u64>) -> Result<Subscription> {
+        for account_id in accounts {
+            validate_account_id(account_id)?;
+        }
+        // Subscribe first: every event after `as_of` reaches the feed, and the snapshot read
+        // afterwards is at least as new as `as_of`.
+        let Feed {
+            replay,
+            live,
+            as_of,
+        } = self.events.subscribe(after)?;
+        let snapshot = after.is_none().then(|| {
+            let now = self.clock.now();
+            if accounts.is_empty() {
+                let (views, _) = self.list(None, None, usize::MAX);
+                views
+            } else {
+                accounts
+                    .iter()
+                    .filter_map(|id| self.shard(id).get(id.as_str()).map(|s| s.view(id, now)))
+                    .collect()
+            }
+        });
+        Ok(Subscription {
+            snapshot,
+            replay,
+            live,
+            as_of,
+        })
+    }
+
+    /// Runs the deadline timer until `shutdown` resolves: ticks every breaker whose deadline
+    /// has come, so time-driven transitions happen on time with no traffic.
+    pub async fn run_deadlines(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let changed = self.deadlines.changed();
+            tokio::pin!(changed);
+            let wait = self
+                .deadlines
+                .earliest()
+                .map(|at| at.saturating_duration_since(self.clock.now()));
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(wait.unwrap_or(std::time::Duration::from_secs(3600))), if wait.is_some() => {}
+            }
+            self.fire_due(self.clock.now()).await;
+        }
+    }
+
+    /// Ticks every breaker with a deadline at or before `now`.
+    pub async fn fire_due(&self, now: Timestamp) {
+        for (due, account_id) in self.deadlines.pop_due(now) {
+            let commit = {
+                let mut shard = self.shard(&account_id);
+                let Some(slot) = shard.get_mut(account_id.as_ref()) else {
+                    continue;
+                };
+                if slot.scheduled == Some(due) {
+                    slot.scheduled = None;
+                }
+                let now = self.clock.now();
+                let transitions = slot.breaker.tick(&slot.settings, now);
+                let commit = self.after_change(&account_id, slot, transitions, false, None);
+                self.schedule(&account_id, slot);
+                commit
+            };
+            if let Some(commit) = commit {
+                if let Err(error) = commit.durable().await {
+                    tracing::error!(account_id = %account_id, %error, "a timed transition could not be stored");
+                }
+            }
+        }
+    }
+
+    fn settings_for(&self, account_id: &str) -> Arc<Settings> {
+        self.overrides
+            .get(account_id)
+            .unwrap_or(&self.defaults)
+            .clone()
+    }
+
+    fn shard(&self, account_id: &str) -> MutexGuard<'_, Shard> {
+        let tag = permit::account_tag(account_id);
+        let index = ((tag >> 32) ^ tag) as usize & (SHARDS - 1);
+        lock(&self.shards[index])
+    }
+
+    /// Counts a new account in, unless the registry is full.
+    fn reserve_account(&self) -> Result<()> {
+        self.accounts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_accounts).then_some(n + 1)
+            })
+            .map(drop)
+            .map_err(|_| Error::AccountLimit {
+                max: self.max_accounts,
+            })
+    }
+
+    /// Turns what an operation changed into events, a queued deadline and a store batch.
+    /// Called with the account's shard lock held, which keeps sequence order and per-account
+    /// order the same. Returns `None` when nothing needs storing.
+    fn after_change(
+        &self,
+        account_id: &str,
+        slot: &mut Slot,
+        transitions: Transitions,
+        persist: bool,
+        operator: Option<&OperatorAction>,
+    ) -> Option<Commit> {
+        if transitions.is_empty() && !persist {
+            return None;
+        }
+        let events: Vec<_> = transitions
+            .iter()
+            .map(|t| {
+                let event = self.events.append(|sequence| Event {
+                    sequence,
+                    account_id: account_id.to_owned(),
+                    from: t.from,
+                    to: t.to,
+                    cause: t.cause,
+                    reason: reasons::transition(&t, &slot.settings, operator),
+                    failure_count: t.failure_count,
+                    at: t.at,
+                    generation: t.generation,
+                    recovery_at: t.recovery_at,
+                    operator: operator.cloned(),
+                });
+                slot.last_sequence = event.sequence;
+                event
+            })
+            .collect();
+        self.schedule(account_id, slot);
+        Some(self.store.submit(Batch {
+            breaker: Some(StoredBreaker {
+                account_id: account_id.to_owned(),
+                record: slot.breaker.to_record(),
+                last_sequence: slot.last_sequence,
+            }),
+            events,
+        }))
+    }
+
+    /// Queues the breaker's next deadline unless an earlier one is already queued.
+    fn schedule(&self, account_id: &str, slot: &mut Slot) {
+        if let Some(deadline) = slot.breaker.next_deadline() {
+            if slot.scheduled.is_none_or(|queued| deadline < queued) {
+                slot.scheduled = Some(deadline);
+                self.deadlines.push(deadline, account_id);
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn view(&self, account_id: &str, now: Timestamp) -> BreakerView {
+        BreakerView::of(
+            account_id,
+            &self.breaker,
+            &self.settings,
+            self.last_sequence,
+            now,
+        )
+    }
+}
+
+/// A poisoned shard still holds consistent breakers (the core never panics half-way through a
+/// change it has not finished computing), so it is used rather than taking the service down.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
