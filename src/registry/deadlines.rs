@@ -13,9 +13,12 @@ use tokio::sync::Notify;
 
 use crate::core::Timestamp;
 
+/// A breaker's deadline: when, and whose.
+type Deadline = (Timestamp, Box<str>);
+
 #[derive(Default)]
 pub(crate) struct DeadlineQueue {
-    heap: Mutex<BinaryHeap<Reverse<(Timestamp, Box<str>)>>>,
+    heap: Mutex<BinaryHeap<Reverse<Deadline>>>,
     /// Woken when a deadline earlier than every queued one arrives.
     earlier: Notify,
 }
@@ -37,7 +40,7 @@ impl DeadlineQueue {
     }
 
     /// Removes and returns every entry due at `now`.
-    pub fn pop_due(&self, now: Timestamp) -> Vec<(Timestamp, Box<str>)> {
+    pub fn pop_due(&self, now: Timestamp) -> Vec<Deadline> {
         let mut heap = self.heap.lock().unwrap_or_else(PoisonError::into_inner);
         let mut due = Vec::new();
         while heap.peek().is_some_and(|Reverse((t, _))| *t <= now) {

@@ -74,7 +74,7 @@ pub fn human(duration: Duration) -> String {
         format!("{millis}ms")
     } else if secs < 60 {
         let tenths = millis / 100;
-        if tenths % 10 == 0 {
+        if tenths.is_multiple_of(10) {
             format!("{secs}s")
         } else {
             format!("{}.{}s", tenths / 10, tenths % 10)

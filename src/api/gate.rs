@@ -1,0 +1,47 @@
+//! `riskgate.v1.GateService`: validate, delegate to the registry, convert.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::proto::gate_service_server::GateService;
+use crate::proto::{
+    CheckTradeRequest, CheckTradeResponse, ReportOutcomeRequest, ReportOutcomeResponse,
+};
+use crate::registry::Registry;
+
+pub struct Gate {
+    registry: Arc<Registry>,
+}
+
+impl Gate {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Gate { registry }
+    }
+}
+
+#[tonic::async_trait]
+impl GateService for Gate {
+    async fn check_trade(
+        &self,
+        request: Request<CheckTradeRequest>,
+    ) -> Result<Response<CheckTradeResponse>, Status> {
+        let request = request.into_inner();
+        let result = self.registry.check(&request.account_id).await?;
+        Ok(Response::new(convert::check_response(result)))
+    }
+
+    async fn report_outcome(
+        &self,
+        request: Request<ReportOutcomeRequest>,
+    ) -> Result<Response<ReportOutcomeResponse>, Status> {
+        let request = request.into_inner();
+        let outcome = convert::outcome(request.outcome)?;
+        let result = self
+            .registry
+            .report(&request.account_id, &request.permit_id, outcome)
+            .await?;
+        Ok(Response::new(convert::report_response(result)))
+    }
+}

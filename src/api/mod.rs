@@ -1,0 +1,16 @@
+//! The wire layer: the three gRPC services, thin handlers over the registry.
+//!
+//! Handlers validate what only the wire knows (enum values, page tokens), delegate to the
+//! registry and convert the answer. Errors become statuses in exactly one place (`status`).
+
+mod admin;
+pub mod convert;
+mod gate;
+mod monitor;
+mod status;
+mod watch;
+
+pub use admin::Admin;
+pub use gate::Gate;
+pub use monitor::Monitor;
+pub use watch::WatchOptions;

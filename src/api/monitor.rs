@@ -1,0 +1,93 @@
+//! `riskgate.v1.MonitorService`: read breakers and follow their changes.
+
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{convert, watch};
+use crate::error::Error;
+use crate::proto::monitor_service_server::MonitorService;
+use crate::proto::{
+    GetBreakerRequest, GetBreakerResponse, ListBreakersRequest, ListBreakersResponse,
+    WatchEventsRequest, WatchEventsResponse,
+};
+use crate::registry::{validate_account_id, Registry};
+
+const DEFAULT_PAGE_SIZE: usize = 1_000;
+const MAX_PAGE_SIZE: usize = 10_000;
+
+pub struct Monitor {
+    registry: Arc<Registry>,
+    watch: watch::WatchOptions,
+}
+
+impl Monitor {
+    pub fn new(registry: Arc<Registry>, watch: watch::WatchOptions) -> Self {
+        Monitor { registry, watch }
+    }
+}
+
+#[tonic::async_trait]
+impl MonitorService for Monitor {
+    async fn get_breaker(
+        &self,
+        request: Request<GetBreakerRequest>,
+    ) -> Result<Response<GetBreakerResponse>, Status> {
+        let view = self.registry.get(&request.into_inner().account_id)?;
+        Ok(Response::new(GetBreakerResponse {
+            breaker: Some(convert::breaker(view)),
+        }))
+    }
+
+    async fn list_breakers(
+        &self,
+        request: Request<ListBreakersRequest>,
+    ) -> Result<Response<ListBreakersResponse>, Status> {
+        let request = request.into_inner();
+        let state = convert::state_filter(request.state)?;
+        // The token is the last account id of the previous page.
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => {
+                validate_account_id(token).map_err(|_| {
+                    Error::InvalidArgument("page_token is not one this server issued".into())
+                })?;
+                Some(token)
+            }
+        };
+        let limit = match request.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let (views, more) = self.registry.list(state, after, limit);
+        let next_page_token = match (more, views.last()) {
+            (true, Some(last)) => last.account_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListBreakersResponse {
+            breakers: views.into_iter().map(convert::breaker).collect(),
+            next_page_token,
+            total_breakers: self.registry.account_count() as u64,
+        }))
+    }
+
+    type WatchEventsStream = ReceiverStream<Result<WatchEventsResponse, Status>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let request = request.into_inner();
+        let subscription = self
+            .registry
+            .subscribe(&request.account_ids, request.after_sequence)?;
+        let stream = watch::start(
+            self.registry.clone(),
+            subscription,
+            request.account_ids,
+            self.watch.clone(),
+        );
+        Ok(Response::new(stream))
+    }
+}

@@ -1,0 +1,27 @@
+//! The one mapping from the service's errors to gRPC statuses. Exhaustive on purpose: a new
+//! error variant does not compile until it is given a code here.
+
+use tonic::Status;
+
+use crate::error::Error;
+use crate::store::StoreError;
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::InvalidAccountId(_)
+            | Error::InvalidPermit { .. }
+            | Error::MissingField { .. }
+            | Error::FieldTooLong { .. }
+            | Error::InvalidEnum { .. }
+            | Error::InvalidArgument(_) => Status::invalid_argument(message),
+            Error::AccountLimit { .. } => Status::resource_exhausted(message),
+            Error::UnknownAccount(_) => Status::not_found(message),
+            Error::HistoryExpired { .. } | Error::HistoryAhead { .. } => {
+                Status::out_of_range(message)
+            }
+            Error::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
+        }
+    }
+}

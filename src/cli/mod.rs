@@ -1,0 +1,165 @@
+//! The `riskgate` command line: `serve` runs the service; the other commands talk to a running
+//! server over gRPC, as an operator would.
+
+mod remote;
+mod render;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError, LogFormat};
+use crate::server::{self, ServeError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "riskgate",
+    version,
+    about = "One circuit breaker per trading account, as a gRPC service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (without --config: 127.0.0.1:50051 and the built-in defaults).
+    Serve {
+        /// A TOML file overriding the built-in configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log format; overrides [log] format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Show all breakers as a table, or one breaker in full.
+    Status {
+        account: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Follow state changes, one line each, until Ctrl-C; reconnects and resumes.
+    Watch {
+        /// Only these accounts (all when none are given).
+        accounts: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Close a breaker and clear its counters.
+    Reset {
+        account: String,
+        #[command(flatten)]
+        action: ActionArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Open a breaker and hold it open until it is reset.
+    Trip {
+        account: String,
+        #[command(flatten)]
+        action: ActionArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The riskgate server.
+    #[arg(long, env = "RISKGATE_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    /// Why (recorded with the event).
+    #[arg(long)]
+    pub reason: String,
+    /// Who acts (default: $USER).
+    #[arg(long, env = "USER", default_value = "cli")]
+    pub operator: String,
+}
+
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Logging(String),
+    #[error("{0}")]
+    Serve(#[from] ServeError),
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot reach riskgate at {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Runs one command to completion.
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Serve { config, log_format } => serve(config, log_format).await,
+        Command::Status { account, target } => remote::status(&target.addr, account).await,
+        Command::Watch { accounts, target } => watch::follow(&target.addr, accounts).await,
+        Command::Reset {
+            account,
+            action,
+            target,
+        } => remote::reset(&target.addr, account, action).await,
+        Command::Trip {
+            account,
+            action,
+            target,
+        } => remote::trip(&target.addr, account, action).await,
+    }
+}
+
+async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<ExitCode, CliError> {
+    let config = Config::load(file.as_deref())?;
+    crate::logging::init(log_format.unwrap_or(config.log.format), &config.log.level)
+        .map_err(CliError::Logging)?;
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CliError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening in plaintext on a non-loopback address");
+    }
+    server::run(listener, &config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = terminate.recv() => tracing::info!("SIGTERM received"),
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the server")
+            }
+        }
+    }
+    if let Err(error) = tokio::signal::ctrl_c().await {
+        tracing::error!(%error, "cannot listen for SIGINT");
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,154 @@
+//! The one-shot operator commands: `status`, `reset`, `trip`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::{render, ActionArgs, CliError};
+use crate::proto::admin_service_client::AdminServiceClient;
+use crate::proto::monitor_service_client::MonitorServiceClient;
+use crate::proto::{
+    GetBreakerRequest, ListBreakersRequest, ResetBreakerRequest, TripBreakerRequest,
+};
+
+/// How long a one-shot command waits for the server.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the server at `addr` (`host:port` or a URI).
+pub(super) async fn connect(
+    addr: &str,
+    call_timeout: Option<Duration>,
+) -> Result<Channel, CliError> {
+    let unreachable = |detail: String| CliError::Unreachable {
+        addr: addr.to_owned(),
+        detail,
+    };
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let mut endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| unreachable(error_chain(&e)))?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(timeout) = call_timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(error_chain(&e)))
+}
+
+/// A refused or failed call, as one line.
+pub(super) fn call_error(addr: &str, status: Status) -> CliError {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => CliError::Unreachable {
+            addr: addr.to_owned(),
+            detail: status.message().to_owned(),
+        },
+        code => CliError::Refused(format!("{code:?}: {}", status.message())),
+    }
+}
+
+/// An error and its sources on one line.
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCode, CliError> {
+    let mut client = MonitorServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    match account {
+        Some(account_id) => {
+            let response = client
+                .get_breaker(GetBreakerRequest { account_id })
+                .await
+                .map_err(|s| call_error(addr, s))?;
+            if let Some(breaker) = response.into_inner().breaker {
+                print!("{}", render::breaker_detail(&breaker));
+            }
+        }
+        None => {
+            let mut breakers = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_breakers(ListBreakersRequest {
+                        state: 0,
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await
+                    .map_err(|s| call_error(addr, s))?
+                    .into_inner();
+                breakers.extend(page.breakers);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print!("{}", render::breaker_table(&breakers));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn reset(
+    addr: &str,
+    account_id: String,
+    action: ActionArgs,
+) -> Result<ExitCode, CliError> {
+    let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let response = client
+        .reset_breaker(ResetBreakerRequest {
+            account_id,
+            reason: action.reason,
+            operator: action.operator,
+        })
+        .await
+        .map_err(|s| call_error(addr, s))?;
+    if let Some(breaker) = response.into_inner().breaker {
+        println!(
+            "reset {}: now {}",
+            breaker.account_id,
+            render::state_name(breaker.state)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn trip(
+    addr: &str,
+    account_id: String,
+    action: ActionArgs,
+) -> Result<ExitCode, CliError> {
+    let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let response = client
+        .trip_breaker(TripBreakerRequest {
+            account_id,
+            reason: action.reason,
+            operator: action.operator,
+        })
+        .await
+        .map_err(|s| call_error(addr, s))?;
+    if let Some(breaker) = response.into_inner().breaker {
+        println!(
+            "tripped {}: now {}, held until reset",
+            breaker.account_id,
+            render::state_name(breaker.state)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,180 @@
+//! How the CLI prints breakers and events: plain text for a terminal, one fact per column.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::proto::{Breaker, BreakerEvent, BreakerState, TransitionCause};
+use crate::registry::human_duration;
+
+pub fn state_name(state: i32) -> &'static str {
+    match BreakerState::try_from(state) {
+        Ok(BreakerState::Closed) => "CLOSED",
+        Ok(BreakerState::Open) => "OPEN",
+        Ok(BreakerState::HalfOpen) => "HALF_OPEN",
+        Ok(BreakerState::Unspecified) | Err(_) => "UNKNOWN",
+    }
+}
+
+fn cause_name(cause: i32) -> &'static str {
+    match TransitionCause::try_from(cause) {
+        Ok(TransitionCause::FailureThresholdReached) => "failure threshold reached",
+        Ok(TransitionCause::OpenTimeoutElapsed) => "open timeout elapsed",
+        Ok(TransitionCause::ProbesSucceeded) => "probes succeeded",
+        Ok(TransitionCause::ProbeFailed) => "probe failed",
+        Ok(TransitionCause::ProbeExpired) => "probe expired",
+        Ok(TransitionCause::OperatorReset) => "operator reset",
+        Ok(TransitionCause::OperatorTrip) => "operator trip",
+        Ok(TransitionCause::Unspecified) | Err(_) => "unknown cause",
+    }
+}
+
+fn system_time(at: &prost_types::Timestamp) -> SystemTime {
+    let secs = u64::try_from(at.seconds).unwrap_or(0);
+    let nanos = u32::try_from(at.nanos).unwrap_or(0);
+    UNIX_EPOCH + Duration::new(secs, nanos)
+}
+
+fn time(at: &prost_types::Timestamp) -> String {
+    humantime::format_rfc3339_millis(system_time(at)).to_string()
+}
+
+/// `in 4m12s` (or `due` once passed).
+fn from_now(at: &prost_types::Timestamp) -> String {
+    match system_time(at).duration_since(SystemTime::now()) {
+        Ok(left) => format!("in {}", human_duration(left)),
+        Err(_) => "due".to_owned(),
+    }
+}
+
+fn note(b: &Breaker) -> String {
+    if b.tripped_by_operator {
+        "held open by an operator until reset".to_owned()
+    } else if let Some(at) = &b.recovery_at {
+        format!("recovery tested {}", from_now(at))
+    } else if !b.probes.is_empty() || b.probe_successes > 0 {
+        let tries = b.settings.as_ref().map_or(0, |s| s.half_open_max_tries);
+        format!(
+            "{} probes out, {}/{} succeeded",
+            b.probes.len(),
+            b.probe_successes,
+            tries
+        )
+    } else {
+        String::new()
+    }
+}
+
+pub fn breaker_table(breakers: &[Breaker]) -> String {
+    if breakers.is_empty() {
+        return "no breakers yet: a breaker is created on an account's first CheckTrade\n"
+            .to_owned();
+    }
+    let width = breakers
+        .iter()
+        .map(|b| b.account_id.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<9}  {:>8}  {:>10}  NOTE",
+        "ACCOUNT", "STATE", "FAILURES", "GENERATION"
+    );
+    for b in breakers {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<9}  {:>8}  {:>10}  {}",
+            b.account_id,
+            state_name(b.state),
+            b.failure_count,
+            b.generation,
+            note(b)
+        );
+    }
+    let open = breakers
+        .iter()
+        .filter(|b| b.state != BreakerState::Closed as i32)
+        .count();
+    let _ = writeln!(out, "{} breakers, {} not CLOSED", breakers.len(), open);
+    out
+}
+
+pub fn breaker_detail(b: &Breaker) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "account      {}", b.account_id);
+    let _ = writeln!(out, "state        {}", state_name(b.state));
+    let _ = writeln!(out, "generation   {}", b.generation);
+    let _ = writeln!(out, "failures     {}", b.failure_count);
+    for at in &b.failure_times {
+        let _ = writeln!(out, "  failed at  {}", time(at));
+    }
+    if let Some(at) = &b.opened_at {
+        let _ = writeln!(out, "opened at    {}", time(at));
+    }
+    if let Some(at) = &b.recovery_at {
+        let _ = writeln!(out, "recovery     {} ({})", time(at), from_now(at));
+    }
+    if b.tripped_by_operator {
+        let _ = writeln!(out, "tripped      held open by an operator until reset");
+    }
+    if b.state == BreakerState::HalfOpen as i32 {
+        let _ = writeln!(
+            out,
+            "probes       {} out, {} succeeded",
+            b.probes.len(),
+            b.probe_successes
+        );
+        for p in &b.probes {
+            if let Some(at) = &p.expires_at {
+                let _ = writeln!(out, "  probe      expires {}", from_now(at));
+            }
+        }
+    }
+    if let Some(s) = &b.settings {
+        let secs = |d: &Option<prost_types::Duration>| {
+            d.as_ref().map_or(String::from("?"), |d| {
+                human_duration(Duration::new(
+                    u64::try_from(d.seconds).unwrap_or(0),
+                    u32::try_from(d.nanos).unwrap_or(0),
+                ))
+            })
+        };
+        let _ = writeln!(
+            out,
+            "settings     threshold {} in {}, open {}, {} probes, probe timeout {}",
+            s.failure_threshold,
+            secs(&s.failure_window),
+            secs(&s.open_timeout),
+            s.half_open_max_tries,
+            secs(&s.half_open_timeout)
+        );
+    }
+    let _ = writeln!(out, "last event   #{}", b.last_sequence);
+    out
+}
+
+pub fn event_line(e: &BreakerEvent) -> String {
+    let at = e.time.as_ref().map(time).unwrap_or_default();
+    format!(
+        "{at} #{} {} {} -> {} ({}): {}",
+        e.sequence,
+        e.account_id,
+        state_name(e.from_state),
+        state_name(e.to_state),
+        cause_name(e.cause),
+        e.reason
+    )
+}
+
+pub fn snapshot_line(b: &Breaker) -> String {
+    let note = note(b);
+    format!(
+        "now {} {} failures={}{}{}",
+        b.account_id,
+        state_name(b.state),
+        b.failure_count,
+        if note.is_empty() { "" } else { " " },
+        note
+    )
+}

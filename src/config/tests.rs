@@ -1,0 +1,110 @@
+use std::io::Write;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    file.write_all(text.as_bytes()).expect("write");
+    file
+}
+
+fn error_of(result: Result<Config, ConfigError>) -> String {
+    result
+        .expect_err("configuration should be refused")
+        .to_string()
+}
+
+#[test]
+fn the_embedded_default_parses_and_matches_the_documented_defaults() {
+    let config = Config::load_with_env(None, env(&[])).expect("default config");
+    let options = config.registry_options();
+    assert_eq!(options.defaults, Settings::default());
+    assert_eq!(options.max_accounts, 100_000);
+    assert_eq!(
+        config.listen_addr().expect("listen"),
+        "127.0.0.1:50051".parse().expect("addr")
+    );
+    assert_eq!(config.log.format, LogFormat::Human);
+    assert!(options.overrides.is_empty());
+}
+
+#[test]
+fn a_file_overrides_the_default_and_the_environment_overrides_both() {
+    let f = file(
+        "[breaker]\nfailure_threshold = 7\nopen_timeout_secs = 0.25\n\n[accounts.\"ACC-1\"]\nfailure_threshold = 2\n",
+    );
+    let config = Config::load_with_env(
+        Some(f.path()),
+        env(&[
+            ("RISKGATE__BREAKER__FAILURE_THRESHOLD", "3"),
+            ("RISKGATE__SERVER__LISTEN", "127.0.0.1:0"),
+        ]),
+    )
+    .expect("config");
+    let options = config.registry_options();
+    assert_eq!(options.defaults.failure_threshold, 3);
+    assert_eq!(options.defaults.open_timeout, Duration::from_millis(250));
+    assert_eq!(options.defaults.failure_window, Duration::from_secs(60));
+    // Per-account overrides keep the account id's case and inherit the rest.
+    let acc = &options.overrides["ACC-1"];
+    assert_eq!(acc.failure_threshold, 2);
+    assert_eq!(acc.open_timeout, Duration::from_millis(250));
+    assert_eq!(config.server.listen, "127.0.0.1:0");
+}
+
+#[test]
+fn an_invalid_value_names_the_key_and_the_rule() {
+    let message = error_of(Config::load_with_env(
+        None,
+        env(&[("RISKGATE__BREAKER__FAILURE_THRESHOLD", "0")]),
+    ));
+    assert!(
+        message.contains("breaker.failure_threshold must be >= 1"),
+        "{message}"
+    );
+
+    let f = file("[accounts.\"ACC-1\"]\nopen_timeout_secs = -1\n");
+    let message = error_of(Config::load_with_env(Some(f.path()), env(&[])));
+    assert!(
+        message.contains("accounts.\"ACC-1\".open_timeout_secs must be a number of seconds > 0"),
+        "{message}"
+    );
+
+    let message = error_of(Config::load_with_env(
+        None,
+        env(&[("RISKGATE__SERVER__LISTEN", "nowhere")]),
+    ));
+    assert!(
+        message.contains("server.listen must be an address"),
+        "{message}"
+    );
+
+    let f = file("[accounts.\"bad id\"]\nfailure_threshold = 2\n");
+    let message = error_of(Config::load_with_env(Some(f.path()), env(&[])));
+    assert!(message.contains("names an invalid account"), "{message}");
+}
+
+#[test]
+fn unknown_keys_and_missing_files_are_refused() {
+    let f = file("[breaker]\nfailure_treshold = 3\n");
+    let message = error_of(Config::load_with_env(Some(f.path()), env(&[])));
+    assert!(message.contains("failure_treshold"), "{message}");
+
+    let message = error_of(Config::load_with_env(
+        Some(Path::new("/nonexistent/riskgate.toml")),
+        env(&[]),
+    ));
+    assert!(message.contains("/nonexistent/riskgate.toml"), "{message}");
+}
