@@ -1,0 +1,217 @@
+//! Bad input is answered with INVALID_ARGUMENT and a message naming what is wrong, and changes
+//! no breaker.
+
+mod common;
+
+use common::*;
+use riskgate::proto::*;
+use tonic::Code;
+
+fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, expected: &str) {
+    let status = result.expect_err("bad input must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(expected),
+        "message {:?} should contain {expected:?}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn bad_account_ids_are_refused_with_the_rule() {
+    let server = TestServer::start("").await;
+    let oversized = "a".repeat(129);
+    let cases = [
+        ("", "account_id is required"),
+        (oversized.as_str(), "at most 128 bytes"),
+        ("acc 1", "only the characters [A-Za-z0-9._:-]"),
+        ("acc/1", "only the characters"),
+        ("acc\n1", "only the characters"),
+        ("ACC\u{0}", "only the characters"),
+        ("accé", "only the characters"),
+    ];
+    for (account_id, expected) in cases {
+        let check = server
+            .gate()
+            .check_trade(CheckTradeRequest {
+                account_id: account_id.into(),
+            })
+            .await;
+        assert_invalid(check, expected);
+        let report = server
+            .gate()
+            .report_outcome(ReportOutcomeRequest {
+                account_id: account_id.into(),
+                permit_id: String::new(),
+                outcome: Outcome::Failure as i32,
+            })
+            .await;
+        assert_invalid(report, expected);
+        let get = server
+            .monitor()
+            .get_breaker(GetBreakerRequest {
+                account_id: account_id.into(),
+            })
+            .await;
+        assert_invalid(get, expected);
+        let trip = server
+            .admin()
+            .trip_breaker(TripBreakerRequest {
+                account_id: account_id.into(),
+                reason: "r".into(),
+                operator: "o".into(),
+            })
+            .await;
+        assert_invalid(trip, expected);
+    }
+    let list = server
+        .monitor()
+        .list_breakers(ListBreakersRequest::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        list.into_inner().total_breakers,
+        0,
+        "no breaker was created by bad input"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_outcomes_and_permits_are_refused_and_change_nothing() {
+    let server = TestServer::start("").await;
+    server.fail("ACC-1", 2).await;
+    let permit = server.check("ACC-1").await.permit_id;
+    let foreign = server.check("ACC-2").await.permit_id;
+    let before = server.breaker("ACC-1").await;
+
+    let report = |permit_id: String, outcome: i32| {
+        let mut gate = server.gate();
+        async move {
+            gate.report_outcome(ReportOutcomeRequest {
+                account_id: "ACC-1".into(),
+                permit_id,
+                outcome,
+            })
+            .await
+        }
+    };
+    assert_invalid(
+        report(permit.clone(), Outcome::Unspecified as i32).await,
+        "outcome must be one of OUTCOME_SUCCESS, OUTCOME_FAILURE",
+    );
+    assert_invalid(report(permit.clone(), 99).await, "outcome must be one of");
+    assert_invalid(
+        report("not-a-permit".into(), Outcome::Failure as i32).await,
+        "permit_id is not valid for account ACC-1",
+    );
+    assert_invalid(
+        report(permit.to_uppercase(), Outcome::Failure as i32).await,
+        "permit must be 50 characters",
+    );
+    assert_invalid(
+        report(foreign, Outcome::Failure as i32).await,
+        "issued for a different account",
+    );
+    assert_eq!(server.breaker("ACC-1").await, before);
+    // The good permit still counts.
+    let ok = report(permit, Outcome::Failure as i32)
+        .await
+        .expect("good permit");
+    assert_eq!(ok.into_inner().failure_count, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn operator_actions_need_an_operator_and_a_reason() {
+    let server = TestServer::start("").await;
+    server.fail("ACC-1", 1).await;
+    let before = server.breaker("ACC-1").await;
+    let long = "x".repeat(1025);
+    let cases = [
+        ("", "alice", "reason is required"),
+        ("   ", "alice", "reason is required"),
+        ("why", "", "operator is required"),
+        (long.as_str(), "alice", "reason must be at most 1024 bytes"),
+        ("line\nbreak", "alice", "control characters"),
+    ];
+    for (reason, operator, expected) in cases {
+        let reset = server
+            .admin()
+            .reset_breaker(ResetBreakerRequest {
+                account_id: "ACC-1".into(),
+                reason: reason.into(),
+                operator: operator.into(),
+            })
+            .await;
+        assert_invalid(reset, expected);
+        let trip = server
+            .admin()
+            .trip_breaker(TripBreakerRequest {
+                account_id: "ACC-1".into(),
+                reason: reason.into(),
+                operator: operator.into(),
+            })
+            .await;
+        assert_invalid(trip, expected);
+    }
+    assert_eq!(server.breaker("ACC-1").await, before);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_list_and_watch_requests_are_refused() {
+    let server = TestServer::start("").await;
+    let list = server
+        .monitor()
+        .list_breakers(ListBreakersRequest {
+            state: 42,
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await;
+    assert_invalid(list, "state must be one of");
+    let list = server
+        .monitor()
+        .list_breakers(ListBreakersRequest {
+            state: 0,
+            page_size: 0,
+            page_token: "no such token!".into(),
+        })
+        .await;
+    assert_invalid(list, "page_token is not one this server issued");
+    let watch = server
+        .monitor()
+        .watch_events(WatchEventsRequest {
+            account_ids: vec!["ok".into(), "not ok".into()],
+            after_sequence: None,
+        })
+        .await;
+    assert_invalid(watch, "only the characters");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_accounts_are_not_found_without_being_created() {
+    let server = TestServer::start("").await;
+    let status = server
+        .monitor()
+        .get_breaker(GetBreakerRequest {
+            account_id: "NEVER-SEEN".into(),
+        })
+        .await
+        .expect_err("unknown account");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("NEVER-SEEN has no breaker yet"),
+        "{}",
+        status.message()
+    );
+    let list = server
+        .monitor()
+        .list_breakers(ListBreakersRequest::default())
+        .await
+        .expect("list");
+    assert_eq!(list.into_inner().total_breakers, 0);
+    server.stop().await;
+}

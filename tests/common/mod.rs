@@ -1,0 +1,270 @@
+//! Starts the real server in-process on 127.0.0.1:0 and hands out generated clients.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use riskgate::clock::SystemClock;
+use riskgate::config::Config;
+use riskgate::proto::admin_service_client::AdminServiceClient;
+use riskgate::proto::gate_service_client::GateServiceClient;
+use riskgate::proto::monitor_service_client::MonitorServiceClient;
+use riskgate::proto::watch_events_response::Kind;
+use riskgate::proto::*;
+use riskgate::server::{self, ServeError};
+use riskgate::store::{MemoryStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+/// Upper bound for anything a test waits on; reaching it fails the test, it is not a timing
+/// assertion.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A configuration from TOML text layered over the embedded default (no environment).
+pub fn config(toml: &str) -> Config {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    file.write_all(toml.as_bytes()).expect("write config");
+    Config::load_with_env(Some(file.path()), Some(HashMap::new())).expect("valid test config")
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub store: Arc<MemoryStore>,
+    channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestServer {
+    pub async fn start(toml: &str) -> Self {
+        let config = config(toml);
+        Self::start_with(
+            config.clone(),
+            Arc::new(MemoryStore::new(config.events.retained)),
+        )
+        .await
+    }
+
+    /// Starts on an existing store, as after a restart.
+    pub async fn start_with(config: Config, store: Arc<MemoryStore>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shared: Arc<dyn Store> = store.clone();
+        let task = tokio::spawn(async move {
+            server::serve(
+                listener,
+                &config,
+                shared,
+                Arc::new(SystemClock::new()),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the test server");
+        TestServer {
+            addr,
+            store,
+            channel,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn gate(&self) -> GateServiceClient<Channel> {
+        GateServiceClient::new(self.channel.clone())
+    }
+
+    pub fn monitor(&self) -> MonitorServiceClient<Channel> {
+        MonitorServiceClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// A client on a connection of its own with a small HTTP/2 stream window: a slow reader.
+    /// Its own connection, because a stream the client does not read holds connection-level
+    /// flow-control credit, which would stall other calls sharing the connection. A large
+    /// connection window, because h2 clients close a connection that buffers too many small
+    /// unread DATA frames (budget: half the connection window) before the server sees the lag.
+    pub async fn slow_reader(&self) -> MonitorServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .initial_stream_window_size(Some(65_535))
+            .initial_connection_window_size(Some(8 * 1024 * 1024))
+            .connect()
+            .await
+            .expect("connect to the test server");
+        MonitorServiceClient::new(channel)
+    }
+
+    /// Triggers a graceful shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        drop(self.channel);
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("server stops within patience")
+            .expect("server task")
+            .expect("server ends cleanly");
+    }
+
+    pub async fn check(&self, account: &str) -> CheckTradeResponse {
+        self.gate()
+            .check_trade(CheckTradeRequest {
+                account_id: account.into(),
+            })
+            .await
+            .expect("CheckTrade")
+            .into_inner()
+    }
+
+    pub async fn report(
+        &self,
+        account: &str,
+        permit: &str,
+        outcome: Outcome,
+    ) -> ReportOutcomeResponse {
+        self.gate()
+            .report_outcome(ReportOutcomeRequest {
+                account_id: account.into(),
+                permit_id: permit.into(),
+                outcome: outcome as i32,
+            })
+            .await
+            .expect("ReportOutcome")
+            .into_inner()
+    }
+
+    /// Checks and reports a failure with the permit, `n` times.
+    pub async fn fail(&self, account: &str, n: usize) -> ReportOutcomeResponse {
+        let mut last = None;
+        for _ in 0..n {
+            let check = self.check(account).await;
+            assert!(check.allowed, "expected an allowed check, got {check:?}");
+            last = Some(
+                self.report(account, &check.permit_id, Outcome::Failure)
+                    .await,
+            );
+        }
+        last.expect("at least one failure")
+    }
+
+    pub async fn breaker(&self, account: &str) -> Breaker {
+        self.monitor()
+            .get_breaker(GetBreakerRequest {
+                account_id: account.into(),
+            })
+            .await
+            .expect("GetBreaker")
+            .into_inner()
+            .breaker
+            .expect("breaker")
+    }
+
+    pub async fn trip(&self, account: &str, reason: &str) -> Breaker {
+        self.admin()
+            .trip_breaker(TripBreakerRequest {
+                account_id: account.into(),
+                reason: reason.into(),
+                operator: "alice".into(),
+            })
+            .await
+            .expect("TripBreaker")
+            .into_inner()
+            .breaker
+            .expect("breaker")
+    }
+
+    pub async fn reset(&self, account: &str, reason: &str) -> Breaker {
+        self.admin()
+            .reset_breaker(ResetBreakerRequest {
+                account_id: account.into(),
+                reason: reason.into(),
+                operator: "alice".into(),
+            })
+            .await
+            .expect("ResetBreaker")
+            .into_inner()
+            .breaker
+            .expect("breaker")
+    }
+
+    pub async fn watch(
+        &self,
+        accounts: &[&str],
+        after_sequence: Option<u64>,
+    ) -> Streaming<WatchEventsResponse> {
+        self.monitor()
+            .watch_events(WatchEventsRequest {
+                account_ids: accounts.iter().map(|a| a.to_string()).collect(),
+                after_sequence,
+            })
+            .await
+            .expect("WatchEvents")
+            .into_inner()
+    }
+}
+
+/// The next message of a watch stream, within patience.
+pub async fn next_kind(stream: &mut Streaming<WatchEventsResponse>) -> Kind {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("a watch message within patience")
+        .expect("stream still open")
+        .expect("a message")
+        .kind
+        .expect("message kind")
+}
+
+/// Reads until the next event, skipping heartbeats.
+pub async fn next_event(stream: &mut Streaming<WatchEventsResponse>) -> BreakerEvent {
+    loop {
+        match next_kind(stream).await {
+            Kind::Event(event) => return event,
+            Kind::Heartbeat(_) => continue,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// Reads a snapshot through its completion marker.
+pub async fn read_snapshot(
+    stream: &mut Streaming<WatchEventsResponse>,
+) -> (Vec<Breaker>, SnapshotComplete) {
+    let mut breakers = Vec::new();
+    loop {
+        match next_kind(stream).await {
+            Kind::Snapshot(breaker) => breakers.push(breaker),
+            Kind::SnapshotComplete(done) => return (breakers, done),
+            Kind::Heartbeat(_) => continue,
+            other => panic!("expected the snapshot, got {other:?}"),
+        }
+    }
+}
+
+pub fn state(value: i32) -> BreakerState {
+    BreakerState::try_from(value).expect("known state")
+}
