@@ -1,0 +1,240 @@
+//! End to end through the built binary: `riskgate serve`, then the operator commands against
+//! it, then SIGTERM.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn riskgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_riskgate"))
+}
+
+/// Lines of a child's output, as they come.
+fn lines(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// Reads lines until one contains `needle`, returning everything read.
+fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(PATIENCE) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no line containing {needle:?} ({e}); saw {seen:#?}"),
+        }
+    }
+}
+
+fn run(args: &[&str], addr: &str) -> Output {
+    riskgate()
+        .args(args)
+        .args(["--addr", addr])
+        .output()
+        .expect("run riskgate")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn serve_then_status_trip_watch_reset_and_sigterm() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr = format!("http://{listen}");
+    let mut server = riskgate()
+        .arg("serve")
+        .env("RISKGATE__SERVER__LISTEN", &listen)
+        .env("RISKGATE__LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start riskgate serve");
+    let logs = lines(server.stderr.take().expect("stderr"));
+    let started = wait_for(&logs, "riskgate serving");
+    assert!(
+        started.last().is_some_and(|l| l.starts_with('{')),
+        "JSON logs: {started:?}"
+    );
+
+    let status = stdout(&run(&["status"], &addr));
+    assert!(status.contains("no breakers yet"), "{status}");
+
+    let tripped = stdout(&run(
+        &[
+            "trip",
+            "ACC-1",
+            "--reason",
+            "runaway algo",
+            "--operator",
+            "alice",
+        ],
+        &addr,
+    ));
+    assert_eq!(tripped.trim(), "tripped ACC-1: now OPEN, held until reset");
+
+    let mut watch = riskgate()
+        .args(["watch", "--addr", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start riskgate watch");
+    let watched = lines(watch.stdout.take().expect("stdout"));
+    let watch_errors = lines(watch.stderr.take().expect("stderr"));
+    let snapshot = wait_for(&watched, "following");
+    assert!(snapshot[0].contains("now ACC-1 OPEN"), "{snapshot:?}");
+    assert!(
+        snapshot[1].contains("1 breakers as of sequence 1"),
+        "{snapshot:?}"
+    );
+
+    let reset = stdout(&run(
+        &[
+            "reset",
+            "ACC-1",
+            "--reason",
+            "feed restored",
+            "--operator",
+            "alice",
+        ],
+        &addr,
+    ));
+    assert_eq!(reset.trim(), "reset ACC-1: now CLOSED");
+    let event = wait_for(&watched, "#2");
+    assert!(
+        event.last().is_some_and(|l| l
+            .contains("#2 ACC-1 OPEN -> CLOSED (operator reset): reset by alice: feed restored")),
+        "{event:?}"
+    );
+
+    let table = stdout(&run(&["status"], &addr));
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("ACCOUNT")),
+        "{table}"
+    );
+    assert!(
+        table.contains("ACC-1") && table.contains("CLOSED"),
+        "{table}"
+    );
+    let detail = stdout(&run(&["status", "ACC-1"], &addr));
+    assert!(
+        detail.contains("state        CLOSED") && detail.contains("last event   #2"),
+        "{detail}"
+    );
+
+    // Refusals and an unreachable server: one line, non-zero exit, no backtrace.
+    let refused = run(&["reset", "ACC-1", "--reason", " "], &addr);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        message.trim(),
+        "riskgate: InvalidArgument: reason is required"
+    );
+    let unreachable = run(&["status"], &format!("127.0.0.1:{}", free_port()));
+    assert!(!unreachable.status.success());
+    let message = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.starts_with("riskgate: cannot reach riskgate at"),
+        "{message}"
+    );
+
+    signal(&server, "TERM");
+    let exit = server.wait().expect("server exit");
+    assert!(exit.success(), "serve exits 0 on SIGTERM: {exit:?}");
+    let shutdown = wait_for(&logs, "riskgate stopped");
+    assert!(
+        shutdown.iter().any(|l| l.contains("SIGTERM received")),
+        "{shutdown:?}"
+    );
+    // The watcher was told the server is going away, and where to resume.
+    let ended = wait_for(&watch_errors, "stream ended");
+    assert!(
+        ended
+            .last()
+            .is_some_and(|l| l.contains("resume with after_sequence=2")),
+        "{ended:?}"
+    );
+
+    // A new server on the same address (a fresh in-memory history): the watcher reconnects,
+    // finds its resume point ahead of the new history, and starts over from a snapshot.
+    let mut restarted = riskgate()
+        .arg("serve")
+        .env("RISKGATE__SERVER__LISTEN", &listen)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("restart riskgate serve");
+    let restarted_logs = lines(restarted.stderr.take().expect("stderr"));
+    wait_for(&restarted_logs, "riskgate serving");
+    let notice = wait_for(&watch_errors, "fresh snapshot");
+    assert!(
+        notice
+            .last()
+            .is_some_and(|l| l.contains("ahead of the latest sequence 0")),
+        "{notice:?}"
+    );
+    wait_for(&watched, "0 breakers as of sequence 0; following");
+    stdout(&run(&["trip", "ACC-9", "--reason", "after restart"], &addr));
+    wait_for(&watched, "#1 ACC-9 CLOSED -> OPEN (operator trip)");
+
+    signal(&watch, "INT");
+    let exit = watch.wait().expect("watch exit");
+    assert!(exit.success(), "watch exits 0 on Ctrl-C: {exit:?}");
+    signal(&restarted, "TERM");
+    assert!(restarted.wait().expect("server exit").success());
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_with_the_key_and_the_rule() {
+    let output = riskgate()
+        .arg("serve")
+        .env("RISKGATE__BREAKER__FAILURE_THRESHOLD", "0")
+        .output()
+        .expect("run riskgate serve");
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        message.trim(),
+        "riskgate: invalid configuration: breaker.failure_threshold must be >= 1"
+    );
+}
