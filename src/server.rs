@@ -4,6 +4,9 @@
 //! `run`/`serve` take a bound listener and a shutdown future, so tests bind `127.0.0.1:0`, pass
 //! their own shutdown and talk to the real server over a real socket.
 //!
+//! Start-up: the listener answers at once, with health NOT_SERVING and calls refused with
+//! `UNAVAILABLE` until the store is loaded.
+//!
 //! Shutdown order: health goes NOT_SERVING, the listener stops accepting, watch streams end
 //! with `UNAVAILABLE` naming where to resume, in-flight calls finish; whatever is still open
 //! after `server.shutdown_grace_secs` is closed.
@@ -13,7 +16,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
@@ -21,13 +24,13 @@ use tonic_health::ServingStatus;
 
 use crate::api::{Admin, Gate, Monitor, WatchOptions};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::error::Error;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::gate_service_server::GateServiceServer;
 use crate::proto::monitor_service_server::MonitorServiceServer;
 use crate::registry::Registry;
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError};
 
 /// The encoded descriptors of `riskgate.v1`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -53,13 +56,29 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Opens the store the configuration names. Stops start-up (with what to do) when the store
+/// cannot be used.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    Ok(match config.store.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::new(config.events.retained)),
+        StoreKind::Sqlite => Arc::new(
+            SqliteStore::open(SqliteOptions {
+                path: config.store.path.clone(),
+                retained_events: config.events.retained,
+                retained_age: config.retained_age(),
+            })
+            .map_err(Error::from)?,
+        ),
+    })
+}
+
 /// Serves on `listener` with the store the configuration names, until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.events.retained));
+    let store = open_store(config)?;
     serve(
         listener,
         config,
@@ -71,6 +90,9 @@ pub async fn run(
 }
 
 /// Serves on `listener` with the given store and clock, until `shutdown` resolves.
+///
+/// The listener answers at once: health says NOT_SERVING and calls get `UNAVAILABLE` until the
+/// store is loaded; from then on health follows the store (NOT_SERVING while it cannot write).
 pub async fn serve(
     listener: TcpListener,
     config: &Config,
@@ -78,10 +100,11 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let registry = Arc::new(Registry::open(config.registry_options(), store, clock)?);
+    let registry = Arc::new(Registry::new(config.registry_options(), store, clock));
     let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::Serving).await;
+    set_health(&health, ServingStatus::NotServing).await;
     let (stopping, stop) = watch::channel(false);
+    let failed = Arc::new(Notify::new());
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -96,32 +119,17 @@ pub async fn serve(
         buffer: 256,
         shutdown: stop.clone(),
     };
-
-    let timer = tokio::spawn({
-        let registry = registry.clone();
-        let mut stop = stop.clone();
-        async move {
-            registry
-                .run_deadlines(async move {
-                    let _ = stop.wait_for(|stopping| *stopping).await;
-                })
-                .await
-        }
-    });
-
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        accounts = registry.account_count(),
-        last_sequence = registry.last_sequence(),
-        "riskgate serving"
-    );
+    let addr = listener.local_addr()?;
     let signal = {
         let health = health.clone();
+        let failed = failed.clone();
         async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining calls and ending watch streams");
-            set_health(&health, ServingStatus::NotServing).await;
+            tokio::select! {
+                _ = shutdown => tracing::info!("shutting down: draining calls and ending watch streams"),
+                _ = failed.notified() => {}
+            }
             let _ = stopping.send(true);
+            set_health(&health, ServingStatus::NotServing).await;
         }
     };
     let server = Server::builder()
@@ -135,6 +143,46 @@ pub async fn serve(
         )))
         .add_service(AdminServiceServer::new(Admin::new(registry.clone())))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+
+    tracing::info!(%addr, "riskgate listening; loading the store");
+    let loading = tokio::task::spawn_blocking({
+        let registry = registry.clone();
+        move || registry.load()
+    });
+    tokio::select! {
+        loaded = loading => {
+            let loaded = loaded.unwrap_or_else(|e| {
+                Err(Error::Store(StoreError::Unavailable(format!("loading the store stopped: {e}"))))
+            });
+            if let Err(error) = loaded {
+                failed.notify_one();
+                let _ = server.await;
+                return Err(ServeError::Registry(error));
+            }
+        }
+        result = &mut server => return result.map_err(ServeError::from),
+    }
+    tracing::info!(
+        %addr,
+        accounts = registry.account_count(),
+        last_sequence = registry.last_sequence(),
+        "riskgate serving"
+    );
+    let background = [
+        spawn_until(stop.clone(), {
+            let registry = registry.clone();
+            move |stopped| async move { registry.run_deadlines(stopped).await }
+        }),
+        spawn_until(stop.clone(), {
+            let registry = registry.clone();
+            move |stopped| async move { registry.run_publisher(stopped).await }
+        }),
+        spawn_until(stop.clone(), {
+            let registry = registry.clone();
+            move |stopped| follow_store_health(registry, health, stopped)
+        }),
+    ];
 
     let grace = config.shutdown_grace();
     let mut stop_for_grace = stop.clone();
@@ -149,9 +197,50 @@ pub async fn serve(
             Ok(())
         }
     };
-    timer.abort();
+    for task in background {
+        task.abort();
+    }
     tracing::info!("riskgate stopped");
     result
+}
+
+/// Spawns `task`, handing it a future that resolves when the server starts stopping.
+fn spawn_until<F, T>(mut stop: watch::Receiver<bool>, task: T) -> tokio::task::JoinHandle<()>
+where
+    T: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let stopped = Box::pin(async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    });
+    tokio::spawn(task(stopped))
+}
+
+/// Keeps health in step with the store: NOT_SERVING while it cannot write.
+async fn follow_store_health(
+    registry: Arc<Registry>,
+    health: HealthReporter,
+    stopped: impl Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let mut changed = registry.store_signals().subscribe();
+    let mut serving = None;
+    loop {
+        let now_serving = registry.is_serving();
+        if serving != Some(now_serving) {
+            serving = Some(now_serving);
+            let status = if now_serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&health, status).await;
+        }
+        tokio::select! {
+            _ = &mut stopped => return,
+            result = changed.changed() => if result.is_err() { return },
+        }
+    }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

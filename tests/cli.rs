@@ -78,9 +78,11 @@ fn free_port() -> u16 {
 fn serve_then_status_trip_watch_reset_and_sigterm() {
     let listen = format!("127.0.0.1:{}", free_port());
     let addr = format!("http://{listen}");
+    let data = tempfile::tempdir().expect("data directory");
     let mut server = riskgate()
         .arg("serve")
         .env("RISKGATE__SERVER__LISTEN", &listen)
+        .env("RISKGATE__STORE__PATH", data.path())
         .env("RISKGATE__LOG__FORMAT", "json")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -195,11 +197,12 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
         "{ended:?}"
     );
 
-    // A new server on the same address (a fresh in-memory history): the watcher reconnects,
+    // A new server on the same address with a fresh in-memory history: the watcher reconnects,
     // finds its resume point ahead of the new history, and starts over from a snapshot.
     let mut restarted = riskgate()
         .arg("serve")
         .env("RISKGATE__SERVER__LISTEN", &listen)
+        .env("RISKGATE__STORE__KIND", "memory")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use crate::core::{Cause, Decision, Denial, Disposition, Outcome, Settings, State, Timestamp};
+use crate::core::{Cause, Denial, Disposition, Outcome, Settings, State, Timestamp};
 use crate::error::Error;
 use crate::proto;
-use crate::registry::{BreakerView, CheckResult, Event, ReportResult};
+use crate::registry::{BreakerView, CheckResult, Denied, Event, ReportResult};
+use crate::store::{AuditAction, AuditRecord};
 
 pub fn state(state: State) -> proto::BreakerState {
     match state {
@@ -78,29 +79,27 @@ pub fn duration(duration: Duration) -> prost_types::Duration {
 }
 
 pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
-    let (allowed, probe, generation, denial, retry_after) = match result.decision {
-        Decision::Allowed { permit, probe } => (true, probe, permit.generation, None, None),
-        Decision::Denied(denial) => {
-            let (kind, retry_after) = match denial {
-                Denial::Open { retry_after } => (proto::Denial::BreakerOpen, Some(retry_after)),
-                Denial::Tripped => (proto::Denial::OperatorTrip, None),
-                Denial::ProbesInFlight { retry_after } => {
-                    (proto::Denial::ProbesInFlight, Some(retry_after))
-                }
-            };
-            (false, false, 0, Some(kind), retry_after)
+    let (denial, retry_after) = match result.denied {
+        None => (proto::Denial::Unspecified, None),
+        Some(Denied::Breaker(Denial::Open { retry_after })) => {
+            (proto::Denial::BreakerOpen, Some(retry_after))
         }
+        Some(Denied::Breaker(Denial::Tripped)) => (proto::Denial::OperatorTrip, None),
+        Some(Denied::Breaker(Denial::ProbesInFlight { retry_after })) => {
+            (proto::Denial::ProbesInFlight, Some(retry_after))
+        }
+        Some(Denied::StoreUnavailable) => (proto::Denial::StoreUnavailable, None),
     };
     proto::CheckTradeResponse {
-        allowed,
+        allowed: result.denied.is_none(),
         state: state(result.state).into(),
         reason: result.reason,
         permit_id: result.permit_id,
         retry_after: retry_after.map(duration),
         failure_count: result.failure_count,
-        denial: denial.unwrap_or(proto::Denial::Unspecified).into(),
-        probe,
-        generation,
+        denial: denial.into(),
+        probe: result.probe,
+        generation: result.generation,
     }
 }
 
@@ -165,5 +164,42 @@ pub fn event(event: &Event) -> proto::BreakerEvent {
         recovery_at: event.recovery_at.map(timestamp),
         operator,
         operator_reason,
+    }
+}
+
+pub fn audit_record(record: AuditRecord) -> proto::AuditRecord {
+    proto::AuditRecord {
+        id: record.id,
+        time: Some(timestamp(record.at)),
+        account_id: record.account_id,
+        action: match record.action {
+            AuditAction::Reset => proto::AuditAction::Reset,
+            AuditAction::Trip => proto::AuditAction::Trip,
+        }
+        .into(),
+        operator: record.operator,
+        reason: record.reason,
+        state_before: state(record.state_before).into(),
+        state_after: state(record.state_after).into(),
+        peer: record.peer,
+    }
+}
+
+/// A wire timestamp as the service's time; `None` when unset. Times before the epoch are
+/// refused.
+pub fn time_filter(
+    value: Option<prost_types::Timestamp>,
+    field: &'static str,
+) -> Result<Option<Timestamp>, Error> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match (u64::try_from(value.seconds), u64::try_from(value.nanos)) {
+        (Ok(seconds), Ok(nanos)) if nanos < 1_000_000_000 => Ok(Some(Timestamp::from_unix_nanos(
+            seconds.saturating_mul(1_000_000_000).saturating_add(nanos),
+        ))),
+        _ => Err(Error::InvalidArgument(format!(
+            "{field} must be a timestamp after 1970-01-01T00:00:00Z"
+        ))),
     }
 }

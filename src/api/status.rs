@@ -21,7 +21,10 @@ impl From<Error> for Status {
             Error::HistoryExpired { .. } | Error::HistoryAhead { .. } => {
                 Status::out_of_range(message)
             }
-            Error::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
+            Error::Loading | Error::Store(StoreError::Unavailable(_)) => {
+                Status::unavailable(message)
+            }
+            Error::Store(StoreError::Unusable { .. }) => Status::internal(message),
         }
     }
 }

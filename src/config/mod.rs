@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -34,6 +34,7 @@ pub enum ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub breaker: BreakerConfig,
+    pub store: StoreConfig,
     pub events: EventsConfig,
     pub log: LogConfig,
     #[serde(default)]
@@ -69,10 +70,25 @@ pub struct BreakerOverride {
     pub half_open_timeout_secs: Option<f64>,
 }
 
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sqlite,
+    Memory,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub path: PathBuf,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     pub retained: usize,
+    pub retained_secs: f64,
     pub subscriber_buffer: usize,
     pub heartbeat_secs: f64,
 }
@@ -133,6 +149,10 @@ impl Config {
         )?;
         breaker_settings("breaker", &self.breaker)?;
         at_least("events.subscriber_buffer", self.events.subscriber_buffer, 1)?;
+        seconds("events.retained_secs", self.events.retained_secs)?;
+        if self.store.kind == StoreKind::Sqlite && self.store.path.as_os_str().is_empty() {
+            return Err(invalid("store.path", "must name a directory".into()));
+        }
         seconds("events.heartbeat_secs", self.events.heartbeat_secs)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             invalid(
@@ -171,6 +191,10 @@ impl Config {
         Duration::from_secs_f64(self.server.shutdown_grace_secs)
     }
 
+    pub fn retained_age(&self) -> Duration {
+        Duration::from_secs_f64(self.events.retained_secs)
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs_f64(self.events.heartbeat_secs)
     }
@@ -186,6 +210,7 @@ impl Config {
                 .collect(),
             max_accounts: self.server.max_accounts,
             retained_events: self.events.retained,
+            retained_age: self.retained_age(),
             subscriber_buffer: self.events.subscriber_buffer,
         }
     }

@@ -37,6 +37,8 @@ fn the_embedded_default_parses_and_matches_the_documented_defaults() {
         "127.0.0.1:50051".parse().expect("addr")
     );
     assert_eq!(config.log.format, LogFormat::Human);
+    assert_eq!(config.store.kind, StoreKind::Sqlite);
+    assert_eq!(config.store.path, PathBuf::from("./riskgate-data"));
     assert!(options.overrides.is_empty());
 }
 

@@ -2,11 +2,15 @@
 //! retained for resuming watchers, and live subscribers are fed through a bounded broadcast.
 //!
 //! Appends happen with the account's shard lock held, so per-account order and sequence order
-//! agree. The broadcast never blocks the appender: a subscriber that falls behind by more than
-//! the buffer loses its place (it learns so and can resume from what it last saw).
+//! agree, and hand their batch to the store before letting go of the log, so the store writes
+//! events in sequence order. Watchers see an event only once it is durable: a crash can never
+//! take back an event someone was shown, nor reuse its sequence. The broadcast never blocks: a
+//! subscriber that falls behind by more than the buffer loses its place (it learns so and can
+//! resume from what it last saw).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 
@@ -38,14 +42,21 @@ pub struct Event {
 }
 
 pub(crate) struct EventLog {
-    inner: Mutex<Retained>,
+    inner: Mutex<Log>,
     live: broadcast::Sender<Arc<Event>>,
 }
 
-struct Retained {
+struct Log {
+    /// The last sequence assigned.
     last_sequence: u64,
-    events: VecDeque<Arc<Event>>,
+    /// The last sequence shown to watchers: every event up to it is durable.
+    published: u64,
+    /// Events assigned a sequence but not yet durable, oldest first.
+    unpublished: VecDeque<Arc<Event>>,
+    /// Published events kept for resuming watchers, oldest first.
+    retained: VecDeque<Arc<Event>>,
     capacity: usize,
+    max_age: Duration,
 }
 
 /// A subscriber's starting point: what to replay, then the live feed.
@@ -54,68 +65,90 @@ pub(crate) struct Feed {
     pub replay: Vec<Arc<Event>>,
     /// Events after `as_of`.
     pub live: broadcast::Receiver<Arc<Event>>,
-    /// The latest sequence at the moment of subscribing.
+    /// The latest published sequence at the moment of subscribing.
     pub as_of: u64,
 }
 
 impl EventLog {
-    pub fn new(capacity: usize, subscriber_buffer: usize) -> Self {
+    pub fn new(capacity: usize, max_age: Duration, subscriber_buffer: usize) -> Self {
         let (live, _) = broadcast::channel(subscriber_buffer.max(1));
         EventLog {
-            inner: Mutex::new(Retained {
+            inner: Mutex::new(Log {
                 last_sequence: 0,
-                events: VecDeque::with_capacity(capacity.min(1 << 16)),
+                published: 0,
+                unpublished: VecDeque::new(),
+                retained: VecDeque::with_capacity(capacity.min(1 << 16)),
                 capacity,
+                max_age,
             }),
             live,
         }
     }
 
-    /// Puts back what a store recovered, before any subscriber exists.
+    /// Puts back what a store recovered (all of it durable), before any subscriber exists.
     pub fn restore(&self, events: Vec<Arc<Event>>, last_sequence: u64) {
-        let mut inner = self.lock();
-        inner.last_sequence = last_sequence.max(events.last().map_or(0, |e| e.sequence));
-        inner.events = events.into();
-        while inner.events.len() > inner.capacity {
-            inner.events.pop_front();
+        let mut log = self.lock();
+        log.last_sequence = last_sequence.max(events.last().map_or(0, |e| e.sequence));
+        log.published = log.last_sequence;
+        for event in events {
+            log.retain(event);
         }
     }
 
-    /// Appends the event that `build` makes with the next sequence number.
-    pub fn append(&self, build: impl FnOnce(u64) -> Event) -> Arc<Event> {
-        let mut inner = self.lock();
-        inner.last_sequence += 1;
-        let event = Arc::new(build(inner.last_sequence));
-        if inner.capacity > 0 {
-            if inner.events.len() == inner.capacity {
-                inner.events.pop_front();
+    /// Gives `events` the next sequence numbers and hands them to `submit` while still holding
+    /// the log, so that batches reach the store in sequence order. They are shown to watchers
+    /// by `publish_through` once durable.
+    pub fn append<R>(&self, events: Vec<Event>, submit: impl FnOnce(Vec<Arc<Event>>) -> R) -> R {
+        let mut log = self.lock();
+        let events: Vec<Arc<Event>> = events
+            .into_iter()
+            .map(|mut event| {
+                log.last_sequence += 1;
+                event.sequence = log.last_sequence;
+                let event = Arc::new(event);
+                log.unpublished.push_back(event.clone());
+                event
+            })
+            .collect();
+        submit(events)
+    }
+
+    /// Shows watchers every event up to `durable`, in sequence order.
+    pub fn publish_through(&self, durable: u64) {
+        let mut log = self.lock();
+        while log
+            .unpublished
+            .front()
+            .is_some_and(|e| e.sequence <= durable)
+        {
+            if let Some(event) = log.unpublished.pop_front() {
+                log.published = event.sequence;
+                // No receivers is not an error: nobody is watching.
+                let _ = self.live.send(event.clone());
+                log.retain(event);
             }
-            inner.events.push_back(event.clone());
         }
-        // No receivers is not an error: nobody is watching.
-        let _ = self.live.send(event.clone());
-        event
     }
 
-    pub fn last_sequence(&self) -> u64 {
-        self.lock().last_sequence
+    /// The latest sequence shown to watchers.
+    pub fn published_sequence(&self) -> u64 {
+        self.lock().published
     }
 
     /// Starts a feed after `after` (replaying what is retained), or after the latest sequence.
     pub fn subscribe(&self, after: Option<u64>) -> Result<Feed, Error> {
-        let inner = self.lock();
+        let log = self.lock();
         let live = self.live.subscribe();
-        let latest = inner.last_sequence;
+        let latest = log.published;
         let replay = match after {
             None => Vec::new(),
             Some(after) if after > latest => return Err(Error::HistoryAhead { after, latest }),
             Some(after) => {
-                let oldest = inner.events.front().map_or(latest + 1, |e| e.sequence);
+                let oldest = log.retained.front().map_or(latest + 1, |e| e.sequence);
                 if after + 1 < oldest {
                     return Err(Error::HistoryExpired { after, oldest });
                 }
-                inner
-                    .events
+                log.retained
                     .iter()
                     .filter(|e| e.sequence > after)
                     .cloned()
@@ -129,7 +162,23 @@ impl EventLog {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Retained> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Log {
+    /// Keeps a published event, dropping the oldest beyond the count or the age.
+    fn retain(&mut self, event: Arc<Event>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let cutoff = event.at.saturating_sub(self.max_age);
+        self.retained.push_back(event);
+        while self.retained.len() > self.capacity
+            || self.retained.front().is_some_and(|e| e.at < cutoff)
+        {
+            self.retained.pop_front();
+        }
     }
 }

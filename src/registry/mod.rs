@@ -18,19 +18,20 @@ mod reasons;
 mod view;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use hashbrown::HashMap as FastMap;
 
 use crate::clock::Clock;
 use crate::core::{permit, Breaker, Settings, State, Timestamp, Transitions};
 use crate::error::{Error, Result};
-use crate::store::{Batch, Commit, Store, StoredBreaker};
+use crate::store::{AuditQuery, AuditRecord, Batch, Commit, Store, StoreSignals, StoredBreaker};
 
 pub use account_id::{validate as validate_account_id, MAX_ACCOUNT_ID_LEN};
 pub use events::{Event, OperatorAction};
-pub use operations::{CheckResult, ReportResult};
+pub use operations::{CheckResult, Denied, ReportResult};
 pub use reasons::human as human_duration;
 pub use view::{BreakerView, ProbeView};
 
@@ -50,6 +51,8 @@ pub struct RegistryOptions {
     pub max_accounts: usize,
     /// Events kept for watchers that resume with `after_sequence`.
     pub retained_events: usize,
+    /// Events older than this are no longer kept.
+    pub retained_age: Duration,
     /// Events a live watcher may fall behind by before it is ended.
     pub subscriber_buffer: usize,
 }
@@ -61,6 +64,7 @@ impl Default for RegistryOptions {
             overrides: HashMap::new(),
             max_accounts: 100_000,
             retained_events: 10_000,
+            retained_age: Duration::from_secs(7 * 24 * 3600),
             subscriber_buffer: 1_024,
         }
     }
@@ -89,6 +93,10 @@ pub struct Registry {
     events: EventLog,
     deadlines: DeadlineQueue,
     store: Arc<dyn Store>,
+    /// The store's health and durable sequence, read on every check (two atomic loads).
+    signals: Arc<StoreSignals>,
+    /// False until the store's contents are loaded; nothing is answered before.
+    ready: AtomicBool,
     clock: Arc<dyn Clock>,
 }
 
@@ -104,14 +112,9 @@ pub struct Subscription {
 }
 
 impl Registry {
-    /// Builds the registry from what `store` holds. Call before serving.
-    pub fn open(
-        options: RegistryOptions,
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
-        let recovered = store.load()?;
-        let registry = Registry {
+    /// An empty registry over `store`, not yet answering: call [`Registry::load`] next.
+    pub fn new(options: RegistryOptions, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             defaults: Arc::new(options.defaults),
             overrides: options
@@ -121,29 +124,85 @@ impl Registry {
                 .collect(),
             max_accounts: options.max_accounts,
             accounts: AtomicUsize::new(0),
-            events: EventLog::new(options.retained_events, options.subscriber_buffer),
+            events: EventLog::new(
+                options.retained_events,
+                options.retained_age,
+                options.subscriber_buffer,
+            ),
             deadlines: DeadlineQueue::default(),
+            signals: store.signals(),
             store,
+            ready: AtomicBool::new(false),
             clock,
-        };
-        registry
-            .events
+        }
+    }
+
+    /// A registry loaded from `store`, ready to answer.
+    pub fn open(
+        options: RegistryOptions,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let registry = Self::new(options, store, clock);
+        registry.load()?;
+        Ok(registry)
+    }
+
+    /// Loads everything the store holds, then starts answering. Blocking: breakers whose
+    /// deadline passed while the service was down are due at once (time spent down counts).
+    pub fn load(&self) -> Result<()> {
+        let recovered = self.store.load()?;
+        self.events
             .restore(recovered.events, recovered.last_sequence);
         for stored in recovered.breakers {
             let account_id = stored.account_id;
             let mut slot = Slot {
                 breaker: Breaker::from_record(&stored.record),
-                settings: registry.settings_for(&account_id),
+                settings: self.settings_for(&account_id),
                 last_sequence: stored.last_sequence,
                 scheduled: None,
             };
-            registry.schedule(&account_id, &mut slot);
-            let mut shard = registry.shard(&account_id);
+            self.schedule(&account_id, &mut slot);
+            let mut shard = self.shard(&account_id);
             if shard.insert(account_id.into_boxed_str(), slot).is_none() {
-                registry.accounts.fetch_add(1, Ordering::Relaxed);
+                self.accounts.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(registry)
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the registry is loaded and its store accepts writes.
+    pub fn is_serving(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.signals.is_writable()
+    }
+
+    pub fn store_signals(&self) -> &Arc<StoreSignals> {
+        &self.signals
+    }
+
+    /// Reads the audit trail, newest first.
+    pub async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.audit_records(&query))
+            .await
+            .map_err(|e| Error::Store(crate::store::StoreError::Unavailable(e.to_string())))?
+            .map_err(Error::from)
+    }
+
+    /// Shows watchers every event that is durable. Runs until `shutdown` resolves; calls that
+    /// wait for their own commit publish too, this catches the rest (timer transitions, callers
+    /// that went away).
+    pub async fn run_publisher(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut changed = self.signals.subscribe();
+        loop {
+            self.events.publish_through(self.signals.durable_sequence());
+            tokio::select! {
+                _ = &mut shutdown => return,
+                result = changed.changed() => if result.is_err() { return },
+            }
+        }
     }
 
     pub fn clock(&self) -> &dyn Clock {
@@ -151,7 +210,7 @@ impl Registry {
     }
 
     pub fn last_sequence(&self) -> u64 {
-        self.events.last_sequence()
+        self.events.published_sequence()
     }
 
     pub fn account_count(&self) -> usize {
@@ -161,6 +220,7 @@ impl Registry {
     /// The full view of one breaker.
     pub fn get(&self, account_id: &str) -> Result<BreakerView> {
         validate_account_id(account_id)?;
+        self.ensure_ready()?;
         let now = self.clock.now();
         let shard = self.shard(account_id);
         let slot = shard
@@ -201,6 +261,7 @@ impl Registry {
         for account_id in accounts {
             validate_account_id(account_id)?;
         }
+        self.ensure_ready()?;
         // Subscribe first: every event after `as_of` reaches the feed, and the snapshot read
         // afterwards is at least as new as `as_of`.
         let Feed {
@@ -261,14 +322,12 @@ impl Registry {
                 }
                 let now = self.clock.now();
                 let transitions = slot.breaker.tick(&slot.settings, now);
-                let commit = self.after_change(&account_id, slot, transitions, false, None);
+                let commit = self.after_change(&account_id, slot, transitions, false, None, None);
                 self.schedule(&account_id, slot);
                 commit
             };
-            if let Some(commit) = commit {
-                if let Err(error) = commit.durable().await {
-                    tracing::error!(account_id = %account_id, %error, "a timed transition could not be stored");
-                }
+            if let Err(error) = self.wait_durable(commit).await {
+                tracing::error!(account_id = %account_id, %error, "a timed transition is not stored yet; the store keeps retrying");
             }
         }
     }
@@ -308,39 +367,79 @@ impl Registry {
         transitions: Transitions,
         persist: bool,
         operator: Option<&OperatorAction>,
+        audit: Option<AuditRecord>,
     ) -> Option<Commit> {
         if transitions.is_empty() && !persist {
             return None;
         }
-        let events: Vec<_> = transitions
+        self.schedule(account_id, slot);
+        let events: Vec<Event> = transitions
             .iter()
-            .map(|t| {
-                let event = self.events.append(|sequence| Event {
-                    sequence,
-                    account_id: account_id.to_owned(),
-                    from: t.from,
-                    to: t.to,
-                    cause: t.cause,
-                    reason: reasons::transition(&t, &slot.settings, operator),
-                    failure_count: t.failure_count,
-                    at: t.at,
-                    generation: t.generation,
-                    recovery_at: t.recovery_at,
-                    operator: operator.cloned(),
-                });
-                slot.last_sequence = event.sequence;
-                event
+            .map(|t| Event {
+                sequence: 0,
+                account_id: account_id.to_owned(),
+                from: t.from,
+                to: t.to,
+                cause: t.cause,
+                reason: reasons::transition(&t, &slot.settings, operator),
+                failure_count: t.failure_count,
+                at: t.at,
+                generation: t.generation,
+                recovery_at: t.recovery_at,
+                operator: operator.cloned(),
             })
             .collect();
-        self.schedule(account_id, slot);
-        Some(self.store.submit(Batch {
-            breaker: Some(StoredBreaker {
-                account_id: account_id.to_owned(),
-                record: slot.breaker.to_record(),
-                last_sequence: slot.last_sequence,
-            }),
-            events,
-        }))
+        let submit = |slot: &mut Slot, events: Vec<Arc<Event>>| {
+            if let Some(last) = events.last() {
+                slot.last_sequence = last.sequence;
+            }
+            self.store.submit(Batch {
+                breaker: Some(StoredBreaker {
+                    account_id: account_id.to_owned(),
+                    record: slot.breaker.to_record(),
+                    last_sequence: slot.last_sequence,
+                }),
+                events,
+                audit,
+            })
+        };
+        Some(if events.is_empty() {
+            submit(slot, Vec::new())
+        } else {
+            self.events.append(events, |events| submit(slot, events))
+        })
+    }
+
+    /// Waits until `commit` is durable, then shows watchers what became durable with it.
+    async fn wait_durable(&self, commit: Option<Commit>) -> Result<()> {
+        if let Some(commit) = commit {
+            commit.durable().await?;
+            self.events.publish_through(self.signals.durable_sequence());
+        }
+        Ok(())
+    }
+
+    fn ensure_ready(&self) -> Result<()> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::Loading)
+        }
+    }
+
+    /// Refuses a change while the store cannot write: nothing is changed that could not be kept.
+    fn ensure_writable(&self) -> Result<()> {
+        self.ensure_ready()?;
+        if self.signals.is_writable() {
+            return Ok(());
+        }
+        let detail = self
+            .signals
+            .last_error()
+            .unwrap_or_else(|| "the last write failed".into());
+        Err(Error::Store(crate::store::StoreError::Unavailable(
+            format!("{detail}; no change is accepted until writes succeed again"),
+        )))
     }
 
     /// Queues the breaker's next deadline unless an earlier one is already queued.

@@ -6,20 +6,35 @@ use hashbrown::hash_map::EntryRef;
 
 use super::{reasons, validate_account_id, BreakerView, OperatorAction, Registry, Slot};
 use crate::core::{
-    permit, Breaker, Decision, Disposition, Outcome, Settings, State, Timestamp, Transitions,
+    permit, Breaker, Decision, Denial, Disposition, Outcome, Settings, State, Timestamp,
+    Transitions,
 };
 use crate::error::{Error, Result};
-use crate::store::Commit;
+use crate::store::{AuditAction, AuditRecord, Commit};
 
 /// Longest operator name accepted.
 pub const MAX_OPERATOR_LEN: usize = 128;
 /// Longest operator reason accepted.
 pub const MAX_REASON_LEN: usize = 1024;
 
+/// Why a check was denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// The breaker denied it.
+    Breaker(Denial),
+    /// The store cannot write, so the gate fails closed.
+    StoreUnavailable,
+}
+
 /// The answer to a check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckResult {
-    pub decision: Decision,
+    /// `None` when allowed.
+    pub denied: Option<Denied>,
+    /// True when the permit is a probe.
+    pub probe: bool,
+    /// The generation that issued the permit (0 when denied).
+    pub generation: u64,
     /// The breaker's state after the check.
     pub state: State,
     pub failure_count: u32,
@@ -82,37 +97,72 @@ struct Change<R> {
 
 impl Registry {
     /// Asks for a permit to place one order for `account_id`, creating its breaker on first use.
+    /// While the store cannot write, every check is denied ("store unavailable"): the gate
+    /// fails closed rather than allow orders whose outcomes could not be kept.
     pub async fn check(&self, account_id: &str) -> Result<CheckResult> {
         validate_account_id(account_id)?;
-        let (result, commit) = self.update(account_id, None, |breaker, settings, now| {
+        self.ensure_ready()?;
+        if !self.signals.is_writable() {
+            return Ok(self.store_unavailable(account_id));
+        }
+        let (result, commit) = self.update(account_id, None, None, |breaker, settings, now| {
             let (decision, transitions) = breaker.check(settings, now);
             let failure_count = breaker.failure_count(settings, now);
-            let (permit_id, reason, persist) = match &decision {
+            let (denied, probe, generation, permit_id, reason) = match &decision {
                 Decision::Allowed { permit, probe } => (
+                    None,
+                    *probe,
+                    permit.generation,
                     permit::encode(permit::account_tag(account_id), *permit),
                     String::new(),
-                    *probe,
                 ),
                 Decision::Denied(denial) => (
+                    Some(Denied::Breaker(*denial)),
+                    false,
+                    0,
                     String::new(),
                     reasons::denial(denial, failure_count, settings),
-                    false,
                 ),
             };
             Change {
                 result: CheckResult {
-                    decision,
+                    denied,
+                    probe,
+                    generation,
                     state: breaker.state(),
                     failure_count,
                     permit_id,
                     reason,
                 },
                 transitions,
-                persist,
+                persist: probe,
             }
         })?;
-        wait_durable(commit).await?;
+        self.wait_durable(commit).await?;
         Ok(result)
+    }
+
+    fn store_unavailable(&self, account_id: &str) -> CheckResult {
+        let now = self.clock.now();
+        let (state, failure_count) =
+            self.shard(account_id)
+                .get(account_id)
+                .map_or((State::Closed, 0), |slot| {
+                    (
+                        slot.breaker.state(),
+                        slot.breaker.failure_count(&slot.settings, now),
+                    )
+                });
+        let detail = self.signals.last_error().unwrap_or_default();
+        CheckResult {
+            denied: Some(Denied::StoreUnavailable),
+            probe: false,
+            generation: 0,
+            state,
+            failure_count,
+            permit_id: String::new(),
+            reason: format!("store unavailable: orders are denied until riskgate can record outcomes again ({detail})"),
+        }
     }
 
     /// Records how an order ended. An empty `permit_id` applies to the current generation.
@@ -123,6 +173,7 @@ impl Registry {
         outcome: Outcome,
     ) -> Result<ReportResult> {
         validate_account_id(account_id)?;
+        self.ensure_writable()?;
         let permit = match permit_id {
             "" => None,
             text => Some(
@@ -134,7 +185,7 @@ impl Registry {
                 })?,
             ),
         };
-        let (result, commit) = self.update(account_id, None, |breaker, settings, now| {
+        let (result, commit) = self.update(account_id, None, None, |breaker, settings, now| {
             let (disposition, transitions) = breaker.record(settings, permit, outcome, now);
             let state = breaker.state();
             // A success in CLOSED changes nothing durable: it needs no write.
@@ -150,19 +201,29 @@ impl Registry {
                 persist,
             }
         })?;
-        wait_durable(commit).await?;
+        self.wait_durable(commit).await?;
         Ok(result)
     }
 
-    /// Operator reset: CLOSED, all counters cleared.
-    pub async fn reset(&self, account_id: &str, action: OperatorAction) -> Result<BreakerView> {
-        self.operator_action(account_id, action, Breaker::reset)
+    /// Operator reset: CLOSED, all counters cleared. `peer` is the caller's address.
+    pub async fn reset(
+        &self,
+        account_id: &str,
+        action: OperatorAction,
+        peer: &str,
+    ) -> Result<BreakerView> {
+        self.operator_action(account_id, action, peer, AuditAction::Reset, Breaker::reset)
             .await
     }
 
-    /// Operator trip: OPEN and held until reset.
-    pub async fn trip(&self, account_id: &str, action: OperatorAction) -> Result<BreakerView> {
-        self.operator_action(account_id, action, Breaker::trip)
+    /// Operator trip: OPEN and held until reset. `peer` is the caller's address.
+    pub async fn trip(
+        &self,
+        account_id: &str,
+        action: OperatorAction,
+        peer: &str,
+    ) -> Result<BreakerView> {
+        self.operator_action(account_id, action, peer, AuditAction::Trip, Breaker::trip)
             .await
     }
 
@@ -170,16 +231,34 @@ impl Registry {
         &self,
         account_id: &str,
         action: OperatorAction,
+        peer: &str,
+        kind: AuditAction,
         act: fn(&mut Breaker, &Settings, Timestamp) -> crate::core::Transition,
     ) -> Result<BreakerView> {
         validate_account_id(account_id)?;
-        let ((), commit) =
-            self.update(account_id, Some(&action), |breaker, settings, now| Change {
+        self.ensure_writable()?;
+        let audit = |before: State, after: State, at: Timestamp| AuditRecord {
+            id: 0,
+            at,
+            account_id: account_id.to_owned(),
+            action: kind,
+            operator: action.operator.clone(),
+            reason: action.reason.clone(),
+            state_before: before,
+            state_after: after,
+            peer: peer.to_owned(),
+        };
+        let ((), commit) = self.update(
+            account_id,
+            Some(&action),
+            Some(&audit),
+            |breaker, settings, now| Change {
                 result: (),
                 transitions: Transitions::one(act(breaker, settings, now)),
                 persist: true,
-            })?;
-        wait_durable(commit).await?;
+            },
+        )?;
+        self.wait_durable(commit).await?;
         self.get(account_id)
     }
 
@@ -189,6 +268,7 @@ impl Registry {
         &self,
         account_id: &str,
         operator: Option<&OperatorAction>,
+        audit: Option<&dyn Fn(State, State, Timestamp) -> AuditRecord>,
         operation: impl FnOnce(&mut Breaker, &Settings, Timestamp) -> Change<R>,
     ) -> Result<(R, Option<Commit>)> {
         let mut shard = self.shard(account_id);
@@ -209,19 +289,14 @@ impl Registry {
         };
         // Read under the lock, so that one breaker never sees time go backwards.
         let now = self.clock.now();
+        let before = slot.breaker.state();
         let Change {
             result,
             transitions,
             persist,
         } = operation(&mut slot.breaker, &slot.settings, now);
-        let commit = self.after_change(account_id, slot, transitions, persist, operator);
+        let audit = audit.map(|record| record(before, slot.breaker.state(), now));
+        let commit = self.after_change(account_id, slot, transitions, persist, operator, audit);
         Ok((result, commit))
-    }
-}
-
-async fn wait_durable(commit: Option<Commit>) -> Result<()> {
-    match commit {
-        Some(commit) => Ok(commit.durable().await?),
-        None => Ok(()),
     }
 }

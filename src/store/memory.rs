@@ -4,18 +4,23 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{Batch, Commit, Recovered, Store, StoreError, StoredBreaker};
+use super::{
+    AuditQuery, AuditRecord, Batch, Commit, Recovered, Store, StoreError, StoreSignals,
+    StoredBreaker,
+};
 use crate::registry::Event;
 
 #[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    signals: Arc<StoreSignals>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     breakers: HashMap<String, StoredBreaker>,
     events: VecDeque<Arc<Event>>,
+    audit: Vec<AuditRecord>,
     last_sequence: u64,
     /// Events kept, like the registry's own retention.
     retained_events: usize,
@@ -28,13 +33,18 @@ impl MemoryStore {
                 retained_events,
                 ..Inner::default()
             }),
+            signals: Arc::new(StoreSignals::new(0)),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Store for MemoryStore {
     fn load(&self) -> Result<Recovered, StoreError> {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.lock();
         Ok(Recovered {
             breakers: inner.breakers.values().cloned().collect(),
             events: inner.events.iter().cloned().collect(),
@@ -43,17 +53,46 @@ impl Store for MemoryStore {
     }
 
     fn submit(&self, batch: Batch) -> Commit {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.lock();
         if let Some(breaker) = batch.breaker {
             inner.breakers.insert(breaker.account_id.clone(), breaker);
         }
+        let mut durable = None;
         for event in batch.events {
             inner.last_sequence = inner.last_sequence.max(event.sequence);
+            durable = Some(inner.last_sequence);
             inner.events.push_back(event);
         }
         while inner.events.len() > inner.retained_events {
             inner.events.pop_front();
         }
+        if let Some(mut record) = batch.audit {
+            record.id = inner.audit.len() as u64 + 1;
+            inner.audit.push(record);
+        }
+        drop(inner);
+        if durable.is_some() {
+            self.signals.wrote(durable);
+        }
         Commit::done(Ok(()))
+    }
+
+    fn signals(&self) -> Arc<StoreSignals> {
+        self.signals.clone()
+    }
+
+    fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .audit
+            .iter()
+            .rev()
+            .filter(|r| query.before_id.is_none_or(|id| r.id < id))
+            .filter(|r| query.account_id.as_ref().is_none_or(|a| &r.account_id == a))
+            .filter(|r| query.since.is_none_or(|t| r.at >= t))
+            .filter(|r| query.until.is_none_or(|t| r.at < t))
+            .take(query.limit)
+            .cloned()
+            .collect())
     }
 }

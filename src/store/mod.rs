@@ -1,29 +1,46 @@
 //! Persistence behind one narrow trait.
 //!
 //! The registry is the live truth; a [`Store`] keeps what must survive a restart (breaker
-//! records and the retained events) and tells the registry when a change is durable. A store
+//! records, the retained events, the audit trail) and says when a change is durable. A store
 //! never interprets breaker semantics: it writes and reads back plain records.
 //!
-//! Contract: `submit` is called with the account's shard lock held, so it must not block; it
-//! applies batches in submission order; the returned [`Commit`] resolves once the batch is as
-//! durable as the store promises. `load` is called once, before the service answers.
+//! Contract:
+//! - `submit` is called with the account's shard lock held (and, for batches with events, the
+//!   event log's lock), so it must not block; it applies batches in submission order.
+//! - The returned [`Commit`] resolves once the batch is as durable as the store promises, or with
+//!   `StoreError::Unavailable` if writing failed. A failed batch is not dropped: the store keeps
+//!   retrying it, in order, so the outcome of a failed call is "not known yet", never "lost".
+//! - [`StoreSignals`] says whether the store is accepting writes and up to which event sequence
+//!   everything is durable; events are shown to watchers only up to that sequence.
+//! - `load` is called once, before the service answers.
 
 mod memory;
+mod sqlite;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use thiserror::Error;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use crate::core::BreakerRecord;
+use crate::core::{BreakerRecord, State, Timestamp};
 use crate::registry::Event;
 
 pub use memory::MemoryStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
+    /// Writing failed (disk full, I/O error, read-only); the store retries by itself.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store cannot be used at all; start-up stops.
+    #[error("cannot use the store at {path}: {detail}. {advice}")]
+    Unusable {
+        path: String,
+        detail: String,
+        advice: &'static str,
+    },
 }
 
 /// One account's breaker as persisted.
@@ -35,11 +52,56 @@ pub struct StoredBreaker {
     pub last_sequence: u64,
 }
 
+/// An operator action, as the audit trail keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Assigned by the store; increases with every record. 0 in a submitted batch.
+    pub id: u64,
+    pub at: Timestamp,
+    pub account_id: String,
+    pub action: AuditAction,
+    pub operator: String,
+    pub reason: String,
+    pub state_before: State,
+    pub state_after: State,
+    /// The caller's address, or empty when unknown.
+    pub peer: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    Reset,
+    Trip,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Reset => "reset",
+            AuditAction::Trip => "trip",
+        }
+    }
+}
+
+/// Which audit records to read: newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub account_id: Option<String>,
+    /// Records at or after this time.
+    pub since: Option<Timestamp>,
+    /// Records before this time.
+    pub until: Option<Timestamp>,
+    /// Records with an id below this (the previous page's last id).
+    pub before_id: Option<u64>,
+    pub limit: usize,
+}
+
 /// What one registry operation changed, written atomically.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub breaker: Option<StoredBreaker>,
     pub events: Vec<Arc<Event>>,
+    pub audit: Option<AuditRecord>,
 }
 
 /// Everything a store holds, read back at start-up.
@@ -55,6 +117,80 @@ pub struct Recovered {
 pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<Recovered, StoreError>;
     fn submit(&self, batch: Batch) -> Commit;
+    fn signals(&self) -> Arc<StoreSignals>;
+    /// Reads the audit trail. May block on I/O: call from a blocking context.
+    fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// How the store is doing, shared with the registry and the health service.
+#[derive(Debug)]
+pub struct StoreSignals {
+    writable: AtomicBool,
+    durable_sequence: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// Ticks on every change of the above.
+    changed: watch::Sender<()>,
+}
+
+impl StoreSignals {
+    pub fn new(durable_sequence: u64) -> Self {
+        StoreSignals {
+            writable: AtomicBool::new(true),
+            durable_sequence: AtomicU64::new(durable_sequence),
+            last_error: Mutex::new(None),
+            changed: watch::channel(()).0,
+        }
+    }
+
+    /// Whether the last write succeeded.
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Acquire)
+    }
+
+    /// Every event up to this sequence is durable.
+    pub fn durable_sequence(&self) -> u64 {
+        self.durable_sequence.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Notified on every change of writability or of the durable sequence.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    pub(crate) fn wrote(&self, durable_sequence: Option<u64>) {
+        if let Some(sequence) = durable_sequence {
+            self.durable_sequence.fetch_max(sequence, Ordering::AcqRel);
+        }
+        if !self.writable.swap(true, Ordering::AcqRel) {
+            tracing::info!("the store accepts writes again");
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        self.changed.send_replace(());
+    }
+
+    pub(crate) fn failed(&self, error: &str) {
+        if self.writable.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                error,
+                "the store cannot write; refusing changes and denying checks until it can"
+            );
+        }
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error.to_owned());
+        self.changed.send_replace(());
+    }
 }
 
 /// Resolves when a submitted batch is durable.

@@ -77,6 +77,7 @@ impl TestServer {
             .connect()
             .await
             .expect("connect to the test server");
+        wait_until_serving(channel.clone()).await;
         TestServer {
             addr,
             store,
@@ -225,6 +226,29 @@ impl TestServer {
             .await
             .expect("WatchEvents")
             .into_inner()
+    }
+}
+
+/// Waits (within patience) until the server's health says SERVING: the store is loaded.
+pub async fn wait_until_serving(channel: Channel) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let mut statuses = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    loop {
+        let status = tokio::time::timeout(PATIENCE, statuses.message())
+            .await
+            .expect("SERVING within patience")
+            .expect("health stream")
+            .expect("a health status");
+        if status.status == ServingStatus::Serving as i32 {
+            return;
+        }
     }
 }
 

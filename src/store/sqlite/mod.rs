@@ -1,0 +1,367 @@
+//! The embedded durable store: SQLite (bundled, nothing to install), in WAL mode with
+//! `synchronous = FULL`, so a transaction is on disk (fsync'd) when its commit returns.
+//!
+//! Layout of the data directory: `riskgate.db` (plus SQLite's `-wal` and `-shm` files) and
+//! `riskgate.lock`, held exclusively while a server uses the store, so two servers never write
+//! one store. The store is opened only if it is riskgate's and passes SQLite's integrity check;
+//! anything else stops start-up and is left untouched.
+
+mod codec;
+mod schema;
+mod writer;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{
+    AuditAction, AuditQuery, AuditRecord, Batch, Commit, Recovered, Store, StoreError,
+    StoreSignals, StoredBreaker,
+};
+use crate::core::Timestamp;
+use writer::{Reply, Retention};
+
+const DATABASE: &str = "riskgate.db";
+const LOCK: &str = "riskgate.lock";
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+const ADVICE_FOREIGN: &str = "Point [store] path at a riskgate data directory (or a new one); riskgate never overwrites a file it did not create";
+const ADVICE_DAMAGED: &str = "Restore the data directory from a backup (see docs in the README), or move it away to start empty; riskgate will not start on a damaged store";
+const ADVICE_IO: &str =
+    "Check that the directory exists, is writable by riskgate and that the disk has space";
+
+/// How the store is opened (from configuration).
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    /// Events kept for watchers resuming after a restart.
+    pub retained_events: usize,
+    /// Events older than this are pruned.
+    pub retained_age: Duration,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    /// `None` once closing, which lets the writer finish and stop.
+    jobs: Option<Sender<(Batch, Reply)>>,
+    writer: Option<JoinHandle<()>>,
+    /// Reads (start-up load, audit queries) run beside the writer: WAL readers do not block it.
+    reader: Mutex<Connection>,
+    signals: Arc<StoreSignals>,
+    retained_events: usize,
+    /// Held for the store's lifetime: the exclusive lock on `riskgate.lock`.
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating on first start) the store in `options.path`.
+    pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        let dir = options.path.clone();
+        let shown = dir.display().to_string();
+        let unusable = |detail: String, advice: &'static str| StoreError::Unusable {
+            path: shown.clone(),
+            detail,
+            advice,
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(unusable(
+                "it is a file, not a directory".into(),
+                ADVICE_FOREIGN,
+            ));
+        }
+        fs::create_dir_all(&dir)
+            .map_err(|e| unusable(format!("cannot create it: {e}"), ADVICE_IO))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))
+            .map_err(|e| unusable(format!("cannot open {LOCK}: {e}"), ADVICE_IO))?;
+        lock.try_lock().map_err(|_| {
+            unusable(
+                "another riskgate server is using it".into(),
+                "Stop the other server, or give this one its own [store] path",
+            )
+        })?;
+
+        let db = dir.join(DATABASE);
+        check_header(&db).map_err(|detail| unusable(detail, ADVICE_FOREIGN))?;
+        let mut conn = Connection::open(&db)
+            .map_err(|e| unusable(format!("cannot open {DATABASE}: {e}"), ADVICE_IO))?;
+        configure(&conn).map_err(|e| unusable(format!("{DATABASE}: {e}"), ADVICE_DAMAGED))?;
+        integrity_check(&conn).map_err(|detail| unusable(detail, ADVICE_DAMAGED))?;
+        match schema::inspect(&conn).map_err(|e| unusable(e.to_string(), ADVICE_DAMAGED))? {
+            schema::Found::Foreign => {
+                return Err(unusable(
+                    format!("{DATABASE} is a SQLite database of another application"),
+                    ADVICE_FOREIGN,
+                ))
+            }
+            schema::Found::Riskgate(version) if version > schema::CURRENT_VERSION => {
+                return Err(unusable(
+                    format!("it was written by a newer riskgate (schema {version}, this one reads up to {})", schema::CURRENT_VERSION),
+                    "Run the newer riskgate, or restore a backup taken before the upgrade",
+                ))
+            }
+            schema::Found::Riskgate(version) => {
+                schema::migrate(&mut conn, version).map_err(|e| unusable(format!("migrating the schema failed: {e}"), ADVICE_IO))?
+            }
+            schema::Found::Empty => {
+                schema::migrate(&mut conn, 0).map_err(|e| unusable(format!("creating the schema failed: {e}"), ADVICE_IO))?
+            }
+        }
+        let reader =
+            Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+                unusable(
+                    format!("cannot open {DATABASE} for reading: {e}"),
+                    ADVICE_IO,
+                )
+            })?;
+        let last_sequence =
+            read_last_sequence(&reader).map_err(|e| unusable(e.to_string(), ADVICE_DAMAGED))?;
+        let signals = Arc::new(StoreSignals::new(last_sequence));
+
+        let (jobs, receiver) = mpsc::channel();
+        let retention = Retention {
+            events: options.retained_events,
+            max_age: options.retained_age,
+        };
+        let writer = std::thread::Builder::new()
+            .name("riskgate-store".into())
+            .spawn({
+                let signals = signals.clone();
+                let shown = shown.clone();
+                move || writer::run(conn, receiver, signals, retention, shown)
+            })
+            .map_err(|e| unusable(format!("cannot start the writer thread: {e}"), ADVICE_IO))?;
+        tracing::info!(path = %shown, last_sequence, "store opened");
+        Ok(SqliteStore {
+            path: dir,
+            jobs: Some(jobs),
+            writer: Some(writer),
+            reader: Mutex::new(reader),
+            signals,
+            retained_events: options.retained_events,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn unusable(&self, detail: String) -> StoreError {
+        StoreError::Unusable {
+            path: self.path.display().to_string(),
+            detail,
+            advice: ADVICE_DAMAGED,
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is pending and stop.
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<Recovered, StoreError> {
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let fail = |e: rusqlite::Error| self.unusable(format!("reading it failed: {e}"));
+        let mut breakers = Vec::new();
+        let mut rows = reader
+            .prepare("SELECT account_id, record, last_sequence FROM breakers")
+            .map_err(fail)?;
+        let mut cursor = rows.query([]).map_err(fail)?;
+        while let Some(row) = cursor.next().map_err(fail)? {
+            let account_id: String = row.get(0).map_err(fail)?;
+            let bytes: Vec<u8> = row.get(1).map_err(fail)?;
+            let last_sequence: i64 = row.get(2).map_err(fail)?;
+            let record = codec::decode_breaker(&bytes).map_err(|e| {
+                self.unusable(format!("the breaker of {account_id} does not decode: {e}"))
+            })?;
+            breakers.push(StoredBreaker {
+                account_id,
+                record,
+                last_sequence: u64::try_from(last_sequence).unwrap_or(0),
+            });
+        }
+        let mut events = Vec::new();
+        let mut rows = reader
+            .prepare("SELECT sequence, event FROM events ORDER BY sequence DESC LIMIT ?1")
+            .map_err(fail)?;
+        let mut cursor = rows
+            .query([i64::try_from(self.retained_events).unwrap_or(i64::MAX)])
+            .map_err(fail)?;
+        while let Some(row) = cursor.next().map_err(fail)? {
+            let sequence: i64 = row.get(0).map_err(fail)?;
+            let bytes: Vec<u8> = row.get(1).map_err(fail)?;
+            let event = codec::decode_event(&bytes)
+                .map_err(|e| self.unusable(format!("event {sequence} does not decode: {e}")))?;
+            events.push(Arc::new(event));
+        }
+        events.reverse();
+        let last_sequence = read_last_sequence(&reader).map_err(fail)?;
+        Ok(Recovered {
+            breakers,
+            events,
+            last_sequence,
+        })
+    }
+
+    fn submit(&self, batch: Batch) -> Commit {
+        let (reply, receiver) = oneshot::channel();
+        match &self.jobs {
+            Some(jobs) if jobs.send((batch, reply)).is_ok() => Commit::pending(receiver),
+            _ => Commit::done(Err(StoreError::Unavailable("the store is closed".into()))),
+        }
+    }
+
+    fn signals(&self) -> Arc<StoreSignals> {
+        self.signals.clone()
+    }
+
+    fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let fail = |e: rusqlite::Error| {
+            StoreError::Unavailable(format!("reading the audit trail failed: {e}"))
+        };
+        let nanos =
+            |t: Option<Timestamp>| t.map(|t| i64::try_from(t.as_unix_nanos()).unwrap_or(i64::MAX));
+        let mut statement = reader
+            .prepare_cached(
+                "SELECT id, at, account_id, action, operator, reason, state_before, state_after, peer
+                 FROM audit
+                 WHERE (?1 IS NULL OR account_id = ?1) AND (?2 IS NULL OR at >= ?2)
+                   AND (?3 IS NULL OR at < ?3) AND (?4 IS NULL OR id < ?4)
+                 ORDER BY id DESC LIMIT ?5",
+            )
+            .map_err(fail)?;
+        let rows = statement
+            .query_map(
+                params![
+                    query.account_id,
+                    nanos(query.since),
+                    nanos(query.until),
+                    query
+                        .before_id
+                        .map(|id| i64::try_from(id).unwrap_or(i64::MAX)),
+                    i64::try_from(query.limit).unwrap_or(i64::MAX),
+                ],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                        row.get::<_, String>(6)?,
+                        row.get::<_, String>(7)?,
+                        row.get::<_, String>(8)?,
+                    ))
+                },
+            )
+            .map_err(fail)?;
+        let mut records = Vec::new();
+        for row in rows {
+            let (id, at, account_id, action, operator, reason, before, after, peer) =
+                row.map_err(fail)?;
+            let damaged = || StoreError::Unavailable(format!("audit record {id} is damaged"));
+            records.push(AuditRecord {
+                id: u64::try_from(id).map_err(|_| damaged())?,
+                at: Timestamp::from_unix_nanos(u64::try_from(at).unwrap_or(0)),
+                account_id,
+                action: match action.as_str() {
+                    "reset" => AuditAction::Reset,
+                    "trip" => AuditAction::Trip,
+                    _ => return Err(damaged()),
+                },
+                operator,
+                reason,
+                state_before: codec::state_from_name(&before).ok_or_else(damaged)?,
+                state_after: codec::state_from_name(&after).ok_or_else(damaged)?,
+                peer,
+            });
+        }
+        Ok(records)
+    }
+}
+
+/// A file that exists with content must be a SQLite database before SQLite is let near it.
+fn check_header(db: &Path) -> Result<(), String> {
+    let mut file = match File::open(db) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {DATABASE}: {e}")),
+    };
+    let mut header = [0u8; 16];
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => return Err(format!("cannot read {DATABASE}: {e}")),
+        }
+    }
+    if read == 0 || &header == SQLITE_HEADER {
+        Ok(())
+    } else {
+        Err(format!(
+            "{DATABASE} is not a riskgate store (not a SQLite database)"
+        ))
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn integrity_check(conn: &Connection) -> Result<(), String> {
+    let mut statement = conn
+        .prepare("PRAGMA quick_check")
+        .map_err(|e| format!("{DATABASE} failed its integrity check: {e}"))?;
+    let problems: Vec<String> = statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("{DATABASE} failed its integrity check: {e}"))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{DATABASE} failed its integrity check: {}",
+            problems.join("; ")
+        ))
+    }
+}
+
+fn read_last_sequence(conn: &Connection) -> rusqlite::Result<u64> {
+    let value: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'last_sequence'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+}

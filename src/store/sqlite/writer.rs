@@ -1,0 +1,190 @@
+//! The store's single writer: group commit on its own thread.
+//!
+//! Every batch submitted while the previous transaction was being written is written in the next
+//! one, with one fsync for all of them, so throughput grows with concurrency instead of
+//! collapsing to one fsync per call. Callers are answered only after their transaction is
+//! durable. A failed transaction is answered with `Unavailable` but kept, and retried (with
+//! whatever arrives meanwhile, in order) until it succeeds: a failure never drops a change.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+use super::codec;
+use crate::store::{Batch, StoreError, StoreSignals};
+
+/// Most batches in one transaction: bounds the latency of the first one in a burst.
+const MAX_GROUP: usize = 4_096;
+/// Pause between attempts while writes fail.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// How often retained events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// Attempts left for pending batches once the store is closing.
+const ATTEMPTS_WHEN_CLOSING: u32 = 5;
+
+pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+pub(super) struct Retention {
+    pub events: usize,
+    pub max_age: Duration,
+}
+
+pub(super) fn run(
+    mut conn: Connection,
+    jobs: Receiver<(Batch, Reply)>,
+    signals: Arc<StoreSignals>,
+    retention: Retention,
+    path: String,
+) {
+    let mut pending: Vec<(Batch, Option<Reply>)> = Vec::new();
+    let mut last_prune = Instant::now();
+    let mut closing = false;
+    let mut attempts_left = ATTEMPTS_WHEN_CLOSING;
+    loop {
+        if pending.is_empty() {
+            if closing {
+                return;
+            }
+            match jobs.recv_timeout(PRUNE_EVERY) {
+                Ok((batch, reply)) => pending.push((batch, Some(reply))),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        while pending.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok((batch, reply)) => pending.push((batch, Some(reply))),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closing = true;
+                    break;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            match write(&mut conn, &pending) {
+                Ok(durable) => {
+                    for (_, reply) in pending.drain(..) {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    signals.wrote(durable);
+                }
+                Err(error) => {
+                    let message = format!("writing to {path} failed: {error}");
+                    signals.failed(&message);
+                    for (_, reply) in pending.iter_mut() {
+                        if let Some(reply) = reply.take() {
+                            let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+                        }
+                    }
+                    if closing {
+                        attempts_left = attempts_left.saturating_sub(1);
+                        if attempts_left == 0 {
+                            tracing::error!(changes = pending.len(), %message, "closing with changes that could not be written");
+                            return;
+                        }
+                    }
+                    std::thread::sleep(RETRY_AFTER);
+                    continue;
+                }
+            }
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            if let Err(error) = prune(&conn, &retention) {
+                tracing::warn!(%error, "pruning old events failed; retrying later");
+            }
+        }
+    }
+}
+
+fn nanos(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Writes every pending batch in one transaction; returns the highest event sequence written.
+fn write(
+    conn: &mut Connection,
+    pending: &[(Batch, Option<Reply>)],
+) -> rusqlite::Result<Option<u64>> {
+    let tx = conn.transaction()?;
+    let mut durable = None;
+    {
+        let mut upsert_breaker = tx.prepare_cached(
+            "INSERT INTO breakers (account_id, record, last_sequence) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account_id) DO UPDATE
+             SET record = excluded.record, last_sequence = excluded.last_sequence",
+        )?;
+        let mut insert_event = tx.prepare_cached(
+            "INSERT OR REPLACE INTO events (sequence, at, account_id, event) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut insert_audit = tx.prepare_cached(
+            "INSERT INTO audit (at, account_id, action, operator, reason, state_before, state_after, peer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (batch, _) in pending {
+            if let Some(breaker) = &batch.breaker {
+                upsert_breaker.execute(params![
+                    breaker.account_id,
+                    codec::encode_breaker(&breaker.record),
+                    nanos(breaker.last_sequence),
+                ])?;
+            }
+            for event in &batch.events {
+                insert_event.execute(params![
+                    nanos(event.sequence),
+                    nanos(event.at.as_unix_nanos()),
+                    event.account_id,
+                    codec::encode_event(event),
+                ])?;
+                durable = durable.max(Some(event.sequence));
+            }
+            if let Some(audit) = &batch.audit {
+                insert_audit.execute(params![
+                    nanos(audit.at.as_unix_nanos()),
+                    audit.account_id,
+                    audit.action.as_str(),
+                    audit.operator,
+                    audit.reason,
+                    codec::state_name(audit.state_before),
+                    codec::state_name(audit.state_after),
+                    audit.peer,
+                ])?;
+            }
+        }
+        if let Some(sequence) = durable {
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES ('last_sequence', ?1)
+                 ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                [nanos(sequence)],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(durable)
+}
+
+/// Drops events beyond the retained count or older than the retained age.
+fn prune(conn: &Connection, retention: &Retention) -> rusqlite::Result<()> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let cutoff = now.saturating_sub(retention.max_age).as_nanos();
+    let deleted = conn.execute(
+        "DELETE FROM events
+         WHERE sequence <= (SELECT MAX(sequence) FROM events) - ?1 OR at < ?2",
+        params![
+            i64::try_from(retention.events).unwrap_or(i64::MAX),
+            i64::try_from(cutoff).unwrap_or(i64::MAX)
+        ],
+    )?;
+    if deleted > 0 {
+        tracing::debug!(deleted, "pruned old events");
+    }
+    Ok(())
+}
