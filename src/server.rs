@@ -197,8 +197,10 @@ pub async fn serve(
             Ok(())
         }
     };
+    // Wait for the background tasks to be gone: they hold the registry, and so the store.
     for task in background {
         task.abort();
+        let _ = task.await;
     }
     tracing::info!("riskgate stopped");
     result

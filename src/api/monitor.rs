@@ -83,7 +83,7 @@ impl MonitorService for Monitor {
             .registry
             .subscribe(&request.account_ids, request.after_sequence)?;
         let stream = watch::start(
-            self.registry.clone(),
+            self.registry.clock_handle(),
             subscription,
             request.account_ids,
             self.watch.clone(),

@@ -16,8 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::convert;
+use crate::clock::Clock;
 use crate::proto::{watch_events_response::Kind, Heartbeat, SnapshotComplete, WatchEventsResponse};
-use crate::registry::{Registry, Subscription};
+use crate::registry::Subscription;
 
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -31,19 +32,21 @@ pub struct WatchOptions {
 
 type Item = Result<WatchEventsResponse, Status>;
 
+/// Starts the stream's task. It holds the clock, not the registry, so that a stopped server's
+/// registry (and its store) is released as soon as the server returns.
 pub fn start(
-    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
     subscription: Subscription,
     accounts: Vec<String>,
     options: WatchOptions,
 ) -> ReceiverStream<Item> {
     let (sender, receiver) = mpsc::channel(options.buffer.max(1));
-    tokio::spawn(forward(registry, subscription, accounts, sender, options));
+    tokio::spawn(forward(clock, subscription, accounts, sender, options));
     ReceiverStream::new(receiver)
 }
 
 async fn forward(
-    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
     subscription: Subscription,
     accounts: Vec<String>,
     sender: mpsc::Sender<Item>,
@@ -136,7 +139,7 @@ async fn forward(
             _ = heartbeat.tick() => {
                 let beat = Heartbeat {
                     sequence: current,
-                    time: Some(convert::timestamp(registry.clock().now())),
+                    time: Some(convert::timestamp(clock.now())),
                 };
                 if !out.send(Kind::Heartbeat(beat)).await {
                     return;

@@ -57,6 +57,16 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Show the audit trail of operator actions, newest first.
+    Audit {
+        /// Only this account's records.
+        account: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Open a breaker and hold it open until it is reset.
     Trip {
         account: String,
@@ -119,6 +129,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             action,
             target,
         } => remote::trip(&target.addr, account, action).await,
+        Command::Audit {
+            account,
+            limit,
+            target,
+        } => remote::audit(&target.addr, account, limit).await,
     }
 }
 
@@ -127,6 +142,8 @@ async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
     crate::logging::init(log_format.unwrap_or(config.log.format), &config.log.level)
         .map_err(CliError::Logging)?;
     let addr = config.listen_addr()?;
+    // The store first: one that cannot be used stops start-up before anything listens.
+    let store = server::open_store(&config)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| CliError::Bind {
@@ -136,7 +153,8 @@ async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening in plaintext on a non-loopback address");
     }
-    server::run(listener, &config, shutdown_signal()).await?;
+    let clock = std::sync::Arc::new(crate::clock::SystemClock::new());
+    server::serve(listener, &config, store, clock, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

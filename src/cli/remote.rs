@@ -10,7 +10,8 @@ use super::{render, ActionArgs, CliError};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::monitor_service_client::MonitorServiceClient;
 use crate::proto::{
-    GetBreakerRequest, ListBreakersRequest, ResetBreakerRequest, TripBreakerRequest,
+    GetBreakerRequest, ListAuditRecordsRequest, ListBreakersRequest, ResetBreakerRequest,
+    TripBreakerRequest,
 };
 
 /// How long a one-shot command waits for the server.
@@ -150,5 +151,36 @@ pub(super) async fn trip(
             render::state_name(breaker.state)
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn audit(
+    addr: &str,
+    account: Option<String>,
+    limit: usize,
+) -> Result<ExitCode, CliError> {
+    let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let mut records = Vec::new();
+    let mut page_token = String::new();
+    while records.len() < limit {
+        let page = client
+            .list_audit_records(ListAuditRecordsRequest {
+                account_id: account.clone().unwrap_or_default(),
+                since: None,
+                until: None,
+                page_size: u32::try_from(limit - records.len()).unwrap_or(u32::MAX),
+                page_token,
+            })
+            .await
+            .map_err(|s| call_error(addr, s))?
+            .into_inner();
+        records.extend(page.records);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    records.truncate(limit);
+    print!("{}", render::audit_table(&records));
     Ok(ExitCode::SUCCESS)
 }

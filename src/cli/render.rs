@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::proto::{Breaker, BreakerEvent, BreakerState, TransitionCause};
+use crate::proto::{
+    AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, TransitionCause,
+};
 use crate::registry::human_duration;
 
 pub fn state_name(state: i32) -> &'static str {
@@ -177,4 +179,48 @@ pub fn snapshot_line(b: &Breaker) -> String {
         if note.is_empty() { "" } else { " " },
         note
     )
+}
+
+pub fn audit_table(records: &[AuditRecord]) -> String {
+    if records.is_empty() {
+        return "no operator actions recorded\n".to_owned();
+    }
+    let account_width = records
+        .iter()
+        .map(|r| r.account_id.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let operator_width = records
+        .iter()
+        .map(|r| r.operator.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24}  {:<account_width$}  {:<6}  {:<operator_width$}  {:<9}  {:<9}  {:<21}  REASON",
+        "TIME", "ACCOUNT", "ACTION", "OPERATOR", "BEFORE", "AFTER", "PEER"
+    );
+    for r in records {
+        let action = match AuditAction::try_from(r.action) {
+            Ok(AuditAction::Reset) => "reset",
+            Ok(AuditAction::Trip) => "trip",
+            _ => "?",
+        };
+        let _ = writeln!(
+            out,
+            "{:<24}  {:<account_width$}  {:<6}  {:<operator_width$}  {:<9}  {:<9}  {:<21}  {}",
+            r.time.as_ref().map(time).unwrap_or_default(),
+            r.account_id,
+            action,
+            r.operator,
+            state_name(r.state_before),
+            state_name(r.state_after),
+            r.peer,
+            r.reason
+        );
+    }
+    out
 }

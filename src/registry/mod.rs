@@ -209,6 +209,10 @@ impl Registry {
         self.clock.as_ref()
     }
 
+    pub fn clock_handle(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     pub fn last_sequence(&self) -> u64 {
         self.events.published_sequence()
     }

@@ -38,7 +38,7 @@ pub fn config(toml: &str) -> Config {
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub store: Arc<MemoryStore>,
+    pub store: Arc<dyn Store>,
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServeError>>,
@@ -55,11 +55,11 @@ impl TestServer {
     }
 
     /// Starts on an existing store, as after a restart.
-    pub async fn start_with(config: Config, store: Arc<MemoryStore>) -> Self {
+    pub async fn start_with(config: Config, store: Arc<dyn Store>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let shared: Arc<dyn Store> = store.clone();
+        let shared = store.clone();
         let task = tokio::spawn(async move {
             server::serve(
                 listener,

@@ -53,7 +53,8 @@ pub struct SqliteStore {
     jobs: Option<Sender<(Batch, Reply)>>,
     writer: Option<JoinHandle<()>>,
     /// Reads (start-up load, audit queries) run beside the writer: WAL readers do not block it.
-    reader: Mutex<Connection>,
+    /// `None` once closing.
+    reader: Mutex<Option<Connection>>,
     signals: Arc<StoreSignals>,
     retained_events: usize,
     /// Held for the store's lifetime: the exclusive lock on `riskgate.lock`.
@@ -95,9 +96,16 @@ impl SqliteStore {
         check_header(&db).map_err(|detail| unusable(detail, ADVICE_FOREIGN))?;
         let mut conn = Connection::open(&db)
             .map_err(|e| unusable(format!("cannot open {DATABASE}: {e}"), ADVICE_IO))?;
-        configure(&conn).map_err(|e| unusable(format!("{DATABASE}: {e}"), ADVICE_DAMAGED))?;
+        // Only reads until the file is known to be a healthy riskgate store: even switching the
+        // journal mode would write into someone else's database.
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| unusable(format!("{DATABASE}: {e}"), ADVICE_IO))?;
         integrity_check(&conn).map_err(|detail| unusable(detail, ADVICE_DAMAGED))?;
-        match schema::inspect(&conn).map_err(|e| unusable(e.to_string(), ADVICE_DAMAGED))? {
+        let found = schema::inspect(&conn).map_err(|e| unusable(e.to_string(), ADVICE_DAMAGED))?;
+        if !matches!(found, schema::Found::Foreign) {
+            configure(&conn).map_err(|e| unusable(format!("{DATABASE}: {e}"), ADVICE_IO))?;
+        }
+        match found {
             schema::Found::Foreign => {
                 return Err(unusable(
                     format!("{DATABASE} is a SQLite database of another application"),
@@ -146,7 +154,7 @@ impl SqliteStore {
             path: dir,
             jobs: Some(jobs),
             writer: Some(writer),
-            reader: Mutex::new(reader),
+            reader: Mutex::new(Some(reader)),
             signals,
             retained_events: options.retained_events,
             _lock: lock,
@@ -168,6 +176,12 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        // The reader closes first, so that the writer's connection is the last one: closing it
+        // checkpoints the WAL into the database file and removes it.
+        self.reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         // Closing the queue lets the writer finish what is pending and stop.
         self.jobs.take();
         if let Some(writer) = self.writer.take() {
@@ -178,7 +192,10 @@ impl Drop for SqliteStore {
 
 impl Store for SqliteStore {
     fn load(&self) -> Result<Recovered, StoreError> {
-        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let reader = guard
+            .as_ref()
+            .ok_or_else(|| self.unusable("the store is closed".into()))?;
         let fail = |e: rusqlite::Error| self.unusable(format!("reading it failed: {e}"));
         let mut breakers = Vec::new();
         let mut rows = reader
@@ -213,7 +230,7 @@ impl Store for SqliteStore {
             events.push(Arc::new(event));
         }
         events.reverse();
-        let last_sequence = read_last_sequence(&reader).map_err(fail)?;
+        let last_sequence = read_last_sequence(reader).map_err(fail)?;
         Ok(Recovered {
             breakers,
             events,
@@ -234,7 +251,10 @@ impl Store for SqliteStore {
     }
 
     fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let reader = guard
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
         let fail = |e: rusqlite::Error| {
             StoreError::Unavailable(format!("reading the audit trail failed: {e}"))
         };
@@ -326,7 +346,6 @@ fn check_header(db: &Path) -> Result<(), String> {
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::InvalidParameterName(format!(

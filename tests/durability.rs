@@ -1,0 +1,460 @@
+//! The embedded store on a real disk: what survives a restart, what start-up refuses, and how
+//! the service fails closed and recovers when the disk cannot be written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use riskgate::proto::*;
+use riskgate::store::{SqliteOptions, SqliteStore, Store, StoreError};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+const CONFIG: &str = "[breaker]\nopen_timeout_secs = 3600.0\n\n[accounts.SOON]\nopen_timeout_secs = 0.3\nfailure_threshold = 1\nhalf_open_timeout_secs = 3600.0\n";
+
+fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    SqliteStore::open(SqliteOptions {
+        path: path.to_path_buf(),
+        retained_events: 10_000,
+        retained_age: Duration::from_secs(3600),
+    })
+}
+
+async fn start(path: &Path) -> TestServer {
+    let store: Arc<dyn Store> = Arc::new(open(path).expect("open the store"));
+    TestServer::start_with(config(CONFIG), store).await
+}
+
+fn refused(path: &Path) -> String {
+    match open(path) {
+        Ok(_) => panic!("the store at {} should be refused", path.display()),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn everything_acknowledged_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(dir.path()).await;
+    let mut events = server.watch(&[], None).await;
+    read_snapshot(&mut events).await;
+    server.trip("HALTED", "runaway algo").await;
+    server.fail("FAILING", 5).await;
+    server.fail("WOBBLY", 2).await;
+    server.fail("SOON", 1).await;
+    // SOON recovers after 0.3 s: wait for its HALF_OPEN, then take a probe permit.
+    loop {
+        let event = next_event(&mut events).await;
+        if event.account_id == "SOON" && state(event.to_state) == BreakerState::HalfOpen {
+            break;
+        }
+    }
+    let probe = server.check("SOON").await;
+    assert!(probe.probe);
+    let before: Vec<Breaker> = [
+        server.breaker("HALTED").await,
+        server.breaker("FAILING").await,
+        server.breaker("WOBBLY").await,
+        server.breaker("SOON").await,
+    ]
+    .into();
+    let last_sequence = before
+        .iter()
+        .map(|b| b.last_sequence)
+        .max()
+        .expect("breakers");
+    server.stop().await;
+
+    let server = start(dir.path()).await;
+    for breaker in &before {
+        assert_eq!(
+            &server.breaker(&breaker.account_id).await,
+            breaker,
+            "{} after a restart",
+            breaker.account_id
+        );
+    }
+    assert!(
+        !server.check("HALTED").await.allowed,
+        "tripped stays tripped"
+    );
+    let failing = server.check("FAILING").await;
+    assert!(!failing.allowed, "OPEN still denies");
+    assert!(
+        failing.retry_after.is_some_and(|d| d.seconds > 3500),
+        "and keeps its remaining time"
+    );
+    // The probe lease survived: reporting it closes nothing yet but counts.
+    let report = server
+        .report("SOON", &probe.permit_id, Outcome::Success)
+        .await;
+    assert_eq!(report.disposition, OutcomeDisposition::Recorded as i32);
+
+    // The sequence continues with no gap, and resuming reaches back across the restart.
+    let mut replay = server.watch(&[], Some(0)).await;
+    for expected in 1..=last_sequence {
+        assert_eq!(next_event(&mut replay).await.sequence, expected);
+    }
+    server.reset("HALTED", "reviewed").await;
+    assert_eq!(next_event(&mut replay).await.sequence, last_sequence + 1);
+
+    let audit = server
+        .admin()
+        .list_audit_records(ListAuditRecordsRequest {
+            account_id: "HALTED".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .records;
+    let actions: Vec<_> = audit
+        .iter()
+        .map(|r| (r.action, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            (AuditAction::Reset as i32, "reviewed"),
+            (AuditAction::Trip as i32, "runaway algo")
+        ],
+        "newest first, across the restart"
+    );
+    let trip = &audit[1];
+    assert_eq!(trip.operator, "alice");
+    assert_eq!(
+        (state(trip.state_before), state(trip.state_after)),
+        (BreakerState::Closed, BreakerState::Open)
+    );
+    assert!(trip.peer.starts_with("127.0.0.1:"), "{}", trip.peer);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_trail_filters_by_account_and_time_and_pages_newest_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(dir.path()).await;
+    for i in 0..5 {
+        server.trip(&format!("A{i}"), &format!("trip {i}")).await;
+    }
+    let middle = server
+        .admin()
+        .list_audit_records(ListAuditRecordsRequest {
+            account_id: "A2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .records
+        .remove(0);
+    server.reset("A0", "reset 0").await;
+
+    let mut admin = server.admin();
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_audit_records(ListAuditRecordsRequest {
+                page_size: 2,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("audit page")
+            .into_inner();
+        assert!(page.records.len() <= 2);
+        seen.extend(page.records.into_iter().map(|r| r.reason));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        ["reset 0", "trip 4", "trip 3", "trip 2", "trip 1", "trip 0"]
+    );
+
+    let since_middle = admin
+        .list_audit_records(ListAuditRecordsRequest {
+            since: middle.time,
+            ..Default::default()
+        })
+        .await
+        .expect("audit since")
+        .into_inner();
+    let reasons: Vec<_> = since_middle.records.into_iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["reset 0", "trip 4", "trip 3", "trip 2"]);
+    let until_middle = admin
+        .list_audit_records(ListAuditRecordsRequest {
+            until: middle.time,
+            ..Default::default()
+        })
+        .await
+        .expect("audit until")
+        .into_inner();
+    let reasons: Vec<_> = until_middle.records.into_iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["trip 1", "trip 0"]);
+
+    let bad = admin
+        .list_audit_records(ListAuditRecordsRequest {
+            page_token: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad token");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_breaker_recovers_only_after_its_remaining_time_even_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(dir.path()).await;
+    server.fail("SOON", 1).await;
+    let opened = server.breaker("SOON").await;
+    let recovery_at = opened.recovery_at.expect("recovery scheduled");
+    server.stop().await;
+
+    let server = start(dir.path()).await;
+    let mut events = server.watch(&["SOON"], Some(opened.last_sequence)).await;
+    let recovered = next_event(&mut events).await;
+    assert_eq!(recovered.cause, TransitionCause::OpenTimeoutElapsed as i32);
+    let at = recovered.time.expect("time");
+    assert!(
+        (at.seconds, at.nanos) >= (recovery_at.seconds, recovery_at.nanos),
+        "recovered at {at:?}, before {recovery_at:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_that_is_not_riskgates_or_is_damaged_stops_start_up_untouched() {
+    // Not a database at all.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("riskgate.db");
+    std::fs::write(&db, b"quarterly PnL, not a database").expect("write");
+    let message = refused(dir.path());
+    assert!(message.contains("not a riskgate store"), "{message}");
+    assert!(message.contains("never overwrites"), "{message}");
+    assert!(
+        std::fs::read(&db).expect("read") == b"quarterly PnL, not a database",
+        "the file was changed"
+    );
+    assert!(!dir.path().join("riskgate.db-wal").exists());
+
+    // Another application's SQLite database.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("riskgate.db");
+    {
+        let other = rusqlite::Connection::open(&db).expect("sqlite");
+        other
+            .execute_batch(
+                "CREATE TABLE orders (id INTEGER PRIMARY KEY); INSERT INTO orders VALUES (7);",
+            )
+            .expect("create");
+    }
+    let before = std::fs::read(&db).expect("read");
+    let message = refused(dir.path());
+    assert!(message.contains("another application"), "{message}");
+    assert!(
+        std::fs::read(&db).expect("read") == before,
+        "the foreign database was changed"
+    );
+
+    // A riskgate store with damaged pages.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(dir.path()).await;
+    for i in 0..200 {
+        server.trip(&format!("ACC-{i:03}"), "filling pages").await;
+    }
+    server.stop().await;
+    let db = dir.path().join("riskgate.db");
+    assert!(
+        !dir.path().join("riskgate.db-wal").exists(),
+        "a clean close checkpoints the WAL"
+    );
+    let mut bytes = std::fs::read(&db).expect("read");
+    assert!(bytes.len() > 3 * 4096, "the store has several pages");
+    for byte in &mut bytes[4096..3 * 4096] {
+        *byte = 0xA5;
+    }
+    std::fs::write(&db, &bytes).expect("damage");
+    let message = refused(dir.path());
+    assert!(
+        message.contains("integrity check")
+            || message.contains("damaged")
+            || message.contains("malformed"),
+        "{message}"
+    );
+    assert!(message.contains("backup"), "{message}");
+    assert!(
+        std::fs::read(&db).expect("read") == bytes,
+        "the damaged store was changed"
+    );
+
+    // A file where the directory should be.
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let message = refused(file.path());
+    assert!(message.contains("is a file, not a directory"), "{message}");
+}
+
+#[tokio::test]
+async fn one_store_serves_one_server_at_a_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = open(dir.path()).expect("first");
+    let message = refused(dir.path());
+    assert!(
+        message.contains("another riskgate server is using it"),
+        "{message}"
+    );
+    drop(first);
+    open(dir.path()).expect("free again once the first is closed");
+}
+
+/// A small tmpfs of the test's own, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).ok()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `path` until the filesystem is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if file.write_all(&chunk).is_err() || file.sync_all().is_err() {
+            return;
+        }
+    }
+}
+
+async fn health(server: &TestServer) -> i32 {
+    HealthClient::new(server.channel())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_closed_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("disk"), "4m") else {
+        // Mounting needs root; CI runs as root, so there this test always runs.
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = tmpfs.0.join("data");
+    let server = start(&data).await;
+    server.fail("ACC-1", 1).await;
+    assert_eq!(health(&server).await, ServingStatus::Serving as i32);
+
+    let filler = tmpfs.0.join("filler");
+    fill(&filler);
+    // The first write that needs space fails: the caller learns the store is unavailable.
+    let mut gate = server.gate();
+    let mut attempts = 0;
+    let failed = loop {
+        attempts += 1;
+        assert!(attempts <= 1_000, "the full disk never failed a write");
+        let result = gate
+            .report_outcome(ReportOutcomeRequest {
+                account_id: format!("NEW-{attempts}"),
+                permit_id: String::new(),
+                outcome: Outcome::Failure as i32,
+            })
+            .await;
+        if let Err(status) = result {
+            break status;
+        }
+    };
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert!(
+        failed.message().contains("store unavailable"),
+        "{}",
+        failed.message()
+    );
+
+    // Fail closed: checks are denied, changes refused, health says NOT_SERVING.
+    let denied = server.check("ACC-1").await;
+    assert!(!denied.allowed);
+    assert_eq!(denied.denial, Denial::StoreUnavailable as i32);
+    assert!(
+        denied.reason.contains("store unavailable"),
+        "{}",
+        denied.reason
+    );
+    let before = server.breaker("ACC-1").await;
+    let refused = server
+        .gate()
+        .report_outcome(ReportOutcomeRequest {
+            account_id: "ACC-1".into(),
+            permit_id: String::new(),
+            outcome: Outcome::Failure as i32,
+        })
+        .await
+        .expect_err("changes are refused");
+    assert_eq!(refused.code(), Code::Unavailable);
+    let refused = server
+        .admin()
+        .trip_breaker(TripBreakerRequest {
+            account_id: "ACC-1".into(),
+            reason: "r".into(),
+            operator: "o".into(),
+        })
+        .await
+        .expect_err("operator changes are refused");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert_eq!(
+        server.breaker("ACC-1").await,
+        before,
+        "refused changes changed nothing"
+    );
+    assert_eq!(health(&server).await, ServingStatus::NotServing as i32);
+
+    // Space again: the store retries by itself and the service resumes.
+    std::fs::remove_file(&filler).expect("free the disk");
+    wait_until_serving(server.channel()).await;
+    assert!(server.check("ACC-1").await.allowed);
+    // The write that was answered UNAVAILABLE was kept and retried, not dropped.
+    let kept = server.breaker(&format!("NEW-{attempts}")).await;
+    assert_eq!(kept.failure_count, 1);
+    server.stop().await;
+
+    let server = start(&data).await;
+    assert_eq!(
+        server
+            .breaker(&format!("NEW-{attempts}"))
+            .await
+            .failure_count,
+        1
+    );
+    assert_eq!(server.breaker("ACC-1").await.failure_count, 1);
+    server.stop().await;
+    drop(tmpfs);
+}
