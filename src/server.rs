@@ -17,7 +17,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -142,7 +142,8 @@ pub async fn serve(
             watch_options,
         )))
         .add_service(AdminServiceServer::new(Admin::new(registry.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // Small unary answers must not wait for Nagle's algorithm.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     tokio::pin!(server);
 
     tracing::info!(%addr, "riskgate listening; loading the store");

@@ -1,0 +1,198 @@
+//! ReportOutcome throughput and latency with the durable store against the in-memory one, at 1
+//! and 64 concurrent callers, over real gRPC on loopback (server and callers in this process).
+//!
+//! Every call reports a failure, so every call changes durable state and waits for its write.
+//! Run: `cargo bench --bench outcome_durability` (optionally `-- --seconds 5`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use riskgate::clock::SystemClock;
+use riskgate::config::Config;
+use riskgate::proto::gate_service_client::GateServiceClient;
+use riskgate::proto::{Outcome, ReportOutcomeRequest};
+use riskgate::server;
+use riskgate::store::{MemoryStore, SqliteOptions, SqliteStore, Store};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// Connections the callers share (HTTP/2 multiplexes the rest).
+const CONNECTIONS: usize = 4;
+
+struct Run {
+    store: &'static str,
+    callers: usize,
+    calls: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn percentile(&self, p: f64) -> Duration {
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(index).copied().unwrap_or_default()
+    }
+}
+
+fn config() -> Config {
+    let mut env = std::collections::HashMap::new();
+    env.insert(
+        "RISKGATE__SERVER__LISTEN".to_string(),
+        "127.0.0.1:0".to_string(),
+    );
+    // Failures never open a breaker and leave the window at once: every call is a durable
+    // write of the same small record.
+    env.insert(
+        "RISKGATE__BREAKER__FAILURE_THRESHOLD".to_string(),
+        "1000000".to_string(),
+    );
+    env.insert(
+        "RISKGATE__BREAKER__FAILURE_WINDOW_SECS".to_string(),
+        "0.001".to_string(),
+    );
+    env.insert("RISKGATE__LOG__LEVEL".to_string(), "warn".to_string());
+    Config::load_with_env(None, Some(env)).expect("bench config")
+}
+
+async fn run(
+    store_name: &'static str,
+    store: Arc<dyn Store>,
+    callers: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Run {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = config();
+    let server = tokio::spawn(async move {
+        server::serve(
+            listener,
+            &config,
+            store,
+            Arc::new(SystemClock::new()),
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        channels.push(channel);
+    }
+    // Wait for the store to be loaded.
+    loop {
+        let mut gate = GateServiceClient::new(channels[0].clone());
+        let probe = ReportOutcomeRequest {
+            account_id: "warmup".into(),
+            permit_id: String::new(),
+            outcome: Outcome::Failure as i32,
+        };
+        if gate.report_outcome(probe).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + measure;
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let mut gate = GateServiceClient::new(channels[caller % CONNECTIONS].clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = 0usize;
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        return latencies;
+                    }
+                    let request = ReportOutcomeRequest {
+                        account_id: format!("acct-{caller}-{}", i % 16),
+                        permit_id: String::new(),
+                        outcome: Outcome::Failure as i32,
+                    };
+                    gate.report_outcome(request).await.expect("ReportOutcome");
+                    if sent >= measure_from {
+                        latencies.push(sent.elapsed());
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("caller"));
+    }
+    latencies.sort_unstable();
+    let _ = stop.send(());
+    let _ = server.await;
+    Run {
+        store: store_name,
+        callers,
+        calls: latencies.len(),
+        elapsed: measure,
+        latencies,
+    }
+}
+
+fn main() {
+    let seconds: f64 = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let warmup = Duration::from_secs(1);
+    let measure = Duration::from_secs_f64(seconds);
+    let mut runs = Vec::new();
+    for callers in [1, 64] {
+        let memory: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000));
+        runs.push(runtime.block_on(run("memory", memory, callers, warmup, measure)));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(SqliteOptions {
+                path: dir.path().join("data"),
+                retained_events: 10_000,
+                retained_age: Duration::from_secs(3600),
+            })
+            .expect("sqlite store"),
+        );
+        runs.push(runtime.block_on(run("sqlite", sqlite, callers, warmup, measure)));
+    }
+    println!(
+        "{:<8} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}",
+        "store", "callers", "calls", "calls/s", "p50", "p99", "p99.9"
+    );
+    for r in &runs {
+        println!(
+            "{:<8} {:>7} {:>10} {:>12.0} {:>10.3?} {:>10.3?} {:>10.3?}",
+            r.store,
+            r.callers,
+            r.calls,
+            r.calls as f64 / r.elapsed.as_secs_f64(),
+            r.percentile(0.50),
+            r.percentile(0.99),
+            r.percentile(0.999)
+        );
+    }
+    for pair in runs.chunks(2) {
+        let rate = |r: &Run| r.calls as f64 / r.elapsed.as_secs_f64();
+        println!(
+            "{} callers: sqlite/memory throughput = {:.2}",
+            pair[0].callers,
+            rate(&pair[1]) / rate(&pair[0])
+        );
+    }
+}
