@@ -144,12 +144,19 @@ async fn run(
     }
 }
 
+/// The value after `--name` on the command line.
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 fn main() {
-    let seconds: f64 = std::env::args()
-        .skip_while(|a| a != "--seconds")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
+    let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let only_store = arg("--store");
+    let caller_counts: Vec<usize> = match arg("--callers").and_then(|s| s.parse().ok()) {
+        Some(n) => vec![n],
+        None => vec![1, 64],
+    };
+    let wanted = |store: &str| only_store.as_deref().is_none_or(|s| s == store);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,9 +164,14 @@ fn main() {
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs_f64(seconds);
     let mut runs = Vec::new();
-    for callers in [1, 64] {
-        let memory: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000));
-        runs.push(runtime.block_on(run("memory", memory, callers, warmup, measure)));
+    for callers in caller_counts {
+        if wanted("memory") {
+            let memory: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000));
+            runs.push(runtime.block_on(run("memory", memory, callers, warmup, measure)));
+        }
+        if !wanted("sqlite") {
+            continue;
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let sqlite: Arc<dyn Store> = Arc::new(
             SqliteStore::open(SqliteOptions {
@@ -187,7 +199,7 @@ fn main() {
             r.percentile(0.999)
         );
     }
-    for pair in runs.chunks(2) {
+    for pair in runs.chunks(2).filter(|pair| pair.len() == 2) {
         let rate = |r: &Run| r.calls as f64 / r.elapsed.as_secs_f64();
         println!(
             "{} callers: sqlite/memory throughput = {:.2}",

@@ -165,8 +165,9 @@ impl StoreSignals {
     }
 
     pub(crate) fn wrote(&self, durable_sequence: Option<u64>) {
+        let mut changed = false;
         if let Some(sequence) = durable_sequence {
-            self.durable_sequence.fetch_max(sequence, Ordering::AcqRel);
+            changed |= self.durable_sequence.fetch_max(sequence, Ordering::AcqRel) < sequence;
         }
         if !self.writable.swap(true, Ordering::AcqRel) {
             tracing::info!("the store accepts writes again");
@@ -174,8 +175,12 @@ impl StoreSignals {
                 .last_error
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = None;
+            changed = true;
         }
-        self.changed.send_replace(());
+        // Only real changes wake the watchers of these signals: most commits carry no event.
+        if changed {
+            self.changed.send_replace(());
+        }
     }
 
     pub(crate) fn failed(&self, error: &str) {
