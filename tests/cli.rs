@@ -241,3 +241,29 @@ fn invalid_configuration_stops_start_up_with_the_key_and_the_rule() {
         "riskgate: invalid configuration: breaker.failure_threshold must be >= 1"
     );
 }
+
+#[test]
+fn a_store_it_cannot_trust_stops_start_up_with_what_to_do() {
+    let data = tempfile::tempdir().expect("data directory");
+    std::fs::write(data.path().join("riskgate.db"), b"not a database").expect("write");
+    let output = riskgate()
+        .arg("serve")
+        .env("RISKGATE__STORE__PATH", data.path())
+        .env(
+            "RISKGATE__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .expect("run riskgate serve");
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("riskgate.db is not a riskgate store"),
+        "{message}"
+    );
+    assert!(message.contains("never overwrites"), "{message}");
+    assert_eq!(
+        std::fs::read(data.path().join("riskgate.db")).expect("read"),
+        b"not a database"
+    );
+}

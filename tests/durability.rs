@@ -136,6 +136,30 @@ async fn everything_acknowledged_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn permits_issued_before_a_restart_stay_distinct_from_those_issued_after() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(dir.path()).await;
+    server.fail("ACC", 1).await;
+    // A check in CLOSED writes nothing: this permit exists only in the caller's hands.
+    let before = server.check("ACC").await;
+    server.stop().await;
+
+    let server = start(dir.path()).await;
+    let after = server.check("ACC").await;
+    assert_ne!(before.permit_id, after.permit_id);
+    for permit in [&before.permit_id, &after.permit_id] {
+        let report = server.report("ACC", permit, Outcome::Failure).await;
+        assert_eq!(
+            report.disposition,
+            OutcomeDisposition::Recorded as i32,
+            "{permit}"
+        );
+    }
+    assert_eq!(server.breaker("ACC").await.failure_count, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_audit_trail_filters_by_account_and_time_and_pages_newest_first() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = start(dir.path()).await;

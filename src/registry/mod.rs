@@ -42,6 +42,10 @@ use events::{EventLog, Feed};
 /// checks of different accounts rarely meet on one lock.
 const SHARDS: usize = 256;
 
+/// How far permit numbering jumps at a restart: more permits than one account can be issued
+/// between two writes of its breaker.
+const PERMITS_BETWEEN_WRITES: u64 = 1 << 40;
+
 /// What the registry is built with (from configuration).
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
@@ -154,7 +158,14 @@ impl Registry {
         let recovered = self.store.load()?;
         self.events
             .restore(recovered.events, recovered.last_sequence);
-        for stored in recovered.breakers {
+        for mut stored in recovered.breakers {
+            // Checks in CLOSED issue permits without writing anything, so permits may have been
+            // issued past the stored counter before the restart. Numbering resumes well beyond
+            // it, so a permit issued now never looks like one issued then.
+            stored.record.next_sequence = stored
+                .record
+                .next_sequence
+                .saturating_add(PERMITS_BETWEEN_WRITES);
             let account_id = stored.account_id;
             let mut slot = Slot {
                 breaker: Breaker::from_record(&stored.record),
