@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::permit::Permit;
-use super::record::{BreakerRecord, FailureRecord, ProbeRecord};
 use super::settings::Settings;
 use super::time::Timestamp;
 
@@ -18,7 +17,7 @@ use super::time::Timestamp;
 pub(crate) const FAILURE_MEMORY: usize = 32;
 
 /// Marks a failure reported without a permit: it cannot be recognised if reported again.
-const NO_PERMIT: u64 = u64::MAX;
+pub(super) const NO_PERMIT: u64 = u64::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum State {
@@ -115,10 +114,10 @@ pub enum Disposition {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Failure {
-    at: Timestamp,
+pub(super) struct Failure {
+    pub(super) at: Timestamp,
     /// The permit's sequence, or `NO_PERMIT`.
-    sequence: u64,
+    pub(super) sequence: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,25 +129,25 @@ pub struct Probe {
 /// One account's breaker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Breaker {
-    state: State,
+    pub(super) state: State,
     /// Held OPEN by an operator: no automatic recovery until reset.
-    tripped: bool,
+    pub(super) tripped: bool,
     /// Starts anew on every transition; permits of earlier generations are stale.
-    generation: u64,
+    pub(super) generation: u64,
     /// The sequence of the next permit issued in this generation.
-    next_sequence: u64,
+    pub(super) next_sequence: u64,
     /// CLOSED: this generation's failures, oldest first, including up to `FAILURE_MEMORY` that
     /// left the window (kept only to recognise duplicates). OPEN and HALF_OPEN: the failures
     /// that opened the breaker, plus failed or expired probes: the answer to "why".
-    failures: VecDeque<Failure>,
+    pub(super) failures: VecDeque<Failure>,
     /// When the breaker last opened.
-    opened_at: Option<Timestamp>,
+    pub(super) opened_at: Option<Timestamp>,
     /// When recovery is tested; `None` unless OPEN and not tripped.
-    recovery_at: Option<Timestamp>,
+    pub(super) recovery_at: Option<Timestamp>,
     /// HALF_OPEN: outstanding probe permits and when each counts as failed.
-    probes: Vec<Probe>,
+    pub(super) probes: Vec<Probe>,
     /// HALF_OPEN: probes that succeeded in this generation.
-    probe_successes: u32,
+    pub(super) probe_successes: u32,
 }
 
 impl Default for Breaker {
@@ -367,64 +366,6 @@ impl Breaker {
             .iter()
             .filter(move |f| !closed || in_window(settings, f.at, now))
             .map(|f| f.at)
-    }
-
-    /// Everything a store needs to bring this breaker back after a restart.
-    pub fn to_record(&self) -> BreakerRecord {
-        BreakerRecord {
-            state: self.state,
-            tripped: self.tripped,
-            generation: self.generation,
-            next_sequence: self.next_sequence,
-            failures: self
-                .failures
-                .iter()
-                .map(|f| FailureRecord {
-                    at: f.at,
-                    permit_sequence: (f.sequence != NO_PERMIT).then_some(f.sequence),
-                })
-                .collect(),
-            opened_at: self.opened_at,
-            recovery_at: self.recovery_at,
-            probes: self
-                .probes
-                .iter()
-                .map(|p| ProbeRecord {
-                    sequence: p.sequence,
-                    expires_at: p.expires_at,
-                })
-                .collect(),
-            probe_successes: self.probe_successes,
-        }
-    }
-
-    /// A breaker brought back from its record.
-    pub fn from_record(record: &BreakerRecord) -> Self {
-        Breaker {
-            state: record.state,
-            tripped: record.tripped,
-            generation: record.generation,
-            next_sequence: record.next_sequence,
-            failures: record
-                .failures
-                .iter()
-                .map(|f| Failure {
-                    at: f.at,
-                    sequence: f.permit_sequence.unwrap_or(NO_PERMIT),
-                })
-                .collect(),
-            opened_at: record.opened_at,
-            recovery_at: record.recovery_at,
-            probes: record
-                .probes
-                .iter()
-                .map(|p| Probe {
-                    sequence: p.sequence,
-                    expires_at: p.expires_at,
-                })
-                .collect(),
-            probe_successes: record.probe_successes,
-        }
     }
 
     fn issue_permit(&mut self) -> Permit {

@@ -3,7 +3,7 @@
 //! Kept apart from [`Breaker`](super::Breaker) so that the breaker's in-memory layout can
 //! change without changing what stores hold.
 
-use super::breaker::State;
+use super::breaker::{Breaker, Failure, Probe, State, NO_PERMIT};
 use super::time::Timestamp;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,4 +30,64 @@ pub struct FailureRecord {
 pub struct ProbeRecord {
     pub sequence: u64,
     pub expires_at: Timestamp,
+}
+
+impl Breaker {
+    /// Everything a store needs to bring this breaker back after a restart.
+    pub fn to_record(&self) -> BreakerRecord {
+        BreakerRecord {
+            state: self.state,
+            tripped: self.tripped,
+            generation: self.generation,
+            next_sequence: self.next_sequence,
+            failures: self
+                .failures
+                .iter()
+                .map(|f| FailureRecord {
+                    at: f.at,
+                    permit_sequence: (f.sequence != NO_PERMIT).then_some(f.sequence),
+                })
+                .collect(),
+            opened_at: self.opened_at,
+            recovery_at: self.recovery_at,
+            probes: self
+                .probes
+                .iter()
+                .map(|p| ProbeRecord {
+                    sequence: p.sequence,
+                    expires_at: p.expires_at,
+                })
+                .collect(),
+            probe_successes: self.probe_successes,
+        }
+    }
+
+    /// A breaker brought back from its record.
+    pub fn from_record(record: &BreakerRecord) -> Self {
+        Breaker {
+            state: record.state,
+            tripped: record.tripped,
+            generation: record.generation,
+            next_sequence: record.next_sequence,
+            failures: record
+                .failures
+                .iter()
+                .map(|f| Failure {
+                    at: f.at,
+                    sequence: f.permit_sequence.unwrap_or(NO_PERMIT),
+                })
+                .collect(),
+            opened_at: record.opened_at,
+            recovery_at: record.recovery_at,
+            probes: record
+                .probes
+                .iter()
+                .map(|p| Probe {
+                    sequence: p.sequence,
+                    expires_at: p.expires_at,
+                })
+                .collect(),
+            probe_successes: record.probe_successes,
+        }
+    }
 }

@@ -13,6 +13,8 @@ use tokio::sync::Notify;
 
 use crate::core::Timestamp;
 
+use super::{Registry, Slot};
+
 /// A breaker's deadline: when, and whose.
 type Deadline = (Timestamp, Box<str>);
 
@@ -54,5 +56,60 @@ impl DeadlineQueue {
     /// Resolves when an earlier deadline may have arrived.
     pub async fn changed(&self) {
         self.earlier.notified().await
+    }
+}
+
+impl Registry {
+    /// Runs the deadline timer until `shutdown` resolves: ticks every breaker whose deadline
+    /// has come, so time-driven transitions happen on time with no traffic.
+    pub async fn run_deadlines(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let changed = self.deadlines.changed();
+            tokio::pin!(changed);
+            let wait = self
+                .deadlines
+                .earliest()
+                .map(|at| at.saturating_duration_since(self.clock.now()));
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(wait.unwrap_or(std::time::Duration::from_secs(3600))), if wait.is_some() => {}
+            }
+            self.fire_due(self.clock.now()).await;
+        }
+    }
+
+    /// Ticks every breaker with a deadline at or before `now`.
+    pub async fn fire_due(&self, now: Timestamp) {
+        for (due, account_id) in self.deadlines.pop_due(now) {
+            let commit = {
+                let mut shard = self.shard(&account_id);
+                let Some(slot) = shard.get_mut(account_id.as_ref()) else {
+                    continue;
+                };
+                if slot.scheduled == Some(due) {
+                    slot.scheduled = None;
+                }
+                let now = self.clock.now();
+                let transitions = slot.breaker.tick(&slot.settings, now);
+                let commit = self.after_change(&account_id, slot, transitions, false, None, None);
+                self.schedule(&account_id, slot);
+                commit
+            };
+            if let Err(error) = self.wait_durable(commit).await {
+                tracing::error!(account_id = %account_id, %error, "a timed transition is not stored yet; the store keeps retrying");
+            }
+        }
+    }
+
+    /// Queues the breaker's next deadline unless an earlier one is already queued.
+    pub(super) fn schedule(&self, account_id: &str, slot: &mut Slot) {
+        if let Some(deadline) = slot.breaker.next_deadline() {
+            if slot.scheduled.is_none_or(|queued| deadline < queued) {
+                slot.scheduled = Some(deadline);
+                self.deadlines.push(deadline, account_id);
+            }
+        }
     }
 }

@@ -304,49 +304,6 @@ impl Registry {
         })
     }
 
-    /// Runs the deadline timer until `shutdown` resolves: ticks every breaker whose deadline
-    /// has come, so time-driven transitions happen on time with no traffic.
-    pub async fn run_deadlines(&self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let changed = self.deadlines.changed();
-            tokio::pin!(changed);
-            let wait = self
-                .deadlines
-                .earliest()
-                .map(|at| at.saturating_duration_since(self.clock.now()));
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = &mut changed => {}
-                _ = tokio::time::sleep(wait.unwrap_or(std::time::Duration::from_secs(3600))), if wait.is_some() => {}
-            }
-            self.fire_due(self.clock.now()).await;
-        }
-    }
-
-    /// Ticks every breaker with a deadline at or before `now`.
-    pub async fn fire_due(&self, now: Timestamp) {
-        for (due, account_id) in self.deadlines.pop_due(now) {
-            let commit = {
-                let mut shard = self.shard(&account_id);
-                let Some(slot) = shard.get_mut(account_id.as_ref()) else {
-                    continue;
-                };
-                if slot.scheduled == Some(due) {
-                    slot.scheduled = None;
-                }
-                let now = self.clock.now();
-                let transitions = slot.breaker.tick(&slot.settings, now);
-                let commit = self.after_change(&account_id, slot, transitions, false, None, None);
-                self.schedule(&account_id, slot);
-                commit
-            };
-            if let Err(error) = self.wait_durable(commit).await {
-                tracing::error!(account_id = %account_id, %error, "a timed transition is not stored yet; the store keeps retrying");
-            }
-        }
-    }
-
     fn settings_for(&self, account_id: &str) -> Arc<Settings> {
         self.overrides
             .get(account_id)
@@ -455,16 +412,6 @@ impl Registry {
         Err(Error::Store(crate::store::StoreError::Unavailable(
             format!("{detail}; no change is accepted until writes succeed again"),
         )))
-    }
-
-    /// Queues the breaker's next deadline unless an earlier one is already queued.
-    fn schedule(&self, account_id: &str, slot: &mut Slot) {
-        if let Some(deadline) = slot.breaker.next_deadline() {
-            if slot.scheduled.is_none_or(|queued| deadline < queued) {
-                slot.scheduled = Some(deadline);
-                self.deadlines.push(deadline, account_id);
-            }
-        }
     }
 }
 
