@@ -123,12 +123,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             account,
             action,
             target,
-        } => remote::reset(&target.addr, account, action).await,
+        } => remote::act(&target.addr, remote::Action::Reset, account, action).await,
         Command::Trip {
             account,
             action,
             target,
-        } => remote::trip(&target.addr, account, action).await,
+        } => remote::act(&target.addr, remote::Action::Trip, account, action).await,
         Command::Audit {
             account,
             limit,

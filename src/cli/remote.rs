@@ -106,47 +106,47 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn reset(
-    addr: &str,
-    account_id: String,
-    action: ActionArgs,
-) -> Result<ExitCode, CliError> {
-    let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
-    let response = client
-        .reset_breaker(ResetBreakerRequest {
-            account_id,
-            reason: action.reason,
-            operator: action.operator,
-        })
-        .await
-        .map_err(|s| call_error(addr, s))?;
-    if let Some(breaker) = response.into_inner().breaker {
-        println!(
-            "reset {}: now {}",
-            breaker.account_id,
-            render::state_name(breaker.state)
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+/// An operator action: `riskgate reset` or `riskgate trip`.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Action {
+    Reset,
+    Trip,
 }
 
-pub(super) async fn trip(
+pub(super) async fn act(
     addr: &str,
+    kind: Action,
     account_id: String,
     action: ActionArgs,
 ) -> Result<ExitCode, CliError> {
     let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
-    let response = client
-        .trip_breaker(TripBreakerRequest {
-            account_id,
-            reason: action.reason,
-            operator: action.operator,
-        })
-        .await
-        .map_err(|s| call_error(addr, s))?;
-    if let Some(breaker) = response.into_inner().breaker {
+    let (reason, operator) = (action.reason, action.operator);
+    let breaker = match kind {
+        Action::Reset => client
+            .reset_breaker(ResetBreakerRequest {
+                account_id,
+                reason,
+                operator,
+            })
+            .await
+            .map(|r| r.into_inner().breaker),
+        Action::Trip => client
+            .trip_breaker(TripBreakerRequest {
+                account_id,
+                reason,
+                operator,
+            })
+            .await
+            .map(|r| r.into_inner().breaker),
+    }
+    .map_err(|s| call_error(addr, s))?;
+    if let Some(breaker) = breaker {
+        let (verb, note) = match kind {
+            Action::Reset => ("reset", ""),
+            Action::Trip => ("tripped", ", held until reset"),
+        };
         println!(
-            "tripped {}: now {}, held until reset",
+            "{verb} {}: now {}{note}",
             breaker.account_id,
             render::state_name(breaker.state)
         );
