@@ -3,6 +3,10 @@
 //!
 //! Every call reports a failure, so every call changes durable state and waits for its write.
 //! Run: `cargo bench --bench outcome_durability` (optionally `-- --seconds 5`).
+//!
+//! `-- --split` runs the server as a separate `riskgate serve` process pinned to the last core
+//! and the callers pinned to the first, so the two do not compete for CPU; without it, server
+//! and callers share one runtime in this process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,37 +58,117 @@ fn config() -> Config {
     Config::load_with_env(None, Some(env)).expect("bench config")
 }
 
+/// The server under test.
+enum Server {
+    InProcess {
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
+    },
+    Process(std::process::Child),
+}
+
+impl Server {
+    /// Starts a server on `store` ("memory" or "sqlite"), in this process or pinned to the last
+    /// core in a process of its own.
+    async fn start(
+        store: &str,
+        data: &std::path::Path,
+        split: bool,
+    ) -> (Server, std::net::SocketAddr) {
+        if split {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr");
+            let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+            let child = std::process::Command::new("taskset")
+                .args([
+                    "-c",
+                    &last_core.to_string(),
+                    env!("CARGO_BIN_EXE_riskgate"),
+                    "serve",
+                ])
+                .env("RISKGATE__SERVER__LISTEN", addr.to_string())
+                .env("RISKGATE__STORE__KIND", store)
+                .env("RISKGATE__STORE__PATH", data)
+                .env("RISKGATE__BREAKER__FAILURE_THRESHOLD", "1000000")
+                .env("RISKGATE__BREAKER__FAILURE_WINDOW_SECS", "0.001")
+                .env("RISKGATE__LOG__LEVEL", "warn")
+                .spawn()
+                .expect("start riskgate serve");
+            return (Server::Process(child), addr);
+        }
+        let store: Arc<dyn Store> = match store {
+            "memory" => Arc::new(MemoryStore::new(10_000)),
+            _ => Arc::new(
+                SqliteStore::open(SqliteOptions {
+                    path: data.to_path_buf(),
+                    retained_events: 10_000,
+                    retained_age: Duration::from_secs(3600),
+                })
+                .expect("sqlite store"),
+            ),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = config();
+        let task = tokio::spawn(async move {
+            server::serve(
+                listener,
+                &config,
+                store,
+                Arc::new(SystemClock::new()),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        (Server::InProcess { stop, task }, addr)
+    }
+
+    async fn stop(self) {
+        match self {
+            Server::InProcess { stop, task } => {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
+            Server::Process(mut child) => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Channel {
+    loop {
+        match Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            Ok(channel) => return channel,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 async fn run(
     store_name: &'static str,
-    store: Arc<dyn Store>,
+    split: bool,
     callers: usize,
     warmup: Duration,
     measure: Duration,
 ) -> Run {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = config();
-    let server = tokio::spawn(async move {
-        server::serve(
-            listener,
-            &config,
-            store,
-            Arc::new(SystemClock::new()),
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await
-    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, addr) = Server::start(store_name, &dir.path().join("data"), split).await;
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
-        channels.push(channel);
+        channels.push(connect(addr).await);
     }
     // Wait for the store to be loaded.
     loop {
@@ -133,8 +217,7 @@ async fn run(
         latencies.extend(task.await.expect("caller"));
     }
     latencies.sort_unstable();
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
     Run {
         store: store_name,
         callers,
@@ -157,31 +240,32 @@ fn main() {
         None => vec![1, 64],
     };
     let wanted = |store: &str| only_store.as_deref().is_none_or(|s| s == store);
+    // Worker threads of the runtime that serves and calls (default: one per core).
+    let workers: usize = arg("--workers")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime");
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs_f64(seconds);
     let mut runs = Vec::new();
+    let split = std::env::args().any(|a| a == "--split");
+    if split {
+        // The callers (this process) on the first core; the server gets the last.
+        let _ = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
     for callers in caller_counts {
-        if wanted("memory") {
-            let memory: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000));
-            runs.push(runtime.block_on(run("memory", memory, callers, warmup, measure)));
+        for store in ["memory", "sqlite"] {
+            if wanted(store) {
+                runs.push(runtime.block_on(run(store, split, callers, warmup, measure)));
+            }
         }
-        if !wanted("sqlite") {
-            continue;
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let sqlite: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(SqliteOptions {
-                path: dir.path().join("data"),
-                retained_events: 10_000,
-                retained_age: Duration::from_secs(3600),
-            })
-            .expect("sqlite store"),
-        );
-        runs.push(runtime.block_on(run("sqlite", sqlite, callers, warmup, measure)));
     }
     println!(
         "{:<8} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}",
