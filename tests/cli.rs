@@ -97,6 +97,11 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
 
     let status = stdout(&run(&["status"], &addr));
     assert!(status.contains("no breakers yet"), "{status}");
+    assert_eq!(stdout(&run(&["health"], &addr)).trim(), "riskgate: SERVING");
+    let gate = run(&["health", "--service", "riskgate.v1.GateService"], &addr);
+    assert_eq!(stdout(&gate).trim(), "riskgate.v1.GateService: SERVING");
+    let unknown = run(&["health", "--service", "no.such.Service"], &addr);
+    assert!(!unknown.status.success());
 
     let tripped = stdout(&run(
         &[
@@ -182,6 +187,10 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
 
     signal(&server, "TERM");
     let exit = server.wait().expect("server exit");
+    assert!(
+        !run(&["health"], &addr).status.success(),
+        "no server, not healthy"
+    );
     assert!(exit.success(), "serve exits 0 on SIGTERM: {exit:?}");
     let shutdown = wait_for(&logs, "riskgate stopped");
     assert!(

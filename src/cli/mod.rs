@@ -57,6 +57,15 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Ask the server's gRPC health service; exit 0 only when it is SERVING (for container and
+    /// orchestrator health checks).
+    Health {
+        /// A service name, e.g. riskgate.v1.GateService (default: the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Show the audit trail of operator actions, newest first.
     Audit {
         /// Only this account's records.
@@ -129,6 +138,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             action,
             target,
         } => remote::act(&target.addr, remote::Action::Trip, account, action).await,
+        Command::Health { service, target } => remote::health(&target.addr, service).await,
         Command::Audit {
             account,
             limit,

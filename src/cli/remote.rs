@@ -184,3 +184,31 @@ pub(super) async fn audit(
     print!("{}", render::audit_table(&records));
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long a health check waits: orchestrators run it often and need a quick answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(super) async fn health(addr: &str, service: String) -> Result<ExitCode, CliError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let mut client = HealthClient::new(connect(addr, Some(HEALTH_TIMEOUT)).await?);
+    let response = client
+        .check(HealthCheckRequest {
+            service: service.clone(),
+        })
+        .await
+        .map_err(|s| call_error(addr, s))?;
+    let status =
+        ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown);
+    let name = if service.is_empty() {
+        "riskgate"
+    } else {
+        service.as_str()
+    };
+    println!("{name}: {}", status.as_str_name());
+    Ok(if status == ServingStatus::Serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
