@@ -1,7 +1,7 @@
 //! Serving: the registry, the three riskgate services, gRPC health and reflection on one
 //! listener, the deadline timer beside them, and a graceful shutdown.
 //!
-//! `run`/`serve` take a bound listener and a shutdown future, so tests bind `127.0.0.1:0`, pass
+//! `serve` takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0`, pass
 //! their own shutdown and talk to the real server over a real socket.
 //!
 //! Start-up: the listener answers at once, with health NOT_SERVING and calls refused with
@@ -23,7 +23,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::api::{Admin, Gate, Monitor, WatchOptions};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::error::Error;
 use crate::proto::admin_service_server::AdminServiceServer;
@@ -70,23 +70,6 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
             .map_err(Error::from)?,
         ),
     })
-}
-
-/// Serves on `listener` with the store the configuration names, until `shutdown` resolves.
-pub async fn run(
-    listener: TcpListener,
-    config: &Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
-    let store = open_store(config)?;
-    serve(
-        listener,
-        config,
-        store,
-        Arc::new(SystemClock::new()),
-        shutdown,
-    )
-    .await
 }
 
 /// Serves on `listener` with the given store and clock, until `shutdown` resolves.

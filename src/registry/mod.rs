@@ -29,7 +29,7 @@ use crate::core::{permit, Breaker, Settings, State, Timestamp, Transitions};
 use crate::error::{Error, Result};
 use crate::store::{AuditQuery, AuditRecord, Batch, Commit, Store, StoreSignals, StoredBreaker};
 
-pub use account_id::{validate as validate_account_id, MAX_ACCOUNT_ID_LEN};
+pub use account_id::validate as validate_account_id;
 pub use events::{Event, OperatorAction};
 pub use operations::{CheckResult, Denied, ReportResult};
 pub use reasons::human as human_duration;
@@ -141,17 +141,6 @@ impl Registry {
         }
     }
 
-    /// A registry loaded from `store`, ready to answer.
-    pub fn open(
-        options: RegistryOptions,
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
-        let registry = Self::new(options, store, clock);
-        registry.load()?;
-        Ok(registry)
-    }
-
     /// Loads everything the store holds, then starts answering. Blocking: breakers whose
     /// deadline passed while the service was down are due at once (time spent down counts).
     pub fn load(&self) -> Result<()> {
@@ -214,10 +203,6 @@ impl Registry {
                 result = changed.changed() => if result.is_err() { return },
             }
         }
-    }
-
-    pub fn clock(&self) -> &dyn Clock {
-        self.clock.as_ref()
     }
 
     pub fn clock_handle(&self) -> Arc<dyn Clock> {
@@ -312,7 +297,12 @@ impl Registry {
     }
 
     fn shard(&self, account_id: &str) -> MutexGuard<'_, Shard> {
-        let tag = permit::account_tag(account_id);
+        self.shard_of(permit::account_tag(account_id))
+    }
+
+    /// The shard of the account whose permit tag is `tag` (the tag doubles as the shard hash,
+    /// so the gate computes it once for both).
+    fn shard_of(&self, tag: u64) -> MutexGuard<'_, Shard> {
         let index = ((tag >> 32) ^ tag) as usize & (SHARDS - 1);
         lock(&self.shards[index])
     }
@@ -432,3 +422,6 @@ impl Slot {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests;

@@ -105,39 +105,41 @@ impl Registry {
         if !self.signals.is_writable() {
             return Ok(self.store_unavailable(account_id));
         }
-        let (result, commit) = self.update(account_id, None, None, |breaker, settings, now| {
-            let (decision, transitions) = breaker.check(settings, now);
-            let failure_count = breaker.failure_count(settings, now);
-            let (denied, probe, generation, permit_id, reason) = match &decision {
-                Decision::Allowed { permit, probe } => (
-                    None,
-                    *probe,
-                    permit.generation,
-                    permit::encode(permit::account_tag(account_id), *permit),
-                    String::new(),
-                ),
-                Decision::Denied(denial) => (
-                    Some(Denied::Breaker(*denial)),
-                    false,
-                    0,
-                    String::new(),
-                    reasons::denial(denial, failure_count, settings),
-                ),
-            };
-            Change {
-                result: CheckResult {
-                    denied,
-                    probe,
-                    generation,
-                    state: breaker.state(),
-                    failure_count,
-                    permit_id,
-                    reason,
-                },
-                transitions,
-                persist: probe,
-            }
-        })?;
+        let tag = permit::account_tag(account_id);
+        let (result, commit) =
+            self.update(account_id, tag, None, None, |breaker, settings, now| {
+                let (decision, transitions) = breaker.check(settings, now);
+                let failure_count = breaker.failure_count(settings, now);
+                let (denied, probe, generation, permit_id, reason) = match &decision {
+                    Decision::Allowed { permit, probe } => (
+                        None,
+                        *probe,
+                        permit.generation,
+                        permit::encode(tag, *permit),
+                        String::new(),
+                    ),
+                    Decision::Denied(denial) => (
+                        Some(Denied::Breaker(*denial)),
+                        false,
+                        0,
+                        String::new(),
+                        reasons::denial(denial, failure_count, settings),
+                    ),
+                };
+                Change {
+                    result: CheckResult {
+                        denied,
+                        probe,
+                        generation,
+                        state: breaker.state(),
+                        failure_count,
+                        permit_id,
+                        reason,
+                    },
+                    transitions,
+                    persist: probe,
+                }
+            })?;
         self.wait_durable(commit).await?;
         Ok(result)
     }
@@ -174,33 +176,33 @@ impl Registry {
     ) -> Result<ReportResult> {
         validate_account_id(account_id)?;
         self.ensure_writable()?;
+        let tag = permit::account_tag(account_id);
         let permit = match permit_id {
             "" => None,
             text => Some(
-                permit::decode(permit::account_tag(account_id), text).map_err(|source| {
-                    Error::InvalidPermit {
-                        account: account_id.to_owned(),
-                        source,
-                    }
+                permit::decode(tag, text).map_err(|source| Error::InvalidPermit {
+                    account: account_id.to_owned(),
+                    source,
                 })?,
             ),
         };
-        let (result, commit) = self.update(account_id, None, None, |breaker, settings, now| {
-            let (disposition, transitions) = breaker.record(settings, permit, outcome, now);
-            let state = breaker.state();
-            // A success in CLOSED changes nothing durable: it needs no write.
-            let persist = disposition == Disposition::Recorded
-                && (outcome == Outcome::Failure || state != State::Closed);
-            Change {
-                result: ReportResult {
-                    state,
-                    disposition,
-                    failure_count: breaker.failure_count(settings, now),
-                },
-                transitions,
-                persist,
-            }
-        })?;
+        let (result, commit) =
+            self.update(account_id, tag, None, None, |breaker, settings, now| {
+                let (disposition, transitions) = breaker.record(settings, permit, outcome, now);
+                let state = breaker.state();
+                // A success in CLOSED changes nothing durable: it needs no write.
+                let persist = disposition == Disposition::Recorded
+                    && (outcome == Outcome::Failure || state != State::Closed);
+                Change {
+                    result: ReportResult {
+                        state,
+                        disposition,
+                        failure_count: breaker.failure_count(settings, now),
+                    },
+                    transitions,
+                    persist,
+                }
+            })?;
         self.wait_durable(commit).await?;
         Ok(result)
     }
@@ -250,6 +252,7 @@ impl Registry {
         };
         let ((), commit) = self.update(
             account_id,
+            permit::account_tag(account_id),
             Some(&action),
             Some(&audit),
             |breaker, settings, now| Change {
@@ -263,15 +266,16 @@ impl Registry {
     }
 
     /// Runs `operation` on the account's breaker (created on first use) under its shard lock,
-    /// then records what changed.
+    /// then records what changed. `tag` is the account's permit tag.
     fn update<R>(
         &self,
         account_id: &str,
+        tag: u64,
         operator: Option<&OperatorAction>,
         audit: Option<&dyn Fn(State, State, Timestamp) -> AuditRecord>,
         operation: impl FnOnce(&mut Breaker, &Settings, Timestamp) -> Change<R>,
     ) -> Result<(R, Option<Commit>)> {
-        let mut shard = self.shard(account_id);
+        let mut shard = self.shard_of(tag);
         let slot = match shard.entry_ref(account_id) {
             EntryRef::Occupied(entry) => entry.into_mut(),
             EntryRef::Vacant(entry) => {

@@ -161,10 +161,6 @@ impl SqliteStore {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn unusable(&self, detail: String) -> StoreError {
         StoreError::Unusable {
             path: self.path.display().to_string(),
