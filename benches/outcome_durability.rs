@@ -177,6 +177,7 @@ async fn run(
             account_id: "warmup".into(),
             permit_id: String::new(),
             outcome: Outcome::Failure as i32,
+            ..Default::default()
         };
         if gate.report_outcome(probe).await.is_ok() {
             break;
@@ -202,6 +203,7 @@ async fn run(
                         account_id: format!("acct-{caller}-{}", i % 16),
                         permit_id: String::new(),
                         outcome: Outcome::Failure as i32,
+                        ..Default::default()
                     };
                     gate.report_outcome(request).await.expect("ReportOutcome");
                     if sent >= measure_from {

@@ -35,6 +35,10 @@ pub enum Error {
     HistoryExpired { after: u64, oldest: u64 },
     #[error("after_sequence {after} is ahead of the latest sequence {latest}: the server's history does not include it; re-read the snapshot by watching without after_sequence")]
     HistoryAhead { after: u64, latest: u64 },
+    #[error("no group {0} is defined in the configuration ([groups.{0}])")]
+    UnknownGroup(String),
+    #[error("{0} is not halted")]
+    NotHalted(String),
     #[error("riskgate is loading its store and does not answer yet")]
     Loading,
     #[error(transparent)]

@@ -35,6 +35,7 @@ async fn bad_account_ids_are_refused_with_the_rule() {
             .gate()
             .check_trade(CheckTradeRequest {
                 account_id: account_id.into(),
+                ..Default::default()
             })
             .await;
         assert_invalid(check, expected);
@@ -44,6 +45,7 @@ async fn bad_account_ids_are_refused_with_the_rule() {
                 account_id: account_id.into(),
                 permit_id: String::new(),
                 outcome: Outcome::Failure as i32,
+                ..Default::default()
             })
             .await;
         assert_invalid(report, expected);
@@ -60,6 +62,7 @@ async fn bad_account_ids_are_refused_with_the_rule() {
                 account_id: account_id.into(),
                 reason: "r".into(),
                 operator: "o".into(),
+                ..Default::default()
             })
             .await;
         assert_invalid(trip, expected);
@@ -92,6 +95,7 @@ async fn bad_outcomes_and_permits_are_refused_and_change_nothing() {
                 account_id: "ACC-1".into(),
                 permit_id,
                 outcome,
+                ..Default::default()
             })
             .await
         }
@@ -151,6 +155,7 @@ async fn operator_actions_need_an_operator_and_a_reason() {
                 account_id: "ACC-1".into(),
                 reason: reason.into(),
                 operator: operator.into(),
+                ..Default::default()
             })
             .await;
         assert_invalid(trip, expected);

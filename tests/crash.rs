@@ -185,6 +185,7 @@ async fn verify(channel: &Channel, model: &mut Model, max_seen: u64, round: usiz
             let check = gate
                 .check_trade(CheckTradeRequest {
                     account_id: account_id.clone(),
+                    ..Default::default()
                 })
                 .await
                 .expect("CheckTrade")
@@ -319,6 +320,7 @@ async fn client(
             Op::Fail => match gate
                 .check_trade(CheckTradeRequest {
                     account_id: account_id.clone(),
+                    ..Default::default()
                 })
                 .await
             {
@@ -342,6 +344,7 @@ async fn client(
                         account_id: account_id.clone(),
                         permit_id,
                         outcome: Outcome::Failure as i32,
+                        ..Default::default()
                     })
                     .await
                     .map(drop)
@@ -369,6 +372,7 @@ async fn client(
                             account_id,
                             reason,
                             operator,
+                            ..Default::default()
                         })
                         .await
                         .map(drop)

@@ -411,6 +411,7 @@ async fn a_full_disk_fails_closed_and_recovers_by_itself() {
                 account_id: format!("NEW-{attempts}"),
                 permit_id: String::new(),
                 outcome: Outcome::Failure as i32,
+                ..Default::default()
             })
             .await;
         if let Err(status) = result {
@@ -440,6 +441,7 @@ async fn a_full_disk_fails_closed_and_recovers_by_itself() {
             account_id: "ACC-1".into(),
             permit_id: String::new(),
             outcome: Outcome::Failure as i32,
+            ..Default::default()
         })
         .await
         .expect_err("changes are refused");
@@ -450,6 +452,7 @@ async fn a_full_disk_fails_closed_and_recovers_by_itself() {
             account_id: "ACC-1".into(),
             reason: "r".into(),
             operator: "o".into(),
+            ..Default::default()
         })
         .await
         .expect_err("operator changes are refused");

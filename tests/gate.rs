@@ -259,6 +259,7 @@ async fn concurrent_checks_on_a_half_open_account_never_exceed_max_tries() {
                     let response = gate
                         .check_trade(CheckTradeRequest {
                             account_id: "HOT".into(),
+                            ..Default::default()
                         })
                         .await
                         .expect("CheckTrade")
@@ -290,6 +291,7 @@ async fn new_accounts_past_max_accounts_are_refused_and_existing_ones_still_work
         .gate()
         .check_trade(CheckTradeRequest {
             account_id: "D".into(),
+            ..Default::default()
         })
         .await
         .expect_err("a fourth account is refused");

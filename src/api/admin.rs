@@ -8,10 +8,13 @@ use super::convert;
 use crate::error::Error;
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::{
-    ListAuditRecordsRequest, ListAuditRecordsResponse, ResetBreakerRequest, ResetBreakerResponse,
+    GetConfigRequest, GetConfigResponse, HaltAllRequest, HaltAllResponse, HaltGroupRequest,
+    HaltGroupResponse, ListAuditRecordsRequest, ListAuditRecordsResponse, ListHaltsRequest,
+    ListHaltsResponse, ResetBreakerRequest, ResetBreakerResponse, ResumeAllRequest,
+    ResumeAllResponse, ResumeGroupRequest, ResumeGroupResponse, SetModeRequest, SetModeResponse,
     TripBreakerRequest, TripBreakerResponse,
 };
-use crate::registry::{validate_account_id, OperatorAction, Registry};
+use crate::registry::{validate_account_id, Layer, OperatorAction, Registry};
 use crate::store::AuditQuery;
 
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -53,13 +56,100 @@ impl AdminService for Admin {
         let peer = peer(&request);
         let request = request.into_inner();
         let action = OperatorAction::new(&request.operator, &request.reason)?;
-        tracing::warn!(account_id = %request.account_id, operator = %action.operator, reason = %action.reason, %peer, "operator trip");
+        let until = convert::time_filter(request.until, "until")?;
+        tracing::warn!(account_id = %request.account_id, operator = %action.operator, reason = %action.reason, until = ?until, %peer, "operator trip");
         let view = self
             .registry
-            .trip(&request.account_id, action, &peer)
+            .trip(&request.account_id, action, &peer, until)
             .await?;
         Ok(Response::new(TripBreakerResponse {
             breaker: Some(convert::breaker(view)),
+        }))
+    }
+
+    async fn set_mode(
+        &self,
+        request: Request<SetModeRequest>,
+    ) -> Result<Response<SetModeResponse>, Status> {
+        let peer = peer(&request);
+        let request = request.into_inner();
+        let action = OperatorAction::new(&request.operator, &request.reason)?;
+        let mode = convert::mode_request(request.mode)?;
+        tracing::warn!(account_id = %request.account_id, mode = ?mode, operator = %action.operator, reason = %action.reason, %peer, "operator set mode");
+        let view = self
+            .registry
+            .set_mode(&request.account_id, mode, action, &peer)
+            .await?;
+        Ok(Response::new(SetModeResponse {
+            breaker: Some(convert::breaker(view)),
+        }))
+    }
+
+    async fn halt_all(
+        &self,
+        request: Request<HaltAllRequest>,
+    ) -> Result<Response<HaltAllResponse>, Status> {
+        let peer = peer(&request);
+        let r = request.into_inner();
+        let halts = self
+            .halt_or_resume(true, Layer::Firm, &r.operator, &r.reason, peer)
+            .await?;
+        Ok(Response::new(HaltAllResponse { halts }))
+    }
+
+    async fn resume_all(
+        &self,
+        request: Request<ResumeAllRequest>,
+    ) -> Result<Response<ResumeAllResponse>, Status> {
+        let peer = peer(&request);
+        let r = request.into_inner();
+        let halts = self
+            .halt_or_resume(false, Layer::Firm, &r.operator, &r.reason, peer)
+            .await?;
+        Ok(Response::new(ResumeAllResponse { halts }))
+    }
+
+    async fn halt_group(
+        &self,
+        request: Request<HaltGroupRequest>,
+    ) -> Result<Response<HaltGroupResponse>, Status> {
+        let peer = peer(&request);
+        let r = request.into_inner();
+        let halts = self
+            .halt_or_resume(true, Layer::Group(r.group), &r.operator, &r.reason, peer)
+            .await?;
+        Ok(Response::new(HaltGroupResponse { halts }))
+    }
+
+    async fn resume_group(
+        &self,
+        request: Request<ResumeGroupRequest>,
+    ) -> Result<Response<ResumeGroupResponse>, Status> {
+        let peer = peer(&request);
+        let r = request.into_inner();
+        let halts = self
+            .halt_or_resume(false, Layer::Group(r.group), &r.operator, &r.reason, peer)
+            .await?;
+        Ok(Response::new(ResumeGroupResponse { halts }))
+    }
+
+    async fn list_halts(
+        &self,
+        _request: Request<ListHaltsRequest>,
+    ) -> Result<Response<ListHaltsResponse>, Status> {
+        Ok(Response::new(ListHaltsResponse {
+            halts: self.halts(),
+        }))
+    }
+
+    async fn get_config(
+        &self,
+        _request: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigResponse>, Status> {
+        let policy = self.registry.policy();
+        Ok(Response::new(GetConfigResponse {
+            version: policy.version.to_string(),
+            toml: policy.text.to_string(),
         }))
     }
 
@@ -105,6 +195,44 @@ impl AdminService for Admin {
             records: records.into_iter().map(convert::audit_record).collect(),
             next_page_token,
         }))
+    }
+}
+
+impl Admin {
+    fn halts(&self) -> Vec<crate::proto::Halt> {
+        self.registry
+            .halts()
+            .iter()
+            .map(|(layer, halt)| convert::halt(layer, halt))
+            .collect()
+    }
+
+    async fn halt_or_resume(
+        &self,
+        halt: bool,
+        layer: Layer,
+        operator: &str,
+        reason: &str,
+        peer: String,
+    ) -> Result<Vec<crate::proto::Halt>, Status> {
+        let action = OperatorAction::new(operator, reason)?;
+        if let Layer::Group(name) = &layer {
+            validate_account_id(name).map_err(|e| {
+                Error::InvalidArgument(format!("group is not a valid group name: {e}"))
+            })?;
+        }
+        let scope = match &layer {
+            Layer::Group(name) => format!("group {name}"),
+            _ => "firm-wide".to_owned(),
+        };
+        if halt {
+            tracing::warn!(%scope, operator = %action.operator, reason = %action.reason, %peer, "halt");
+            self.registry.halt(layer, action, &peer).await?;
+        } else {
+            tracing::warn!(%scope, operator = %action.operator, reason = %action.reason, %peer, "resume");
+            self.registry.resume(layer, action, &peer).await?;
+        }
+        Ok(self.halts())
     }
 }
 

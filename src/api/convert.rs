@@ -2,11 +2,19 @@
 
 use std::time::Duration;
 
-use crate::core::{Cause, Denial, Disposition, Outcome, Settings, State, Timestamp};
+use crate::core::{
+    Cause, Denial, Disposition, Failure, FailureKind, Intent, Mode, Outcome, Pass, Report,
+    Settings, State, Timestamp,
+};
 use crate::error::Error;
 use crate::proto;
-use crate::registry::{BreakerView, CheckResult, Denied, Event, ReportResult};
-use crate::store::{AuditAction, AuditRecord};
+use crate::registry::{BreakerView, CheckResult, Denied, Event, Layer, ReportResult};
+use crate::store::{AuditAction, AuditRecord, Halt};
+
+/// Longest order id accepted with an outcome.
+pub const MAX_ORDER_ID_LEN: usize = 128;
+/// Longest failure detail accepted with an outcome.
+pub const MAX_DETAIL_LEN: usize = 256;
 
 pub fn state(state: State) -> proto::BreakerState {
     match state {
@@ -41,6 +49,132 @@ pub fn outcome(value: i32) -> Result<Outcome, Error> {
     }
 }
 
+pub fn intent(value: i32) -> Result<Intent, Error> {
+    match proto::Intent::try_from(value) {
+        Ok(proto::Intent::Unspecified | proto::Intent::New) => Ok(Intent::New),
+        Ok(proto::Intent::ReduceOnly) => Ok(Intent::ReduceOnly),
+        Ok(proto::Intent::Cancel) => Ok(Intent::Cancel),
+        Err(_) => Err(Error::InvalidEnum {
+            field: "intent",
+            allowed: "INTENT_UNSPECIFIED (new), INTENT_NEW, INTENT_REDUCE_ONLY, INTENT_CANCEL",
+        }),
+    }
+}
+
+pub fn failure_kind(value: i32) -> Result<FailureKind, Error> {
+    Ok(match proto::FailureKind::try_from(value) {
+        Ok(proto::FailureKind::Unspecified) => FailureKind::Unspecified,
+        Ok(proto::FailureKind::OrderRejected) => FailureKind::OrderRejected,
+        Ok(proto::FailureKind::Timeout) => FailureKind::Timeout,
+        Ok(proto::FailureKind::ConnectionLost) => FailureKind::ConnectionLost,
+        Ok(proto::FailureKind::MarginExhausted) => FailureKind::MarginExhausted,
+        Ok(proto::FailureKind::DataFeedStale) => FailureKind::DataFeedStale,
+        Ok(proto::FailureKind::Other) => FailureKind::Other,
+        Err(_) => return Err(Error::InvalidEnum {
+            field: "failure_kind",
+            allowed: "FAILURE_KIND_UNSPECIFIED, FAILURE_KIND_ORDER_REJECTED, FAILURE_KIND_TIMEOUT, FAILURE_KIND_CONNECTION_LOST, FAILURE_KIND_MARGIN_EXHAUSTED, FAILURE_KIND_DATA_FEED_STALE, FAILURE_KIND_OTHER",
+        }),
+    })
+}
+
+fn kind(kind: FailureKind) -> proto::FailureKind {
+    match kind {
+        FailureKind::Unspecified => proto::FailureKind::Unspecified,
+        FailureKind::OrderRejected => proto::FailureKind::OrderRejected,
+        FailureKind::Timeout => proto::FailureKind::Timeout,
+        FailureKind::ConnectionLost => proto::FailureKind::ConnectionLost,
+        FailureKind::MarginExhausted => proto::FailureKind::MarginExhausted,
+        FailureKind::DataFeedStale => proto::FailureKind::DataFeedStale,
+        FailureKind::Other => proto::FailureKind::Other,
+    }
+}
+
+/// A mode from the wire: `MODE_UNSPECIFIED` means the configured one.
+pub fn mode_request(value: i32) -> Result<Option<Mode>, Error> {
+    match proto::Mode::try_from(value) {
+        Ok(proto::Mode::Unspecified) => Ok(None),
+        Ok(proto::Mode::Enforce) => Ok(Some(Mode::Enforce)),
+        Ok(proto::Mode::Shadow) => Ok(Some(Mode::Shadow)),
+        Ok(proto::Mode::Disabled) => Ok(Some(Mode::Disabled)),
+        Err(_) => Err(Error::InvalidEnum {
+            field: "mode",
+            allowed:
+                "MODE_UNSPECIFIED (the configured mode), MODE_ENFORCE, MODE_SHADOW, MODE_DISABLED",
+        }),
+    }
+}
+
+fn mode(mode: Mode) -> proto::Mode {
+    match mode {
+        Mode::Enforce => proto::Mode::Enforce,
+        Mode::Shadow => proto::Mode::Shadow,
+        Mode::Disabled => proto::Mode::Disabled,
+    }
+}
+
+fn layer(layer: &Layer) -> (proto::Layer, String) {
+    match layer {
+        Layer::Firm => (proto::Layer::Firm, String::new()),
+        Layer::Group(name) => (proto::Layer::Group, name.clone()),
+        Layer::Account => (proto::Layer::Account, String::new()),
+    }
+}
+
+/// The report of a `ReportOutcomeRequest`, checked.
+pub fn report(request: &proto::ReportOutcomeRequest) -> Result<Report, Error> {
+    let failed = outcome(request.outcome)? == Outcome::Failure;
+    let text = |value: &str, field: &'static str, max: usize| -> Result<Option<Box<str>>, Error> {
+        if value.len() > max {
+            return Err(Error::FieldTooLong { field, max });
+        }
+        if value.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "{field} must not contain control characters"
+            )));
+        }
+        Ok((!value.is_empty()).then(|| value.into()))
+    };
+    let latency = match request.latency {
+        None => None,
+        Some(d) if d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos) => Some(
+            Duration::from_secs(d.seconds.unsigned_abs())
+                + Duration::from_nanos(d.nanos.unsigned_abs().into()),
+        ),
+        Some(_) => {
+            return Err(Error::InvalidArgument(
+                "latency must be a non-negative duration".into(),
+            ))
+        }
+    };
+    Ok(Report {
+        failed,
+        kind: failure_kind(request.failure_kind)?,
+        latency,
+        order_id: text(&request.order_id, "order_id", MAX_ORDER_ID_LEN)?,
+        detail: text(&request.detail, "detail", MAX_DETAIL_LEN)?,
+    })
+}
+
+pub fn failure(failure: &Failure) -> proto::FailureRecord {
+    proto::FailureRecord {
+        time: Some(timestamp(failure.at)),
+        kind: kind(failure.kind).into(),
+        order_id: failure.order_id.as_deref().unwrap_or_default().to_owned(),
+        detail: failure.detail.as_deref().unwrap_or_default().to_owned(),
+    }
+}
+
+pub fn halt(layer_of: &Layer, halt: &Halt) -> proto::Halt {
+    let (layer, group) = layer(layer_of);
+    proto::Halt {
+        layer: layer.into(),
+        group,
+        operator: halt.operator.clone(),
+        reason: halt.reason.clone(),
+        since: Some(timestamp(halt.at)),
+    }
+}
+
 fn cause(cause: Cause) -> proto::TransitionCause {
     match cause {
         Cause::FailureThresholdReached => proto::TransitionCause::FailureThresholdReached,
@@ -50,6 +184,12 @@ fn cause(cause: Cause) -> proto::TransitionCause {
         Cause::ProbeExpired => proto::TransitionCause::ProbeExpired,
         Cause::OperatorReset => proto::TransitionCause::OperatorReset,
         Cause::OperatorTrip => proto::TransitionCause::OperatorTrip,
+        Cause::FailureKindTrip => proto::TransitionCause::FailureKindTrip,
+        Cause::FailureRateReached => proto::TransitionCause::FailureRateReached,
+        Cause::SlowCallRateReached => proto::TransitionCause::SlowCallRateReached,
+        Cause::TripExpired => proto::TransitionCause::TripExpired,
+        Cause::Halted => proto::TransitionCause::Halted,
+        Cause::Resumed => proto::TransitionCause::Resumed,
     }
 }
 
@@ -79,19 +219,36 @@ pub fn duration(duration: Duration) -> prost_types::Duration {
 }
 
 pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
-    let (denial, retry_after) = match result.denied {
-        None => (proto::Denial::Unspecified, None),
-        Some(Denied::Breaker(Denial::Open { retry_after })) => {
-            (proto::Denial::BreakerOpen, Some(retry_after))
+    let (denial, retry_after, opened_by) = match &result.denied {
+        None => (proto::Denial::Unspecified, None, None),
+        Some(Denied::Breaker(Denial::Open { retry_after, rule })) => {
+            (proto::Denial::BreakerOpen, Some(*retry_after), Some(*rule))
         }
-        Some(Denied::Breaker(Denial::Tripped)) => (proto::Denial::OperatorTrip, None),
+        Some(Denied::Breaker(Denial::Tripped { retry_after })) => (
+            proto::Denial::OperatorTrip,
+            *retry_after,
+            Some(Cause::OperatorTrip),
+        ),
         Some(Denied::Breaker(Denial::ProbesInFlight { retry_after })) => {
-            (proto::Denial::ProbesInFlight, Some(retry_after))
+            (proto::Denial::ProbesInFlight, Some(*retry_after), None)
         }
-        Some(Denied::StoreUnavailable) => (proto::Denial::StoreUnavailable, None),
+        Some(Denied::Breaker(Denial::ReduceOnlyWhileRecovering)) => {
+            (proto::Denial::ReduceOnlyWhileRecovering, None, None)
+        }
+        Some(Denied::StoreUnavailable) => (proto::Denial::StoreUnavailable, None, None),
+        Some(Denied::Halted {
+            layer: Layer::Group(_),
+            ..
+        }) => (proto::Denial::GroupHalted, None, None),
+        Some(Denied::Halted { .. }) => (proto::Denial::FirmHalted, None, None),
     };
+    let (layer, group) = result
+        .denied
+        .as_ref()
+        .map(|d| layer(&d.layer()))
+        .unwrap_or((proto::Layer::Unspecified, String::new()));
     proto::CheckTradeResponse {
-        allowed: result.denied.is_none(),
+        allowed: result.allowed,
         state: state(result.state).into(),
         reason: result.reason,
         permit_id: result.permit_id,
@@ -100,6 +257,20 @@ pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
         denial: denial.into(),
         probe: result.probe,
         generation: result.generation,
+        would_deny: result.allowed && result.denied.is_some(),
+        layer: layer.into(),
+        group,
+        opened_by: opened_by
+            .map_or(proto::TransitionCause::Unspecified, cause)
+            .into(),
+        tripped_by: result.tripped_by.iter().map(failure).collect(),
+        mode: mode(result.mode).into(),
+        passed: match result.passed {
+            None => proto::Pass::Unspecified,
+            Some(Pass::Cancel) => proto::Pass::Cancel,
+            Some(Pass::ReduceOnly) => proto::Pass::ReduceOnly,
+        }
+        .into(),
     }
 }
 
@@ -118,6 +289,25 @@ pub fn settings(settings: &Settings) -> proto::BreakerSettings {
         open_timeout: Some(duration(settings.open_timeout)),
         half_open_max_tries: settings.half_open_max_tries,
         half_open_timeout: Some(duration(settings.half_open_timeout)),
+        failure_rate_threshold: settings.failure_rate_threshold.unwrap_or(0.0),
+        slow_call: settings.slow_call.map(duration),
+        slow_call_rate_threshold: settings.slow_call_rate_threshold.unwrap_or(0.0),
+        minimum_calls: settings.minimum_calls,
+        open_backoff_multiplier: settings.open_backoff_multiplier,
+        max_open_timeout: Some(duration(settings.max_open_timeout)),
+        open_backoff_jitter: settings.open_backoff_jitter,
+        backoff_reset: Some(duration(settings.backoff_reset)),
+        allow_reduce_only_when_open: settings.allow_reduce_only_when_open,
+        configured_mode: mode(settings.mode).into(),
+        failure_kinds: FailureKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    k.key().to_owned(),
+                    settings.failure_kinds.get(*k).key().to_owned(),
+                )
+            })
+            .collect(),
     }
 }
 
@@ -141,6 +331,15 @@ pub fn breaker(view: BreakerView) -> proto::Breaker {
         tripped_by_operator: view.tripped,
         last_sequence: view.last_sequence,
         settings: Some(settings(&view.settings)),
+        failures: view.failures.iter().map(failure).collect(),
+        opened_by: view
+            .opened_by
+            .map_or(proto::TransitionCause::Unspecified, cause)
+            .into(),
+        open_streak: view.open_streak,
+        mode: mode(view.mode).into(),
+        mode_set_by_operator: view.mode_set_by_operator,
+        groups: view.groups,
         account_id: view.account_id,
     }
 }
@@ -164,6 +363,13 @@ pub fn event(event: &Event) -> proto::BreakerEvent {
         recovery_at: event.recovery_at.map(timestamp),
         operator,
         operator_reason,
+        layer: layer(&event.layer).0.into(),
+        group: layer(&event.layer).1,
+        failure_kind: event
+            .failure_kind
+            .map_or(proto::FailureKind::Unspecified, kind)
+            .into(),
+        config_version: event.config_version.to_string(),
     }
 }
 
@@ -175,8 +381,15 @@ pub fn audit_record(record: AuditRecord) -> proto::AuditRecord {
         action: match record.action {
             AuditAction::Reset => proto::AuditAction::Reset,
             AuditAction::Trip => proto::AuditAction::Trip,
+            AuditAction::SetMode => proto::AuditAction::SetMode,
+            AuditAction::HaltAll => proto::AuditAction::HaltAll,
+            AuditAction::ResumeAll => proto::AuditAction::ResumeAll,
+            AuditAction::HaltGroup => proto::AuditAction::HaltGroup,
+            AuditAction::ResumeGroup => proto::AuditAction::ResumeGroup,
         }
         .into(),
+        group: record.group,
+        detail: record.detail,
         operator: record.operator,
         reason: record.reason,
         state_before: state(record.state_before).into(),

@@ -28,7 +28,8 @@ impl GateService for Gate {
         request: Request<CheckTradeRequest>,
     ) -> Result<Response<CheckTradeResponse>, Status> {
         let request = request.into_inner();
-        let result = self.registry.check(&request.account_id).await?;
+        let intent = convert::intent(request.intent)?;
+        let result = self.registry.check(&request.account_id, intent).await?;
         Ok(Response::new(convert::check_response(result)))
     }
 
@@ -37,10 +38,10 @@ impl GateService for Gate {
         request: Request<ReportOutcomeRequest>,
     ) -> Result<Response<ReportOutcomeResponse>, Status> {
         let request = request.into_inner();
-        let outcome = convert::outcome(request.outcome)?;
+        let report = convert::report(&request)?;
         let result = self
             .registry
-            .report(&request.account_id, &request.permit_id, outcome)
+            .report(&request.account_id, &request.permit_id, report)
             .await?;
         Ok(Response::new(convert::report_response(result)))
     }

@@ -17,7 +17,8 @@ impl From<Error> for Status {
             | Error::InvalidEnum { .. }
             | Error::InvalidArgument(_) => Status::invalid_argument(message),
             Error::AccountLimit { .. } => Status::resource_exhausted(message),
-            Error::UnknownAccount(_) => Status::not_found(message),
+            Error::UnknownAccount(_) | Error::UnknownGroup(_) => Status::not_found(message),
+            Error::NotHalted(_) => Status::failed_precondition(message),
             Error::HistoryExpired { .. } | Error::HistoryAhead { .. } => {
                 Status::out_of_range(message)
             }

@@ -76,11 +76,49 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Open a breaker and hold it open until it is reset.
+    /// Open a breaker and hold it open until it is reset (or, with --for, for that long).
     Trip {
         account: String,
+        /// Hold it open this long (e.g. 15m, 2h), then test recovery as usual.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        hold: Option<std::time::Duration>,
         #[command(flatten)]
         action: ActionArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set how strictly an account's breaker is applied: enforce, shadow, disabled, or
+    /// configured (back to what the configuration says).
+    Mode {
+        account: String,
+        #[arg(value_parser = ["enforce", "shadow", "disabled", "configured"])]
+        mode: String,
+        #[command(flatten)]
+        action: ActionArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Halt trading firm-wide (or, with --group, one configured group): every order but cancels
+    /// is denied until `riskgate resume`.
+    Halt {
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        action: ActionArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End a firm-wide halt (or, with --group, a group's halt).
+    Resume {
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        action: ActionArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the configuration the server runs with, and its version.
+    Config {
         #[command(flatten)]
         target: Target,
     },
@@ -135,9 +173,27 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         } => remote::act(&target.addr, remote::Action::Reset, account, action).await,
         Command::Trip {
             account,
+            hold,
             action,
             target,
-        } => remote::act(&target.addr, remote::Action::Trip, account, action).await,
+        } => remote::act(&target.addr, remote::Action::Trip(hold), account, action).await,
+        Command::Mode {
+            account,
+            mode,
+            action,
+            target,
+        } => remote::set_mode(&target.addr, account, &mode, action).await,
+        Command::Halt {
+            group,
+            action,
+            target,
+        } => remote::halt(&target.addr, true, group, action).await,
+        Command::Resume {
+            group,
+            action,
+            target,
+        } => remote::halt(&target.addr, false, group, action).await,
+        Command::Config { target } => remote::config(&target.addr).await,
         Command::Health { service, target } => remote::health(&target.addr, service).await,
         Command::Audit {
             account,

@@ -10,8 +10,9 @@ use super::{render, ActionArgs, CliError};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::monitor_service_client::MonitorServiceClient;
 use crate::proto::{
-    GetBreakerRequest, ListAuditRecordsRequest, ListBreakersRequest, ResetBreakerRequest,
-    TripBreakerRequest,
+    GetBreakerRequest, GetConfigRequest, HaltAllRequest, HaltGroupRequest, ListAuditRecordsRequest,
+    ListBreakersRequest, Mode, ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest,
+    SetModeRequest, TripBreakerRequest,
 };
 
 /// How long a one-shot command waits for the server.
@@ -110,7 +111,8 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Action {
     Reset,
-    Trip,
+    /// Held for the duration, or until reset.
+    Trip(Option<Duration>),
 }
 
 pub(super) async fn act(
@@ -130,11 +132,13 @@ pub(super) async fn act(
             })
             .await
             .map(|r| r.into_inner().breaker),
-        Action::Trip => client
+        Action::Trip(hold) => client
             .trip_breaker(TripBreakerRequest {
                 account_id,
                 reason,
                 operator,
+                until: hold
+                    .map(|hold| prost_types::Timestamp::from(std::time::SystemTime::now() + hold)),
             })
             .await
             .map(|r| r.into_inner().breaker),
@@ -142,8 +146,15 @@ pub(super) async fn act(
     .map_err(|s| call_error(addr, s))?;
     if let Some(breaker) = breaker {
         let (verb, note) = match kind {
-            Action::Reset => ("reset", ""),
-            Action::Trip => ("tripped", ", held until reset"),
+            Action::Reset => ("reset", String::new()),
+            Action::Trip(None) => ("tripped", ", held until reset".to_owned()),
+            Action::Trip(Some(hold)) => (
+                "tripped",
+                format!(
+                    ", held for {}, then recovery is tested",
+                    crate::registry::human_duration(hold)
+                ),
+            ),
         };
         println!(
             "{verb} {}: now {}{note}",
@@ -151,6 +162,100 @@ pub(super) async fn act(
             render::state_name(breaker.state)
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn set_mode(
+    addr: &str,
+    account_id: String,
+    mode: &str,
+    action: ActionArgs,
+) -> Result<ExitCode, CliError> {
+    let mode = match mode {
+        "enforce" => Mode::Enforce,
+        "shadow" => Mode::Shadow,
+        "disabled" => Mode::Disabled,
+        _ => Mode::Unspecified,
+    };
+    let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let breaker = client
+        .set_mode(SetModeRequest {
+            account_id,
+            mode: mode.into(),
+            reason: action.reason,
+            operator: action.operator,
+        })
+        .await
+        .map_err(|s| call_error(addr, s))?
+        .into_inner()
+        .breaker;
+    if let Some(b) = breaker {
+        println!(
+            "{}: mode {}{}",
+            b.account_id,
+            render::mode_name(b.mode),
+            if b.mode_set_by_operator {
+                " (set by an operator)"
+            } else {
+                " (from configuration)"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskgate halt` / `riskgate resume`, firm-wide or for a group.
+pub(super) async fn halt(
+    addr: &str,
+    halt: bool,
+    group: Option<String>,
+    action: ActionArgs,
+) -> Result<ExitCode, CliError> {
+    let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let (reason, operator) = (action.reason, action.operator);
+    let halts = match (halt, group) {
+        (true, None) => client
+            .halt_all(HaltAllRequest { reason, operator })
+            .await
+            .map(|r| r.into_inner().halts),
+        (false, None) => client
+            .resume_all(ResumeAllRequest { reason, operator })
+            .await
+            .map(|r| r.into_inner().halts),
+        (true, Some(group)) => client
+            .halt_group(HaltGroupRequest {
+                group,
+                reason,
+                operator,
+            })
+            .await
+            .map(|r| r.into_inner().halts),
+        (false, Some(group)) => client
+            .resume_group(ResumeGroupRequest {
+                group,
+                reason,
+                operator,
+            })
+            .await
+            .map(|r| r.into_inner().halts),
+    }
+    .map_err(|s| call_error(addr, s))?;
+    print!("{}", render::halts(&halts));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn config(addr: &str) -> Result<ExitCode, CliError> {
+    let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let config = client
+        .get_config(GetConfigRequest {})
+        .await
+        .map_err(|s| call_error(addr, s))?
+        .into_inner();
+    println!(
+        "# riskgate configuration in force, version {}",
+        config.version
+    );
+    print!("{}", config.toml);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::proto::{
-    AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, TransitionCause,
+    AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, FailureKind, Halt, Layer, Mode,
+    TransitionCause,
 };
 use crate::registry::human_duration;
 
@@ -26,8 +27,56 @@ fn cause_name(cause: i32) -> &'static str {
         Ok(TransitionCause::ProbeExpired) => "probe expired",
         Ok(TransitionCause::OperatorReset) => "operator reset",
         Ok(TransitionCause::OperatorTrip) => "operator trip",
+        Ok(TransitionCause::FailureKindTrip) => "failure kind set to trip",
+        Ok(TransitionCause::FailureRateReached) => "failure rate reached",
+        Ok(TransitionCause::SlowCallRateReached) => "slow-call rate reached",
+        Ok(TransitionCause::TripExpired) => "timed trip ended",
+        Ok(TransitionCause::Halted) => "halted",
+        Ok(TransitionCause::Resumed) => "resumed",
         Ok(TransitionCause::Unspecified) | Err(_) => "unknown cause",
     }
+}
+
+pub fn mode_name(mode: i32) -> &'static str {
+    match Mode::try_from(mode) {
+        Ok(Mode::Enforce) => "enforce",
+        Ok(Mode::Shadow) => "shadow",
+        Ok(Mode::Disabled) => "disabled",
+        Ok(Mode::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match FailureKind::try_from(kind) {
+        Ok(FailureKind::OrderRejected) => "order_rejected",
+        Ok(FailureKind::Timeout) => "timeout",
+        Ok(FailureKind::ConnectionLost) => "connection_lost",
+        Ok(FailureKind::MarginExhausted) => "margin_exhausted",
+        Ok(FailureKind::DataFeedStale) => "data_feed_stale",
+        Ok(FailureKind::Other) => "other",
+        Ok(FailureKind::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+/// The halts in force, one line each.
+pub fn halts(halts: &[Halt]) -> String {
+    if halts.is_empty() {
+        return "no halt in force\n".to_owned();
+    }
+    let mut out = String::new();
+    for h in halts {
+        let scope = match Layer::try_from(h.layer) {
+            Ok(Layer::Group) => format!("group {}", h.group),
+            _ => "firm-wide".to_owned(),
+        };
+        let since = h.since.as_ref().map(time).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "HALTED {scope} since {since} by {}: {}",
+            h.operator, h.reason
+        );
+    }
+    out
 }
 
 fn system_time(at: &prost_types::Timestamp) -> SystemTime {
@@ -49,7 +98,7 @@ fn from_now(at: &prost_types::Timestamp) -> String {
 }
 
 fn note(b: &Breaker) -> String {
-    if b.tripped_by_operator {
+    if b.tripped_by_operator && b.recovery_at.is_none() {
         "held open by an operator until reset".to_owned()
     } else if let Some(at) = &b.recovery_at {
         format!("recovery tested {}", from_now(at))
@@ -107,9 +156,39 @@ pub fn breaker_detail(b: &Breaker) -> String {
     let _ = writeln!(out, "account      {}", b.account_id);
     let _ = writeln!(out, "state        {}", state_name(b.state));
     let _ = writeln!(out, "generation   {}", b.generation);
+    let _ = writeln!(
+        out,
+        "mode         {}{}",
+        mode_name(b.mode),
+        if b.mode_set_by_operator {
+            " (set by an operator)"
+        } else {
+            ""
+        }
+    );
+    if !b.groups.is_empty() {
+        let _ = writeln!(out, "groups       {}", b.groups.join(", "));
+    }
     let _ = writeln!(out, "failures     {}", b.failure_count);
-    for at in &b.failure_times {
-        let _ = writeln!(out, "  failed at  {}", time(at));
+    for f in &b.failures {
+        let mut line = format!(
+            "  failed at  {} {}",
+            f.time.as_ref().map(time).unwrap_or_default(),
+            kind_name(f.kind)
+        );
+        if !f.order_id.is_empty() {
+            let _ = write!(line, " order {}", f.order_id);
+        }
+        if !f.detail.is_empty() {
+            let _ = write!(line, ": {}", f.detail);
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if b.opened_by != TransitionCause::Unspecified as i32 {
+        let _ = writeln!(out, "opened by    {}", cause_name(b.opened_by));
+    }
+    if b.open_streak > 1 {
+        let _ = writeln!(out, "backoff      opening {} in a row", b.open_streak);
     }
     if let Some(at) = &b.opened_at {
         let _ = writeln!(out, "opened at    {}", time(at));
@@ -117,8 +196,13 @@ pub fn breaker_detail(b: &Breaker) -> String {
     if let Some(at) = &b.recovery_at {
         let _ = writeln!(out, "recovery     {} ({})", time(at), from_now(at));
     }
-    if b.tripped_by_operator {
+    if b.tripped_by_operator && b.recovery_at.is_none() {
         let _ = writeln!(out, "tripped      held open by an operator until reset");
+    } else if b.tripped_by_operator {
+        let _ = writeln!(
+            out,
+            "tripped      held open by an operator until the recovery time"
+        );
     }
     if b.state == BreakerState::HalfOpen as i32 {
         let _ = writeln!(
@@ -158,6 +242,26 @@ pub fn breaker_detail(b: &Breaker) -> String {
 
 pub fn event_line(e: &BreakerEvent) -> String {
     let at = e.time.as_ref().map(time).unwrap_or_default();
+    match Layer::try_from(e.layer) {
+        Ok(Layer::Firm) => {
+            return format!(
+                "{at} #{} FIRM {}: {}",
+                e.sequence,
+                cause_name(e.cause),
+                e.reason
+            )
+        }
+        Ok(Layer::Group) => {
+            return format!(
+                "{at} #{} GROUP {} {}: {}",
+                e.sequence,
+                e.group,
+                cause_name(e.cause),
+                e.reason
+            )
+        }
+        _ => {}
+    }
     format!(
         "{at} #{} {} {} -> {} ({}): {}",
         e.sequence,
@@ -187,7 +291,7 @@ pub fn audit_table(records: &[AuditRecord]) -> String {
     }
     let account_width = records
         .iter()
-        .map(|r| r.account_id.len())
+        .map(|r| r.account_id.len().max(r.group.len() + 6))
         .max()
         .unwrap_or(0)
         .max(7);
@@ -200,26 +304,43 @@ pub fn audit_table(records: &[AuditRecord]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24}  {:<account_width$}  {:<6}  {:<operator_width$}  {:<9}  {:<9}  {:<21}  REASON",
+        "{:<24}  {:<account_width$}  {:<8}  {:<operator_width$}  {:<9}  {:<9}  {:<21}  REASON",
         "TIME", "ACCOUNT", "ACTION", "OPERATOR", "BEFORE", "AFTER", "PEER"
     );
     for r in records {
         let action = match AuditAction::try_from(r.action) {
             Ok(AuditAction::Reset) => "reset",
             Ok(AuditAction::Trip) => "trip",
+            Ok(AuditAction::SetMode) => "mode",
+            Ok(AuditAction::HaltAll) => "halt",
+            Ok(AuditAction::ResumeAll) => "resume",
+            Ok(AuditAction::HaltGroup) => "halt-g",
+            Ok(AuditAction::ResumeGroup) => "resume-g",
             _ => "?",
+        };
+        let target = if !r.group.is_empty() {
+            format!("group:{}", r.group)
+        } else if r.account_id.is_empty() {
+            "(firm)".to_owned()
+        } else {
+            r.account_id.clone()
+        };
+        let reason = if r.detail.is_empty() {
+            r.reason.clone()
+        } else {
+            format!("{} [{}]", r.reason, r.detail)
         };
         let _ = writeln!(
             out,
-            "{:<24}  {:<account_width$}  {:<6}  {:<operator_width$}  {:<9}  {:<9}  {:<21}  {}",
+            "{:<24}  {:<account_width$}  {:<8}  {:<operator_width$}  {:<9}  {:<9}  {:<21}  {}",
             r.time.as_ref().map(time).unwrap_or_default(),
-            r.account_id,
+            target,
             action,
             r.operator,
             state_name(r.state_before),
             state_name(r.state_after),
             r.peer,
-            r.reason
+            reason
         );
     }
     out

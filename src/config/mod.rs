@@ -4,16 +4,17 @@
 //! Owns the mapping from user-facing keys to the service's typed options; every rule a key must
 //! follow is checked here, and a violation names the key and the rule.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::core::Settings;
-use crate::registry::{validate_account_id, RegistryOptions};
+use crate::core::{FailureKind, KindAction, KindActions, Mode, Settings};
+use crate::registry::{validate_account_id, AccountPattern, Policy, RegistryOptions};
 
 /// The embedded default configuration; documents every key.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -29,7 +30,7 @@ pub enum ConfigError {
     Invalid { key: String, rule: String },
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -38,10 +39,20 @@ pub struct Config {
     pub events: EventsConfig,
     pub log: LogConfig,
     #[serde(default)]
-    pub accounts: HashMap<String, BreakerOverride>,
+    pub accounts: BTreeMap<String, BreakerOverride>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// `[groups.NAME]`: accounts halted and resumed together.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Account ids, or prefixes ending in `*`.
+    pub accounts: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
@@ -49,7 +60,7 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: f64,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     pub failure_threshold: u32,
@@ -57,10 +68,21 @@ pub struct BreakerConfig {
     pub open_timeout_secs: f64,
     pub half_open_max_tries: u32,
     pub half_open_timeout_secs: f64,
+    pub failure_rate_threshold: f64,
+    pub slow_call_secs: f64,
+    pub slow_call_rate_threshold: f64,
+    pub minimum_calls: u32,
+    pub open_backoff_multiplier: f64,
+    pub max_open_timeout_secs: f64,
+    pub open_backoff_jitter: f64,
+    pub backoff_reset_secs: f64,
+    pub allow_reduce_only_when_open: bool,
+    pub mode: String,
+    pub failure_kinds: BTreeMap<String, String>,
 }
 
 /// Any `[breaker]` key, for one account.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerOverride {
     pub failure_threshold: Option<u32>,
@@ -68,23 +90,35 @@ pub struct BreakerOverride {
     pub open_timeout_secs: Option<f64>,
     pub half_open_max_tries: Option<u32>,
     pub half_open_timeout_secs: Option<f64>,
+    pub failure_rate_threshold: Option<f64>,
+    pub slow_call_secs: Option<f64>,
+    pub slow_call_rate_threshold: Option<f64>,
+    pub minimum_calls: Option<u32>,
+    pub open_backoff_multiplier: Option<f64>,
+    pub max_open_timeout_secs: Option<f64>,
+    pub open_backoff_jitter: Option<f64>,
+    pub backoff_reset_secs: Option<f64>,
+    pub allow_reduce_only_when_open: Option<bool>,
+    pub mode: Option<String>,
+    /// Merged key by key over `[breaker.failure_kinds]`.
+    pub failure_kinds: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Sqlite,
     Memory,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     pub path: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     pub retained: usize,
@@ -93,14 +127,14 @@ pub struct EventsConfig {
     pub heartbeat_secs: f64,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Human,
     Json,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -160,6 +194,19 @@ impl Config {
                 format!("must be a tracing filter such as \"info\" ({e})"),
             )
         })?;
+        for (name, group) in &self.groups {
+            let key = format!("groups.{name}");
+            validate_account_id(name).map_err(|e| {
+                invalid(
+                    &key,
+                    format!("is not a valid group name (the account-id rule): {e}"),
+                )
+            })?;
+            for pattern in &group.accounts {
+                AccountPattern::parse(pattern)
+                    .map_err(|e| invalid(&format!("{key}.accounts"), e))?;
+            }
+        }
         for (account_id, overrides) in &self.accounts {
             validate_account_id(account_id).map_err(|e| {
                 invalid(
@@ -199,15 +246,54 @@ impl Config {
         Duration::from_secs_f64(self.events.heartbeat_secs)
     }
 
-    /// The registry's options. Call on a validated config.
-    pub fn registry_options(&self) -> RegistryOptions {
-        RegistryOptions {
-            defaults: self.breaker.settings(),
+    /// Identifies this configuration: a digest of every value in force, the same for the same
+    /// configuration wherever it came from.
+    pub fn version(&self) -> String {
+        let text = self.to_toml();
+        // FNV-1a, 64 bits: a stable identifier, not a security measure.
+        let digest = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{digest:016x}")
+    }
+
+    /// The configuration in force as TOML, every key included.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot be shown: {e}"))
+    }
+
+    /// The registry's view of the configuration: settings and groups. Call on a validated
+    /// config.
+    pub fn policy(&self) -> Policy {
+        let defaults = Arc::new(self.breaker.settings());
+        Policy {
             overrides: self
                 .accounts
                 .iter()
-                .map(|(account, o)| (account.clone(), self.breaker.with(o).settings()))
+                .map(|(account, o)| (account.clone(), Arc::new(self.breaker.with(o).settings())))
                 .collect(),
+            defaults,
+            groups: self
+                .groups
+                .iter()
+                .map(|(name, group)| {
+                    let patterns = group
+                        .accounts
+                        .iter()
+                        .filter_map(|p| AccountPattern::parse(p).ok())
+                        .collect();
+                    (name.clone(), patterns)
+                })
+                .collect(),
+            version: self.version().into(),
+            text: self.to_toml().into(),
+        }
+    }
+
+    /// The registry's options. Call on a validated config.
+    pub fn registry_options(&self) -> RegistryOptions {
+        RegistryOptions {
+            policy: self.policy(),
             max_accounts: self.server.max_accounts,
             retained_events: self.events.retained,
             retained_age: self.retained_age(),
@@ -226,6 +312,33 @@ impl BreakerConfig {
             half_open_timeout_secs: o
                 .half_open_timeout_secs
                 .unwrap_or(self.half_open_timeout_secs),
+            failure_rate_threshold: o
+                .failure_rate_threshold
+                .unwrap_or(self.failure_rate_threshold),
+            slow_call_secs: o.slow_call_secs.unwrap_or(self.slow_call_secs),
+            slow_call_rate_threshold: o
+                .slow_call_rate_threshold
+                .unwrap_or(self.slow_call_rate_threshold),
+            minimum_calls: o.minimum_calls.unwrap_or(self.minimum_calls),
+            open_backoff_multiplier: o
+                .open_backoff_multiplier
+                .unwrap_or(self.open_backoff_multiplier),
+            max_open_timeout_secs: o
+                .max_open_timeout_secs
+                .unwrap_or(self.max_open_timeout_secs),
+            open_backoff_jitter: o.open_backoff_jitter.unwrap_or(self.open_backoff_jitter),
+            backoff_reset_secs: o.backoff_reset_secs.unwrap_or(self.backoff_reset_secs),
+            allow_reduce_only_when_open: o
+                .allow_reduce_only_when_open
+                .unwrap_or(self.allow_reduce_only_when_open),
+            mode: o.mode.clone().unwrap_or_else(|| self.mode.clone()),
+            failure_kinds: {
+                let mut kinds = self.failure_kinds.clone();
+                if let Some(own) = &o.failure_kinds {
+                    kinds.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                kinds
+            },
         }
     }
 
@@ -237,6 +350,30 @@ impl BreakerConfig {
             open_timeout: Duration::from_secs_f64(self.open_timeout_secs),
             half_open_max_tries: self.half_open_max_tries,
             half_open_timeout: Duration::from_secs_f64(self.half_open_timeout_secs),
+            failure_kinds: {
+                let mut actions = KindActions::default();
+                for (kind, action) in &self.failure_kinds {
+                    if let (Some(kind), Some(action)) =
+                        (FailureKind::from_key(kind), KindAction::from_key(action))
+                    {
+                        actions.set(kind, action);
+                    }
+                }
+                actions
+            },
+            failure_rate_threshold: (self.failure_rate_threshold > 0.0)
+                .then_some(self.failure_rate_threshold),
+            slow_call: (self.slow_call_secs > 0.0)
+                .then(|| Duration::from_secs_f64(self.slow_call_secs)),
+            slow_call_rate_threshold: (self.slow_call_rate_threshold > 0.0)
+                .then_some(self.slow_call_rate_threshold),
+            minimum_calls: self.minimum_calls,
+            open_backoff_multiplier: self.open_backoff_multiplier,
+            max_open_timeout: Duration::from_secs_f64(self.max_open_timeout_secs),
+            open_backoff_jitter: self.open_backoff_jitter,
+            backoff_reset: Duration::from_secs_f64(self.backoff_reset_secs),
+            allow_reduce_only_when_open: self.allow_reduce_only_when_open,
+            mode: Mode::from_key(&self.mode).unwrap_or_default(),
         }
     }
 }
@@ -267,6 +404,89 @@ fn breaker_settings(section: &str, b: &BreakerConfig) -> Result<(), ConfigError>
         &format!("{section}.half_open_timeout_secs"),
         b.half_open_timeout_secs,
     )?;
+    for (key, value) in [
+        ("failure_rate_threshold", b.failure_rate_threshold),
+        ("slow_call_rate_threshold", b.slow_call_rate_threshold),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            return Err(invalid(
+                &format!("{section}.{key}"),
+                format!("must be a fraction from 0 (off) to 1, not {value}"),
+            ));
+        }
+    }
+    if b.slow_call_secs != 0.0 {
+        seconds(&format!("{section}.slow_call_secs"), b.slow_call_secs)?;
+    }
+    if (b.slow_call_secs > 0.0) != (b.slow_call_rate_threshold > 0.0) {
+        return Err(invalid(
+            &format!("{section}.slow_call_secs"),
+            "and slow_call_rate_threshold are set together (both 0 turns the rule off)".into(),
+        ));
+    }
+    at_least(
+        &format!("{section}.minimum_calls"),
+        b.minimum_calls as usize,
+        1,
+    )?;
+    if !(b.open_backoff_multiplier.is_finite()
+        && (1.0..=100.0).contains(&b.open_backoff_multiplier))
+    {
+        return Err(invalid(
+            &format!("{section}.open_backoff_multiplier"),
+            format!(
+                "must be from 1 (no backoff) to 100, not {}",
+                b.open_backoff_multiplier
+            ),
+        ));
+    }
+    seconds(
+        &format!("{section}.max_open_timeout_secs"),
+        b.max_open_timeout_secs,
+    )?;
+    if b.max_open_timeout_secs < b.open_timeout_secs {
+        return Err(invalid(
+            &format!("{section}.max_open_timeout_secs"),
+            format!("must be >= open_timeout_secs ({})", b.open_timeout_secs),
+        ));
+    }
+    if !(0.0..=1.0).contains(&b.open_backoff_jitter) {
+        return Err(invalid(
+            &format!("{section}.open_backoff_jitter"),
+            format!(
+                "must be a fraction from 0 to 1, not {}",
+                b.open_backoff_jitter
+            ),
+        ));
+    }
+    seconds(
+        &format!("{section}.backoff_reset_secs"),
+        b.backoff_reset_secs,
+    )?;
+    if Mode::from_key(&b.mode).is_none() {
+        return Err(invalid(
+            &format!("{section}.mode"),
+            format!(
+                "must be \"enforce\", \"shadow\" or \"disabled\", not {:?}",
+                b.mode
+            ),
+        ));
+    }
+    for (kind, action) in &b.failure_kinds {
+        if FailureKind::from_key(kind).is_none() {
+            let known: Vec<_> = FailureKind::ALL.iter().map(|k| k.key()).collect();
+            return Err(invalid(
+                &format!("{section}.failure_kinds.{kind}"),
+                format!("is not a failure kind; the kinds are {}", known.join(", ")),
+            ));
+        }
+        if KindAction::from_key(action).is_none() {
+            return Err(invalid(
+                &format!("{section}.failure_kinds.{kind}"),
+                format!("must be \"count\", \"ignore\" or \"trip\", not {action:?}"),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -9,8 +9,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::permit::Permit;
+use super::policy::{FailureKind, Intent, KindAction, Report};
 use super::settings::Settings;
 use super::time::Timestamp;
+use super::window::RateWindow;
 
 /// Failures kept beyond the window so that a permit reported again after its failure left the
 /// window is still recognised as a duplicate. Bounds the memory of a failing account.
@@ -36,6 +38,18 @@ pub enum Cause {
     ProbeExpired,
     OperatorReset,
     OperatorTrip,
+    /// A failure of a kind configured to trip.
+    FailureKindTrip,
+    /// Failures / outcomes in the window reached the failure-rate threshold.
+    FailureRateReached,
+    /// Slow outcomes / outcomes in the window reached the slow-call-rate threshold.
+    SlowCallRateReached,
+    /// A timed operator trip ended; recovery is being tested.
+    TripExpired,
+    /// A firm-wide or group halt began (an event of the registry, never of one breaker).
+    Halted,
+    /// A firm-wide or group halt ended (an event of the registry, never of one breaker).
+    Resumed,
 }
 
 /// One state change, as the core saw it.
@@ -51,6 +65,8 @@ pub struct Transition {
     pub at: Timestamp,
     /// When recovery will be tested, for transitions into an OPEN that recovers by itself.
     pub recovery_at: Option<Timestamp>,
+    /// For `FailureKindTrip`: the kind that tripped.
+    pub failure_kind: Option<FailureKind>,
 }
 
 /// The transitions of one operation: at most one caused by time passing and one caused by the
@@ -89,19 +105,36 @@ pub enum Outcome {
 /// The answer to a check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Allowed { permit: Permit, probe: bool },
+    Allowed {
+        permit: Permit,
+        probe: bool,
+    },
+    /// Allowed outside the breaker: no permit, nothing changed.
+    Passed(Pass),
     Denied(Denial),
+}
+
+/// Why an order passed without a permit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    /// Cancels are never blocked.
+    Cancel,
+    /// A reduce-only order while the breaker is not CLOSED, allowed by the settings.
+    ReduceOnly,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Denial {
-    /// Opened on failures; recovery is tested after `retry_after`.
-    Open { retry_after: Duration },
-    /// Held open by an operator until reset.
-    Tripped,
+    /// Opened by `rule`; recovery is tested after `retry_after`.
+    Open { retry_after: Duration, rule: Cause },
+    /// Held open by an operator: until reset (`retry_after` unset) or for `retry_after` more.
+    Tripped { retry_after: Option<Duration> },
     /// Testing recovery with every probe permit in use; the earliest lease ends after
     /// `retry_after` at the latest.
     ProbesInFlight { retry_after: Duration },
+    /// Testing recovery: only new orders may pass, as probes, and reduce-only orders are not
+    /// allowed to pass a breaker that is not CLOSED.
+    ReduceOnlyWhileRecovering,
 }
 
 /// What a reported outcome did.
@@ -113,11 +146,39 @@ pub enum Disposition {
     Ignored,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Failure {
-    pub(super) at: Timestamp,
+/// A reported failure (or the outcome that fired a rate rule), kept to count it and to explain
+/// an opening.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub at: Timestamp,
     /// The permit's sequence, or `NO_PERMIT`.
     pub(super) sequence: u64,
+    pub kind: FailureKind,
+    pub order_id: Option<Box<str>>,
+    pub detail: Option<Box<str>>,
+}
+
+impl Failure {
+    fn new(at: Timestamp, sequence: u64, report: &Report) -> Self {
+        Failure {
+            at,
+            sequence,
+            kind: report.kind,
+            order_id: report.order_id.clone(),
+            detail: report.detail.clone(),
+        }
+    }
+
+    /// A probe that was never reported.
+    fn expired(at: Timestamp, sequence: u64) -> Self {
+        Failure {
+            at,
+            sequence,
+            kind: FailureKind::Timeout,
+            order_id: None,
+            detail: Some("probe permit expired unreported".into()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +209,14 @@ pub struct Breaker {
     pub(super) probes: Vec<Probe>,
     /// HALF_OPEN: probes that succeeded in this generation.
     pub(super) probe_successes: u32,
+    /// OPEN and HALF_OPEN: the rule that opened the breaker.
+    pub(super) opened_by: Option<Cause>,
+    /// Consecutive openings without `backoff_reset` CLOSED in between (for backoff).
+    pub(super) open_streak: u32,
+    /// When the breaker last closed after being open.
+    pub(super) closed_at: Option<Timestamp>,
+    /// CLOSED with a rate rule: outcome counts over the window.
+    pub(super) window: Option<Box<RateWindow>>,
 }
 
 impl Default for Breaker {
@@ -169,24 +238,50 @@ impl Breaker {
             recovery_at: None,
             probes: Vec::new(),
             probe_successes: 0,
+            opened_by: None,
+            open_streak: 0,
+            closed_at: None,
+            window: None,
         }
     }
 
-    /// Asks for a permit to place one order.
+    /// Asks for a permit to place one new order.
     pub fn check(&mut self, settings: &Settings, now: Timestamp) -> (Decision, Transitions) {
+        self.check_order(settings, now, Intent::New)
+    }
+
+    /// Asks whether an order of `intent` may be placed. Cancels always pass; reduce-only
+    /// orders pass a breaker that is not CLOSED when the settings allow it, and never take a
+    /// probe permit.
+    pub fn check_order(
+        &mut self,
+        settings: &Settings,
+        now: Timestamp,
+        intent: Intent,
+    ) -> (Decision, Transitions) {
         let transitions = self.tick(settings, now);
-        let decision = match self.state {
-            State::Closed => Decision::Allowed {
+        let decision = match (intent, self.state) {
+            (Intent::Cancel, _) => Decision::Passed(Pass::Cancel),
+            (_, State::Closed) => Decision::Allowed {
                 permit: self.issue_permit(),
                 probe: false,
             },
-            State::Open if self.tripped => Decision::Denied(Denial::Tripped),
-            State::Open => Decision::Denied(Denial::Open {
-                retry_after: self
-                    .recovery_at
-                    .map_or(Duration::ZERO, |at| at.saturating_duration_since(now)),
+            (Intent::ReduceOnly, _) if settings.allow_reduce_only_when_open => {
+                Decision::Passed(Pass::ReduceOnly)
+            }
+            (_, State::Open) if self.tripped => Decision::Denied(Denial::Tripped {
+                retry_after: self.retry_after(now),
             }),
-            State::HalfOpen if self.probes.len() < settings.half_open_max_tries as usize => {
+            (_, State::Open) => Decision::Denied(Denial::Open {
+                retry_after: self.retry_after(now).unwrap_or(Duration::ZERO),
+                rule: self.opened_by.unwrap_or(Cause::FailureThresholdReached),
+            }),
+            (Intent::ReduceOnly, State::HalfOpen) => {
+                Decision::Denied(Denial::ReduceOnlyWhileRecovering)
+            }
+            (Intent::New, State::HalfOpen)
+                if self.probes.len() < settings.half_open_max_tries as usize =>
+            {
                 let permit = self.issue_permit();
                 self.probes.push(Probe {
                     sequence: permit.sequence,
@@ -197,7 +292,7 @@ impl Breaker {
                     probe: true,
                 }
             }
-            State::HalfOpen => Decision::Denied(Denial::ProbesInFlight {
+            (Intent::New, State::HalfOpen) => Decision::Denied(Denial::ProbesInFlight {
                 retry_after: self
                     .earliest_probe_expiry()
                     .map_or(Duration::ZERO, |at| at.saturating_duration_since(now)),
@@ -206,13 +301,32 @@ impl Breaker {
         (decision, transitions)
     }
 
-    /// Records how an order ended. `permit` is `None` for an outcome reported without one,
-    /// which applies to the current generation.
+    fn retry_after(&self, now: Timestamp) -> Option<Duration> {
+        self.recovery_at.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Records how an order ended, with nothing more known than success or failure.
     pub fn record(
         &mut self,
         settings: &Settings,
         permit: Option<Permit>,
         outcome: Outcome,
+        now: Timestamp,
+    ) -> (Disposition, Transitions) {
+        let report = match outcome {
+            Outcome::Success => Report::success(),
+            Outcome::Failure => Report::failure(FailureKind::Unspecified),
+        };
+        self.report(settings, permit, &report, now)
+    }
+
+    /// Records how an order ended. `permit` is `None` for an outcome reported without one,
+    /// which applies to the current generation.
+    pub fn report(
+        &mut self,
+        settings: &Settings,
+        permit: Option<Permit>,
+        report: &Report,
         now: Timestamp,
     ) -> (Disposition, Transitions) {
         let mut transitions = self.tick(settings, now);
@@ -226,25 +340,32 @@ impl Breaker {
         {
             return (Disposition::Duplicate, transitions);
         }
-        let disposition = match (self.state, outcome) {
-            (State::Closed, Outcome::Success) => Disposition::Recorded,
-            (State::Closed, Outcome::Failure) => {
-                self.failures.push_back(Failure { at: now, sequence });
-                self.forget_old_failures(settings, now);
-                if self.failures_in_window(settings, now) >= settings.failure_threshold {
-                    self.failures.retain(|f| in_window(settings, f.at, now));
-                    transitions.push(self.open(Cause::FailureThresholdReached, settings, now));
+        let action = if report.failed {
+            settings.failure_kinds.get(report.kind)
+        } else {
+            KindAction::Count
+        };
+        let disposition = match self.state {
+            State::Closed if action == KindAction::Ignore => Disposition::Ignored,
+            State::Closed => {
+                if let Some(t) = self.record_closed(settings, sequence, report, action, now) {
+                    transitions.push(t);
                 }
                 Disposition::Recorded
             }
-            (State::HalfOpen, _) => {
+            State::HalfOpen => {
                 let index = match permit {
                     Some(_) => self.probes.iter().position(|p| p.sequence == sequence),
                     // Without a permit, the outcome answers for the oldest outstanding probe.
                     None => (!self.probes.is_empty()).then_some(0),
                 };
-                match (index, outcome) {
-                    (Some(index), Outcome::Success) => {
+                match (index, report.failed) {
+                    // An ignored kind frees the probe without judging the account.
+                    (Some(index), true) if action == KindAction::Ignore => {
+                        self.probes.remove(index);
+                        Disposition::Ignored
+                    }
+                    (Some(index), false) => {
                         self.probes.remove(index);
                         self.probe_successes += 1;
                         if self.probe_successes >= settings.half_open_max_tries {
@@ -252,17 +373,20 @@ impl Breaker {
                         }
                         Disposition::Recorded
                     }
-                    (Some(index), Outcome::Failure) => {
+                    (Some(index), true) => {
                         let probe = self.probes.remove(index);
-                        self.remember_failure(now, probe.sequence);
-                        transitions.push(self.open(Cause::ProbeFailed, settings, now));
+                        self.remember_failure(Failure::new(now, probe.sequence, report));
+                        transitions.push(self.reopen(settings, action, report, now));
                         Disposition::Recorded
+                    }
+                    (None, true) if permit.is_none() && action == KindAction::Ignore => {
+                        Disposition::Ignored
                     }
                     // A failure reported without a permit while recovery is tested: an order
                     // went out and failed, which is all the evidence the probes look for.
-                    (None, Outcome::Failure) if permit.is_none() => {
-                        self.remember_failure(now, NO_PERMIT);
-                        transitions.push(self.open(Cause::ProbeFailed, settings, now));
+                    (None, true) if permit.is_none() => {
+                        self.remember_failure(Failure::new(now, NO_PERMIT, report));
+                        transitions.push(self.reopen(settings, action, report, now));
                         Disposition::Recorded
                     }
                     (None, _) if permit.is_some() && sequence < self.next_sequence => {
@@ -271,9 +395,111 @@ impl Breaker {
                     (None, _) => Disposition::Ignored,
                 }
             }
-            (State::Open, _) => Disposition::Ignored,
+            State::Open => Disposition::Ignored,
         };
         (disposition, transitions)
+    }
+
+    /// Counts an outcome in CLOSED and applies the trip rules in order: a kind that trips, the
+    /// failure count, the failure rate, the slow-call rate.
+    fn record_closed(
+        &mut self,
+        settings: &Settings,
+        sequence: u64,
+        report: &Report,
+        action: KindAction,
+        now: Timestamp,
+    ) -> Option<Transition> {
+        let slow = settings
+            .slow_call
+            .is_some_and(|limit| report.latency.is_some_and(|l| l >= limit));
+        if settings.has_rate_rules() {
+            self.window.get_or_insert_with(Box::default).add(
+                settings.failure_window,
+                now,
+                report.failed,
+                slow,
+            );
+        }
+        if report.failed {
+            self.failures.push_back(Failure::new(now, sequence, report));
+            self.forget_old_failures(settings, now);
+        }
+        let rule = if report.failed && action == KindAction::Trip {
+            Some(Cause::FailureKindTrip)
+        } else if report.failed
+            && self.failures_in_window(settings, now) >= settings.failure_threshold
+        {
+            Some(Cause::FailureThresholdReached)
+        } else {
+            self.rate_rule_fired(settings, now)
+        };
+        let rule = rule?;
+        self.failures.retain(|f| in_window(settings, f.at, now));
+        if !report.failed {
+            // A slow success fired the slow-call rule: keep it as the explanation.
+            let mut trigger = Failure::new(now, sequence, report);
+            trigger.kind = FailureKind::Unspecified;
+            trigger.detail = Some(
+                format!(
+                    "slow: {:?}{}",
+                    report.latency.unwrap_or_default(),
+                    report
+                        .detail
+                        .as_deref()
+                        .map(|d| format!("; {d}"))
+                        .unwrap_or_default()
+                )
+                .into(),
+            );
+            self.remember_failure(trigger);
+        }
+        let kind = (rule == Cause::FailureKindTrip).then_some(report.kind);
+        Some(self.open(rule, kind, settings, now, None))
+    }
+
+    /// The rate rule that the window's counts fire, if any.
+    fn rate_rule_fired(&self, settings: &Settings, now: Timestamp) -> Option<Cause> {
+        let totals = self.window.as_ref()?.totals(settings.failure_window, now);
+        if totals.calls == 0 || totals.calls < settings.minimum_calls {
+            return None;
+        }
+        let rate = |n: u32| f64::from(n) / f64::from(totals.calls);
+        if settings
+            .failure_rate_threshold
+            .is_some_and(|threshold| rate(totals.failures) >= threshold)
+        {
+            return Some(Cause::FailureRateReached);
+        }
+        if settings.slow_call.is_some()
+            && settings
+                .slow_call_rate_threshold
+                .is_some_and(|threshold| rate(totals.slow) >= threshold)
+        {
+            return Some(Cause::SlowCallRateReached);
+        }
+        None
+    }
+
+    /// A failed probe opens the breaker again.
+    fn reopen(
+        &mut self,
+        settings: &Settings,
+        action: KindAction,
+        report: &Report,
+        now: Timestamp,
+    ) -> Transition {
+        if action == KindAction::Trip {
+            self.open(
+                Cause::FailureKindTrip,
+                Some(report.kind),
+                settings,
+                now,
+                None,
+            )
+        } else {
+            self.open(Cause::ProbeFailed, None, settings, now, None)
+        }
     }
 
     /// Operator reset: CLOSED, all counters cleared, whatever the state.
@@ -283,8 +509,19 @@ impl Breaker {
 
     /// Operator trip: OPEN and held there until reset.
     pub fn trip(&mut self, settings: &Settings, now: Timestamp) -> Transition {
+        self.trip_until(settings, now, None)
+    }
+
+    /// Operator trip: OPEN and held there until reset or, with `until`, until then; then
+    /// recovery is tested as usual.
+    pub fn trip_until(
+        &mut self,
+        settings: &Settings,
+        now: Timestamp,
+        until: Option<Timestamp>,
+    ) -> Transition {
         self.tripped = true;
-        self.open(Cause::OperatorTrip, settings, now)
+        self.open(Cause::OperatorTrip, None, settings, now, until)
     }
 
     /// Applies what time alone causes: recovery testing when the open timeout has elapsed, a
@@ -292,16 +529,22 @@ impl Breaker {
     pub fn tick(&mut self, settings: &Settings, now: Timestamp) -> Transitions {
         let mut transitions = Transitions::default();
         match self.state {
-            State::Open if !self.tripped && self.recovery_at.is_some_and(|at| at <= now) => {
+            State::Open if self.recovery_at.is_some_and(|at| at <= now) => {
                 let from = self.state;
+                let cause = if self.tripped {
+                    Cause::TripExpired
+                } else {
+                    Cause::OpenTimeoutElapsed
+                };
                 self.start_generation(State::HalfOpen);
+                self.tripped = false;
                 self.recovery_at = None;
-                transitions.push(self.transition(from, Cause::OpenTimeoutElapsed, settings, now));
+                transitions.push(self.transition(from, cause, None, settings, now));
             }
             State::HalfOpen => {
                 if let Some(expired) = self.probes.iter().find(|p| p.expires_at <= now).copied() {
-                    self.remember_failure(now, expired.sequence);
-                    transitions.push(self.open(Cause::ProbeExpired, settings, now));
+                    self.remember_failure(Failure::expired(now, expired.sequence));
+                    transitions.push(self.open(Cause::ProbeExpired, None, settings, now, None));
                 }
             }
             _ => {}
@@ -344,6 +587,31 @@ impl Breaker {
 
     pub fn probe_successes(&self) -> u32 {
         self.probe_successes
+    }
+
+    /// OPEN and HALF_OPEN: the rule that opened the breaker.
+    pub fn opened_by(&self) -> Option<Cause> {
+        (self.state != State::Closed)
+            .then_some(self.opened_by)
+            .flatten()
+    }
+
+    /// Consecutive openings counted for backoff.
+    pub fn open_streak(&self) -> u32 {
+        self.open_streak
+    }
+
+    /// The failures that `failure_count` counts, oldest first: in OPEN and HALF_OPEN, the
+    /// outcomes that opened the breaker.
+    pub fn failures<'a>(
+        &'a self,
+        settings: &'a Settings,
+        now: Timestamp,
+    ) -> impl Iterator<Item = &'a Failure> + 'a {
+        let closed = self.state == State::Closed;
+        self.failures
+            .iter()
+            .filter(move |f| !closed || in_window(settings, f.at, now))
     }
 
     /// CLOSED: failures inside the window at `now`. OPEN and HALF_OPEN: the failures that
@@ -403,11 +671,11 @@ impl Breaker {
     }
 
     /// Adds a failed or expired probe to the failures that explain an OPEN breaker.
-    fn remember_failure(&mut self, now: Timestamp, sequence: u64) {
+    fn remember_failure(&mut self, failure: Failure) {
         if self.failures.len() >= FAILURE_MEMORY {
             self.failures.pop_front();
         }
-        self.failures.push_back(Failure { at: now, sequence });
+        self.failures.push_back(failure);
     }
 
     fn start_generation(&mut self, state: State) {
@@ -416,14 +684,58 @@ impl Breaker {
         self.next_sequence = 0;
         self.probes.clear();
         self.probe_successes = 0;
+        self.window = None;
     }
 
-    fn open(&mut self, cause: Cause, settings: &Settings, now: Timestamp) -> Transition {
+    /// Opens the breaker. A tripped breaker is held until `held_until` (or reset); otherwise
+    /// recovery is tested after the open time, grown by backoff for consecutive openings.
+    fn open(
+        &mut self,
+        cause: Cause,
+        kind: Option<FailureKind>,
+        settings: &Settings,
+        now: Timestamp,
+        held_until: Option<Timestamp>,
+    ) -> Transition {
         let from = self.state;
+        if cause != Cause::OperatorTrip {
+            let recovered_long_ago = from == State::Closed
+                && self
+                    .closed_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= settings.backoff_reset);
+            self.open_streak = if recovered_long_ago {
+                1
+            } else {
+                self.open_streak.saturating_add(1)
+            };
+        }
         self.start_generation(State::Open);
         self.opened_at = Some(now);
-        self.recovery_at = (!self.tripped).then(|| now.saturating_add(settings.open_timeout));
-        self.transition(from, cause, settings, now)
+        self.opened_by = Some(cause);
+        self.recovery_at = if self.tripped {
+            held_until
+        } else {
+            Some(now.saturating_add(self.open_time(settings, now)))
+        };
+        self.transition(from, cause, kind, settings, now)
+    }
+
+    /// `open_timeout`, times `open_backoff_multiplier` for each consecutive opening after the
+    /// first, capped by `max_open_timeout`, shortened by up to `open_backoff_jitter` (never
+    /// below `open_timeout`). The jitter is derived from the breaker's generation and `now`,
+    /// so the core stays deterministic.
+    fn open_time(&self, settings: &Settings, now: Timestamp) -> Duration {
+        let base = settings.open_timeout;
+        if self.open_streak <= 1 || settings.open_backoff_multiplier <= 1.0 {
+            return base;
+        }
+        let exponent = i32::try_from(self.open_streak - 1)
+            .unwrap_or(i32::MAX)
+            .min(1_000);
+        let cap = settings.max_open_timeout.max(base).as_secs_f64();
+        let grown = (base.as_secs_f64() * settings.open_backoff_multiplier.powi(exponent)).min(cap);
+        let jitter = settings.open_backoff_jitter.clamp(0.0, 1.0) * unit(self.generation, now);
+        Duration::from_secs_f64((grown * (1.0 - jitter)).max(base.as_secs_f64()).min(cap))
     }
 
     fn close(&mut self, cause: Cause, settings: &Settings, now: Timestamp) -> Transition {
@@ -432,14 +744,23 @@ impl Breaker {
         self.tripped = false;
         self.failures.clear();
         self.opened_at = None;
+        self.opened_by = None;
         self.recovery_at = None;
-        self.transition(from, cause, settings, now)
+        if cause == Cause::OperatorReset {
+            // A deliberate reset starts afresh: no backoff carries over.
+            self.open_streak = 0;
+            self.closed_at = None;
+        } else {
+            self.closed_at = Some(now);
+        }
+        self.transition(from, cause, None, settings, now)
     }
 
     fn transition(
         &self,
         from: State,
         cause: Cause,
+        failure_kind: Option<FailureKind>,
         settings: &Settings,
         now: Timestamp,
     ) -> Transition {
@@ -451,8 +772,20 @@ impl Breaker {
             failure_count: self.failure_count(settings, now),
             at: now,
             recovery_at: self.recovery_at,
+            failure_kind,
         }
     }
+}
+
+/// A number in [0, 1) derived from `generation` and `now` (splitmix64).
+fn unit(generation: u64, now: Timestamp) -> f64 {
+    let mut z = generation
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(now.as_unix_nanos());
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn in_window(settings: &Settings, at: Timestamp, now: Timestamp) -> bool {

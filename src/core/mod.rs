@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use riskgate::core::{Breaker, Decision, Denial, Outcome, Settings, State, Timestamp};
+//! use riskgate::core::{Breaker, Cause, Decision, Denial, Outcome, Settings, State, Timestamp};
 //!
 //! let settings = Settings { failure_threshold: 2, ..Settings::default() };
 //! let mut breaker = Breaker::new();
@@ -20,7 +20,10 @@
 //! let later = t0.saturating_add(Duration::from_secs(60));
 //! assert_eq!(
 //!     breaker.check(&settings, later).0,
-//!     Decision::Denied(Denial::Open { retry_after: Duration::from_secs(240) })
+//!     Decision::Denied(Denial::Open {
+//!         retry_after: Duration::from_secs(240),
+//!         rule: Cause::FailureThresholdReached,
+//!     })
 //! );
 //! // Time alone tests recovery: the registry ticks the breaker at its deadline.
 //! assert_eq!(breaker.next_deadline(), Some(t0.saturating_add(settings.open_timeout)));
@@ -30,17 +33,22 @@
 
 mod breaker;
 pub mod permit;
+mod policy;
 mod record;
 mod settings;
 mod time;
+mod window;
 
 pub use breaker::{
-    Breaker, Cause, Decision, Denial, Disposition, Outcome, Probe, State, Transition, Transitions,
+    Breaker, Cause, Decision, Denial, Disposition, Failure, Outcome, Pass, Probe, State,
+    Transition, Transitions,
 };
 pub use permit::{Permit, PermitError};
+pub use policy::{FailureKind, Intent, KindAction, KindActions, Mode, Report};
 pub use record::{BreakerRecord, FailureRecord, ProbeRecord};
 pub use settings::Settings;
 pub use time::Timestamp;
+pub use window::{Bucket, RateWindow, BUCKETS};
 
 #[cfg(test)]
 mod model_tests;

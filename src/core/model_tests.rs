@@ -43,6 +43,7 @@ fn settings() -> impl Strategy<Value = Settings> {
             open_timeout: Duration::from_secs(open),
             half_open_max_tries: tries,
             half_open_timeout: Duration::from_secs(lease),
+            ..Settings::default()
         },
     )
 }
@@ -214,7 +215,9 @@ proptest! {
                             prop_assert_eq!(Some(permit), expected);
                             permits.push(permit);
                         }
-                        Decision::Denied(_) => prop_assert_eq!(None, expected),
+                        Decision::Denied(_) | Decision::Passed(_) => {
+                            prop_assert_eq!(None, expected)
+                        }
                     }
                     transitions
                 }

@@ -3,8 +3,10 @@
 //! Kept apart from [`Breaker`](super::Breaker) so that the breaker's in-memory layout can
 //! change without changing what stores hold.
 
-use super::breaker::{Breaker, Failure, Probe, State, NO_PERMIT};
+use super::breaker::{Breaker, Cause, Failure, Probe, State, NO_PERMIT};
+use super::policy::FailureKind;
 use super::time::Timestamp;
+use super::window::RateWindow;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BreakerRecord {
@@ -17,13 +19,20 @@ pub struct BreakerRecord {
     pub recovery_at: Option<Timestamp>,
     pub probes: Vec<ProbeRecord>,
     pub probe_successes: u32,
+    pub opened_by: Option<Cause>,
+    pub open_streak: u32,
+    pub closed_at: Option<Timestamp>,
+    pub window: Option<RateWindow>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailureRecord {
     pub at: Timestamp,
     /// The sequence of the permit the failure was reported with, if any.
     pub permit_sequence: Option<u64>,
+    pub kind: FailureKind,
+    pub order_id: Option<Box<str>>,
+    pub detail: Option<Box<str>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +55,9 @@ impl Breaker {
                 .map(|f| FailureRecord {
                     at: f.at,
                     permit_sequence: (f.sequence != NO_PERMIT).then_some(f.sequence),
+                    kind: f.kind,
+                    order_id: f.order_id.clone(),
+                    detail: f.detail.clone(),
                 })
                 .collect(),
             opened_at: self.opened_at,
@@ -59,6 +71,10 @@ impl Breaker {
                 })
                 .collect(),
             probe_successes: self.probe_successes,
+            opened_by: self.opened_by,
+            open_streak: self.open_streak,
+            closed_at: self.closed_at,
+            window: self.window.as_deref().cloned(),
         }
     }
 
@@ -75,6 +91,9 @@ impl Breaker {
                 .map(|f| Failure {
                     at: f.at,
                     sequence: f.permit_sequence.unwrap_or(NO_PERMIT),
+                    kind: f.kind,
+                    order_id: f.order_id.clone(),
+                    detail: f.detail.clone(),
                 })
                 .collect(),
             opened_at: record.opened_at,
@@ -88,6 +107,10 @@ impl Breaker {
                 })
                 .collect(),
             probe_successes: record.probe_successes,
+            opened_by: record.opened_by,
+            open_streak: record.open_streak,
+            closed_at: record.closed_at,
+            window: record.window.clone().map(Box::new),
         }
     }
 }

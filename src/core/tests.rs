@@ -17,7 +17,7 @@ fn settings() -> Settings {
 fn permit_of(decision: Decision) -> Permit {
     match decision {
         Decision::Allowed { permit, .. } => permit,
-        Decision::Denied(denial) => panic!("expected a permit, got {denial:?}"),
+        other => panic!("expected a permit, got {other:?}"),
     }
 }
 
@@ -143,7 +143,8 @@ fn open_check_is_denied_with_the_time_left_and_the_failure_count() {
     assert_eq!(
         decision,
         Decision::Denied(Denial::Open {
-            retry_after: Duration::from_secs(200)
+            retry_after: Duration::from_secs(200),
+            rule: Cause::FailureThresholdReached,
         })
     );
     assert_eq!(breaker.failure_count(&settings(), at(104.0)), 5);
@@ -277,7 +278,7 @@ fn a_tripped_breaker_is_held_open_until_reset() {
         assert!(breaker.tick(&settings(), at(1_000_000.0)).is_empty());
         assert_eq!(
             breaker.check(&settings(), at(1_000_000.0)).0,
-            Decision::Denied(Denial::Tripped)
+            Decision::Denied(Denial::Tripped { retry_after: None })
         );
         breaker.reset(&settings(), at(1_000_001.0));
         assert!(!breaker.is_tripped());

@@ -14,24 +14,28 @@ mod account_id;
 mod deadlines;
 mod events;
 mod operations;
+mod policy;
 mod reasons;
 mod view;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use hashbrown::HashMap as FastMap;
 
 use crate::clock::Clock;
-use crate::core::{permit, Breaker, Settings, State, Timestamp, Transitions};
+use crate::core::{permit, Breaker, Mode, Settings, State, Timestamp, Transitions};
 use crate::error::{Error, Result};
-use crate::store::{AuditQuery, AuditRecord, Batch, Commit, Store, StoreSignals, StoredBreaker};
+use crate::store::{
+    AuditQuery, AuditRecord, Batch, Commit, Halt, Store, StoreSignals, StoredBreaker,
+};
 
 pub use account_id::validate as validate_account_id;
-pub use events::{Event, OperatorAction};
+pub use events::{Event, Layer, OperatorAction};
 pub use operations::{CheckResult, Denied, ReportResult};
+pub use policy::{AccountPattern, Policy};
 pub use reasons::human as human_duration;
 pub use view::{BreakerView, ProbeView};
 
@@ -49,9 +53,8 @@ const PERMITS_BETWEEN_WRITES: u64 = 1 << 40;
 /// What the registry is built with (from configuration).
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
-    pub defaults: Settings,
-    /// Per-account settings that replace the defaults for that account.
-    pub overrides: HashMap<String, Settings>,
+    /// Settings and groups; replaced on reload.
+    pub policy: Policy,
     pub max_accounts: usize,
     /// Events kept for watchers that resume with `after_sequence`.
     pub retained_events: usize,
@@ -64,8 +67,7 @@ pub struct RegistryOptions {
 impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
-            defaults: Settings::default(),
-            overrides: HashMap::new(),
+            policy: Policy::default(),
             max_accounts: 100_000,
             retained_events: 10_000,
             retained_age: Duration::from_secs(7 * 24 * 3600),
@@ -83,14 +85,25 @@ struct Slot {
     last_sequence: u64,
     /// The deadline queued for this breaker, so a breaker is queued once, not on every change.
     scheduled: Option<Timestamp>,
+    /// The mode an operator set, which takes precedence over the configured one.
+    mode: Option<Mode>,
+}
+
+/// Firm-wide and group halts in force.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Halts {
+    firm: Option<Halt>,
+    groups: BTreeMap<String, Halt>,
 }
 
 type Shard = FastMap<Box<str>, Slot>;
 
 pub struct Registry {
     shards: Box<[Mutex<Shard>]>,
-    defaults: Arc<Settings>,
-    overrides: HashMap<String, Arc<Settings>>,
+    policy: RwLock<Arc<Policy>>,
+    halts: RwLock<Halts>,
+    /// Whether any halt is in force: the one thing a check reads about halts when none is.
+    halted: AtomicBool,
     max_accounts: usize,
     /// Accounts in all shards; changed only when an account is created.
     accounts: AtomicUsize,
@@ -120,12 +133,9 @@ impl Registry {
     pub fn new(options: RegistryOptions, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            defaults: Arc::new(options.defaults),
-            overrides: options
-                .overrides
-                .into_iter()
-                .map(|(account, settings)| (account, Arc::new(settings)))
-                .collect(),
+            policy: RwLock::new(Arc::new(options.policy)),
+            halts: RwLock::new(Halts::default()),
+            halted: AtomicBool::new(false),
             max_accounts: options.max_accounts,
             accounts: AtomicUsize::new(0),
             events: EventLog::new(
@@ -147,6 +157,25 @@ impl Registry {
         let recovered = self.store.load()?;
         self.events
             .restore(recovered.events, recovered.last_sequence);
+        {
+            let mut halts = write(&self.halts);
+            for (layer, halt) in recovered.halts {
+                match layer {
+                    Layer::Firm => halts.firm = Some(halt),
+                    Layer::Group(name) => {
+                        if !self.policy().has_group(&name) {
+                            tracing::warn!(group = %name, "a halt is in force for a group the configuration does not define; it applies to no account until the group is defined again or resumed");
+                        }
+                        halts.groups.insert(name, halt);
+                    }
+                    Layer::Account => {}
+                }
+            }
+            self.halted.store(
+                halts.firm.is_some() || !halts.groups.is_empty(),
+                Ordering::Release,
+            );
+        }
         for mut stored in recovered.breakers {
             // Checks in CLOSED issue permits without writing anything, so permits may have been
             // issued past the stored counter before the restart. Numbering resumes well beyond
@@ -161,6 +190,7 @@ impl Registry {
                 settings: self.settings_for(&account_id),
                 last_sequence: stored.last_sequence,
                 scheduled: None,
+                mode: stored.mode,
             };
             self.schedule(&account_id, &mut slot);
             let mut shard = self.shard(&account_id);
@@ -226,7 +256,24 @@ impl Registry {
         let slot = shard
             .get(account_id)
             .ok_or_else(|| Error::UnknownAccount(account_id.to_owned()))?;
-        Ok(slot.view(account_id, now))
+        let mut view = slot.view(account_id, now);
+        drop(shard);
+        self.add_groups(std::slice::from_mut(&mut view));
+        Ok(view)
+    }
+
+    /// Fills in the groups each viewed account belongs to.
+    fn add_groups(&self, views: &mut [BreakerView]) {
+        let policy = self.policy();
+        if policy.groups.is_empty() {
+            return;
+        }
+        for view in views {
+            view.groups = policy
+                .groups_of(&view.account_id)
+                .map(str::to_owned)
+                .collect();
+        }
     }
 
     /// Breakers ordered by account id, after `after` (exclusive), at most `limit`, optionally
@@ -252,6 +299,7 @@ impl Registry {
         views.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
         let more = views.len() > limit;
         views.truncate(limit);
+        self.add_groups(&mut views);
         (views, more)
     }
 
@@ -275,10 +323,12 @@ impl Registry {
                 let (views, _) = self.list(None, None, usize::MAX);
                 views
             } else {
-                accounts
+                let mut views: Vec<BreakerView> = accounts
                     .iter()
                     .filter_map(|id| self.shard(id).get(id.as_str()).map(|s| s.view(id, now)))
-                    .collect()
+                    .collect();
+                self.add_groups(&mut views);
+                views
             }
         });
         Ok(Subscription {
@@ -290,10 +340,29 @@ impl Registry {
     }
 
     fn settings_for(&self, account_id: &str) -> Arc<Settings> {
-        self.overrides
-            .get(account_id)
-            .unwrap_or(&self.defaults)
-            .clone()
+        self.policy().settings_for(account_id)
+    }
+
+    /// The configuration in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        read(&self.policy).clone()
+    }
+
+    /// Puts a new configuration in force: every breaker keeps its state and decides with the new
+    /// settings from its next operation on; nothing already recorded is rewritten.
+    pub fn reload(&self, policy: Policy) {
+        let policy = Arc::new(policy);
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = policy.clone();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            for (account_id, slot) in shard.iter_mut() {
+                slot.settings = policy.settings_for(account_id);
+            }
+        }
+        let halts = read(&self.halts);
+        for name in halts.groups.keys().filter(|name| !policy.has_group(name)) {
+            tracing::warn!(group = %name, "a halted group is no longer defined; its halt applies to no account until it is defined again or resumed");
+        }
     }
 
     fn shard(&self, account_id: &str) -> MutexGuard<'_, Shard> {
@@ -340,6 +409,7 @@ impl Registry {
             .map(|t| Event {
                 sequence: 0,
                 account_id: account_id.to_owned(),
+                layer: Layer::Account,
                 from: t.from,
                 to: t.to,
                 cause: t.cause,
@@ -349,6 +419,8 @@ impl Registry {
                 generation: t.generation,
                 recovery_at: t.recovery_at,
                 operator: operator.cloned(),
+                failure_kind: t.failure_kind,
+                config_version: self.policy().version.clone(),
             })
             .collect();
         let submit = |slot: &mut Slot, events: Vec<Arc<Event>>| {
@@ -360,9 +432,11 @@ impl Registry {
                     account_id: account_id.to_owned(),
                     record: slot.breaker.to_record(),
                     last_sequence: slot.last_sequence,
+                    mode: slot.mode,
                 }),
                 events,
                 audit,
+                halt: None,
             })
         };
         Some(if events.is_empty() {
@@ -411,6 +485,7 @@ impl Slot {
             account_id,
             &self.breaker,
             &self.settings,
+            self.mode,
             self.last_sequence,
             now,
         )
@@ -425,3 +500,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests;
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}

@@ -4,44 +4,70 @@
 
 use hashbrown::hash_map::EntryRef;
 
-use super::{reasons, validate_account_id, BreakerView, OperatorAction, Registry, Slot};
+use std::sync::atomic::Ordering;
+
+use super::{
+    read, reasons, validate_account_id, write, BreakerView, Event, Layer, OperatorAction, Registry,
+    Slot,
+};
 use crate::core::{
-    permit, Breaker, Decision, Denial, Disposition, Outcome, Settings, State, Timestamp,
-    Transitions,
+    permit, Cause, Decision, Denial, Disposition, Failure, Intent, Mode, Pass, Report, State,
+    Timestamp, Transition, Transitions,
 };
 use crate::error::{Error, Result};
-use crate::store::{AuditAction, AuditRecord, Commit};
+use crate::store::{AuditAction, AuditRecord, Batch, Commit, Halt};
 
 /// Longest operator name accepted.
 pub const MAX_OPERATOR_LEN: usize = 128;
 /// Longest operator reason accepted.
 pub const MAX_REASON_LEN: usize = 1024;
 
-/// Why a check was denied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a check was (or, in shadow mode, would have been) denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Denied {
-    /// The breaker denied it.
+    /// The account's breaker denied it.
     Breaker(Denial),
     /// The store cannot write, so the gate fails closed.
     StoreUnavailable,
+    /// A firm-wide or group halt is in force.
+    Halted { layer: Layer, halt: Halt },
+}
+
+impl Denied {
+    /// The layer that denied: the firm (a firm-wide halt, or the service's store), a group, or
+    /// the account's breaker.
+    pub fn layer(&self) -> Layer {
+        match self {
+            Denied::Breaker(_) => Layer::Account,
+            Denied::StoreUnavailable => Layer::Firm,
+            Denied::Halted { layer, .. } => layer.clone(),
+        }
+    }
 }
 
 /// The answer to a check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckResult {
-    /// `None` when allowed.
+    pub allowed: bool,
+    /// Why the check was denied; in shadow mode, why it would have been (with `allowed`).
     pub denied: Option<Denied>,
+    /// Allowed without a permit: a cancel, or a reduce-only order past a breaker that is not
+    /// CLOSED.
+    pub passed: Option<Pass>,
     /// True when the permit is a probe.
     pub probe: bool,
-    /// The generation that issued the permit (0 when denied).
+    /// The generation that issued the permit (0 without one).
     pub generation: u64,
     /// The breaker's state after the check.
     pub state: State,
     pub failure_count: u32,
-    /// The text form of the permit; empty when denied.
+    /// The text form of the permit; empty without one.
     pub permit_id: String,
-    /// Why the check was denied; empty when allowed.
+    /// Why the check was (or would have been) denied, or why it passed without a permit.
     pub reason: String,
+    pub mode: Mode,
+    /// When an OPEN breaker denied: the outcomes that opened it.
+    pub tripped_by: Vec<Failure>,
 }
 
 /// The answer to a reported outcome.
@@ -96,74 +122,178 @@ struct Change<R> {
 }
 
 impl Registry {
-    /// Asks for a permit to place one order for `account_id`, creating its breaker on first use.
-    /// While the store cannot write, every check is denied ("store unavailable"): the gate
-    /// fails closed rather than allow orders whose outcomes could not be kept.
-    pub async fn check(&self, account_id: &str) -> Result<CheckResult> {
+    /// Asks whether an order of `intent` may be placed for `account_id`, creating its breaker
+    /// on first use. The layers decide in order: a cancel always passes; a firm-wide halt, then
+    /// a halt of any group the account is in, deny; an unwritable store denies (the gate fails
+    /// closed rather than allow orders whose outcomes could not be kept); then the account's
+    /// breaker, applied as its mode says.
+    pub async fn check(&self, account_id: &str, intent: Intent) -> Result<CheckResult> {
         validate_account_id(account_id)?;
         self.ensure_ready()?;
+        if intent == Intent::Cancel {
+            return Ok(self.outside_breaker(account_id, Pass::Cancel));
+        }
+        if self.halted.load(Ordering::Acquire) {
+            if let Some((layer, halt)) = self.halt_over(account_id) {
+                return Ok(self.halted_check(account_id, layer, halt));
+            }
+        }
         if !self.signals.is_writable() {
             return Ok(self.store_unavailable(account_id));
         }
         let tag = permit::account_tag(account_id);
-        let (result, commit) =
-            self.update(account_id, tag, None, None, |breaker, settings, now| {
-                let (decision, transitions) = breaker.check(settings, now);
-                let failure_count = breaker.failure_count(settings, now);
-                let (denied, probe, generation, permit_id, reason) = match &decision {
-                    Decision::Allowed { permit, probe } => (
-                        None,
-                        *probe,
-                        permit.generation,
-                        permit::encode(tag, *permit),
-                        String::new(),
-                    ),
-                    Decision::Denied(denial) => (
-                        Some(Denied::Breaker(*denial)),
-                        false,
-                        0,
-                        String::new(),
-                        reasons::denial(denial, failure_count, settings),
-                    ),
-                };
-                Change {
+        let (result, commit) = self.update(account_id, tag, None, None, |slot, now| {
+            let mode = slot.mode();
+            let Slot {
+                breaker, settings, ..
+            } = slot;
+            let state = breaker.state();
+            if mode == Mode::Disabled {
+                return Change {
                     result: CheckResult {
-                        denied,
-                        probe,
-                        generation,
-                        state: breaker.state(),
-                        failure_count,
-                        permit_id,
-                        reason,
+                        allowed: true,
+                        state,
+                        failure_count: breaker.failure_count(settings, now),
+                        reason: "breaker disabled for this account: every order is allowed and nothing is recorded".into(),
+                        mode,
+                        ..CheckResult::empty(state)
                     },
-                    transitions,
-                    persist: probe,
+                    transitions: Transitions::default(),
+                    persist: false,
+                };
+            }
+            let (decision, transitions) = breaker.check_order(settings, now, intent);
+            let failure_count = breaker.failure_count(settings, now);
+            let mut result = CheckResult {
+                state: breaker.state(),
+                failure_count,
+                mode,
+                ..CheckResult::empty(breaker.state())
+            };
+            let mut probe_granted = false;
+            match decision {
+                Decision::Allowed { permit, probe } => {
+                    result.allowed = true;
+                    result.probe = probe;
+                    probe_granted = probe;
+                    result.generation = permit.generation;
+                    result.permit_id = permit::encode(tag, permit);
                 }
-            })?;
+                Decision::Passed(pass) => {
+                    result.allowed = true;
+                    result.passed = Some(pass);
+                    result.reason = reasons::pass(pass);
+                }
+                Decision::Denied(denial) => {
+                    result.allowed = mode == Mode::Shadow;
+                    result.reason = reasons::denial(&denial, failure_count, settings);
+                    if mode == Mode::Shadow {
+                        result.reason = format!("shadow mode, would deny: {}", result.reason);
+                    }
+                    if matches!(denial, Denial::Open { .. } | Denial::Tripped { .. }) {
+                        result.tripped_by = breaker.failures(settings, now).cloned().collect();
+                    }
+                    result.denied = Some(Denied::Breaker(denial));
+                }
+            }
+            Change {
+                result,
+                transitions,
+                persist: probe_granted,
+            }
+        })?;
         self.wait_durable(commit).await?;
         Ok(result)
     }
 
-    fn store_unavailable(&self, account_id: &str) -> CheckResult {
+    /// The halt that covers `account_id`, if any: firm-wide first, then its groups by name.
+    fn halt_over(&self, account_id: &str) -> Option<(Layer, Halt)> {
+        let halts = read(&self.halts);
+        if let Some(halt) = &halts.firm {
+            return Some((Layer::Firm, halt.clone()));
+        }
+        if halts.groups.is_empty() {
+            return None;
+        }
+        let policy = self.policy();
+        let found = policy
+            .groups_of(account_id)
+            .find_map(|group| halts.groups.get(group).map(|h| (group, h)));
+        found.map(|(group, halt)| (Layer::Group(group.to_owned()), halt.clone()))
+    }
+
+    /// The breaker's state and failure count, if the account has a breaker.
+    fn peek(&self, account_id: &str) -> (State, u32, Mode) {
         let now = self.clock.now();
-        let (state, failure_count) =
-            self.shard(account_id)
-                .get(account_id)
-                .map_or((State::Closed, 0), |slot| {
-                    (
-                        slot.breaker.state(),
-                        slot.breaker.failure_count(&slot.settings, now),
-                    )
-                });
-        let detail = self.signals.last_error().unwrap_or_default();
+        self.shard(account_id).get(account_id).map_or(
+            (State::Closed, 0, self.settings_for(account_id).mode),
+            |slot| {
+                (
+                    slot.breaker.state(),
+                    slot.breaker.failure_count(&slot.settings, now),
+                    slot.mode(),
+                )
+            },
+        )
+    }
+
+    fn outside_breaker(&self, account_id: &str, pass: Pass) -> CheckResult {
+        let (state, failure_count, mode) = self.peek(account_id);
         CheckResult {
-            denied: Some(Denied::StoreUnavailable),
-            probe: false,
-            generation: 0,
-            state,
+            allowed: true,
+            passed: Some(pass),
             failure_count,
-            permit_id: String::new(),
-            reason: format!("store unavailable: orders are denied until riskgate can record outcomes again ({detail})"),
+            mode,
+            reason: reasons::pass(pass),
+            ..CheckResult::empty(state)
+        }
+    }
+
+    fn halted_check(&self, account_id: &str, layer: Layer, halt: Halt) -> CheckResult {
+        let (state, failure_count, mode) = self.peek(account_id);
+        let reason = match &layer {
+            Layer::Group(group) => format!(
+                "group {group} halted by {} ({}): every order of its accounts but cancels is denied until it is resumed",
+                halt.operator, halt.reason
+            ),
+            _ => format!(
+                "firm-wide halt by {} ({}): every order but cancels is denied until it is resumed",
+                halt.operator, halt.reason
+            ),
+        };
+        CheckResult {
+            denied: Some(Denied::Halted { layer, halt }),
+            failure_count,
+            mode,
+            reason,
+            ..CheckResult::empty(state)
+        }
+    }
+
+    fn store_unavailable(&self, account_id: &str) -> CheckResult {
+        let (state, failure_count, mode) = self.peek(account_id);
+        let detail = self.signals.last_error().unwrap_or_default();
+        let reason = format!("store unavailable: orders are denied until riskgate can record outcomes again ({detail})");
+        match mode {
+            Mode::Disabled => CheckResult {
+                allowed: true,
+                failure_count,
+                mode,
+                reason: "breaker disabled for this account: every order is allowed and nothing is recorded".into(),
+                ..CheckResult::empty(state)
+            },
+            _ => CheckResult {
+                allowed: mode == Mode::Shadow,
+                denied: Some(Denied::StoreUnavailable),
+                failure_count,
+                mode,
+                reason: if mode == Mode::Shadow {
+                    format!("shadow mode, would deny: {reason}")
+                } else {
+                    reason
+                },
+                ..CheckResult::empty(state)
+            },
         }
     }
 
@@ -172,7 +302,7 @@ impl Registry {
         &self,
         account_id: &str,
         permit_id: &str,
-        outcome: Outcome,
+        report: Report,
     ) -> Result<ReportResult> {
         validate_account_id(account_id)?;
         self.ensure_writable()?;
@@ -186,23 +316,39 @@ impl Registry {
                 })?,
             ),
         };
-        let (result, commit) =
-            self.update(account_id, tag, None, None, |breaker, settings, now| {
-                let (disposition, transitions) = breaker.record(settings, permit, outcome, now);
-                let state = breaker.state();
-                // A success in CLOSED changes nothing durable: it needs no write.
-                let persist = disposition == Disposition::Recorded
-                    && (outcome == Outcome::Failure || state != State::Closed);
-                Change {
+        let (result, commit) = self.update(account_id, tag, None, None, |slot, now| {
+            let mode = slot.mode();
+            let Slot {
+                breaker, settings, ..
+            } = slot;
+            if mode == Mode::Disabled {
+                return Change {
                     result: ReportResult {
-                        state,
-                        disposition,
+                        state: breaker.state(),
+                        disposition: Disposition::Ignored,
                         failure_count: breaker.failure_count(settings, now),
                     },
-                    transitions,
-                    persist,
-                }
-            })?;
+                    transitions: Transitions::default(),
+                    persist: false,
+                };
+            }
+            let probes_before = breaker.probes().len();
+            let (disposition, transitions) = breaker.report(settings, permit, &report, now);
+            let state = breaker.state();
+            // A success in CLOSED changes nothing durable unless a rate rule counts it.
+            let persist = (disposition == Disposition::Recorded
+                && (report.failed || state != State::Closed || settings.has_rate_rules()))
+                || breaker.probes().len() != probes_before;
+            Change {
+                result: ReportResult {
+                    state,
+                    disposition,
+                    failure_count: breaker.failure_count(settings, now),
+                },
+                transitions,
+                persist,
+            }
+        })?;
         self.wait_durable(commit).await?;
         Ok(result)
     }
@@ -214,19 +360,70 @@ impl Registry {
         action: OperatorAction,
         peer: &str,
     ) -> Result<BreakerView> {
-        self.operator_action(account_id, action, peer, AuditAction::Reset, Breaker::reset)
-            .await
+        self.operator_action(
+            account_id,
+            action,
+            peer,
+            AuditAction::Reset,
+            String::new(),
+            |slot, now| Some(slot.breaker.reset(&slot.settings, now)),
+        )
+        .await
     }
 
-    /// Operator trip: OPEN and held until reset. `peer` is the caller's address.
+    /// Operator trip: OPEN and held until reset or, with `until`, until then (recovery is then
+    /// tested as usual). `peer` is the caller's address.
     pub async fn trip(
         &self,
         account_id: &str,
         action: OperatorAction,
         peer: &str,
+        until: Option<Timestamp>,
     ) -> Result<BreakerView> {
-        self.operator_action(account_id, action, peer, AuditAction::Trip, Breaker::trip)
-            .await
+        let now = self.clock.now();
+        if until.is_some_and(|until| until <= now) {
+            return Err(Error::InvalidArgument(
+                "until must be in the future; leave it unset to hold the breaker open until reset"
+                    .into(),
+            ));
+        }
+        let detail = until
+            .map(|u| format!("until {}", reasons::human(u.saturating_duration_since(now))))
+            .map(|d| d.replace("until ", "for "))
+            .unwrap_or_default();
+        self.operator_action(
+            account_id,
+            action,
+            peer,
+            AuditAction::Trip,
+            detail,
+            |slot, now| Some(slot.breaker.trip_until(&slot.settings, now, until)),
+        )
+        .await
+    }
+
+    /// Sets the account's mode (`None`: back to the configured one), overriding configuration
+    /// until set again. Audited and durable; the breaker's state is untouched.
+    pub async fn set_mode(
+        &self,
+        account_id: &str,
+        mode: Option<Mode>,
+        action: OperatorAction,
+        peer: &str,
+    ) -> Result<BreakerView> {
+        let detail = mode.map_or("configured mode".to_owned(), |m| m.key().to_owned());
+        self.operator_action(
+            account_id,
+            action,
+            peer,
+            AuditAction::SetMode,
+            detail,
+            |slot, _| {
+                slot.mode = mode;
+                None
+            },
+        )
+        .await
     }
 
     async fn operator_action(
@@ -235,7 +432,8 @@ impl Registry {
         action: OperatorAction,
         peer: &str,
         kind: AuditAction,
-        act: fn(&mut Breaker, &Settings, Timestamp) -> crate::core::Transition,
+        detail: String,
+        act: impl FnOnce(&mut Slot, Timestamp) -> Option<Transition>,
     ) -> Result<BreakerView> {
         validate_account_id(account_id)?;
         self.ensure_writable()?;
@@ -243,21 +441,23 @@ impl Registry {
             id: 0,
             at,
             account_id: account_id.to_owned(),
+            group: String::new(),
             action: kind,
             operator: action.operator.clone(),
             reason: action.reason.clone(),
             state_before: before,
             state_after: after,
             peer: peer.to_owned(),
+            detail: detail.clone(),
         };
         let ((), commit) = self.update(
             account_id,
             permit::account_tag(account_id),
             Some(&action),
             Some(&audit),
-            |breaker, settings, now| Change {
+            |slot, now| Change {
                 result: (),
-                transitions: Transitions::one(act(breaker, settings, now)),
+                transitions: act(slot, now).map(Transitions::one).unwrap_or_default(),
                 persist: true,
             },
         )?;
@@ -265,7 +465,163 @@ impl Registry {
         self.get(account_id)
     }
 
-    /// Runs `operation` on the account's breaker (created on first use) under its shard lock,
+    /// Halts trading firm-wide (`Layer::Firm`) or for a group: every non-cancel check of the
+    /// accounts it covers is denied until resumed. Breakers keep their own state underneath.
+    /// Takes effect at once, even while the store cannot write (it is then retried until it is
+    /// durable, and the call says so).
+    pub async fn halt(&self, layer: Layer, action: OperatorAction, peer: &str) -> Result<()> {
+        self.ensure_ready()?;
+        self.check_group(&layer)?;
+        let now = self.clock.now();
+        let halt = Halt {
+            operator: action.operator.clone(),
+            reason: action.reason.clone(),
+            at: now,
+        };
+        let commit = {
+            let mut halts = write(&self.halts);
+            let before = halts_state(&halts, &layer);
+            match &layer {
+                Layer::Group(name) => {
+                    halts.groups.insert(name.clone(), halt.clone());
+                }
+                _ => halts.firm = Some(halt.clone()),
+            }
+            self.halted.store(true, Ordering::Release);
+            self.halt_changed(&layer, before, State::Open, Some(halt), action, peer, now)
+        };
+        self.wait_halt_durable(commit, "halt").await
+    }
+
+    /// Ends a firm-wide or group halt.
+    pub async fn resume(&self, layer: Layer, action: OperatorAction, peer: &str) -> Result<()> {
+        self.ensure_ready()?;
+        let now = self.clock.now();
+        let commit = {
+            let mut halts = write(&self.halts);
+            let removed = match &layer {
+                Layer::Group(name) => halts.groups.remove(name).is_some(),
+                _ => halts.firm.take().is_some(),
+            };
+            if !removed {
+                return Err(Error::NotHalted(match &layer {
+                    Layer::Group(name) => format!("group {name}"),
+                    _ => "the firm".to_owned(),
+                }));
+            }
+            self.halted.store(
+                halts.firm.is_some() || !halts.groups.is_empty(),
+                Ordering::Release,
+            );
+            self.halt_changed(&layer, State::Open, State::Closed, None, action, peer, now)
+        };
+        self.wait_halt_durable(commit, "resume").await
+    }
+
+    /// The halts in force, firm-wide first.
+    pub fn halts(&self) -> Vec<(Layer, Halt)> {
+        let halts = read(&self.halts);
+        halts
+            .firm
+            .iter()
+            .map(|h| (Layer::Firm, h.clone()))
+            .chain(
+                halts
+                    .groups
+                    .iter()
+                    .map(|(name, h)| (Layer::Group(name.clone()), h.clone())),
+            )
+            .collect()
+    }
+
+    fn check_group(&self, layer: &Layer) -> Result<()> {
+        match layer {
+            Layer::Group(name) if !self.policy().has_group(name) => {
+                Err(Error::UnknownGroup(name.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The event, audit record and store batch of a halt or resume. Called with the halts
+    /// locked, so that halts reach the store in the order they took effect.
+    #[allow(clippy::too_many_arguments)]
+    fn halt_changed(
+        &self,
+        layer: &Layer,
+        from: State,
+        to: State,
+        halt: Option<Halt>,
+        action: OperatorAction,
+        peer: &str,
+        now: Timestamp,
+    ) -> Commit {
+        let (audit_action, group) = match (layer, halt.is_some()) {
+            (Layer::Group(name), true) => (AuditAction::HaltGroup, name.clone()),
+            (Layer::Group(name), false) => (AuditAction::ResumeGroup, name.clone()),
+            (_, true) => (AuditAction::HaltAll, String::new()),
+            (_, false) => (AuditAction::ResumeAll, String::new()),
+        };
+        let scope = match layer {
+            Layer::Group(name) => format!("group {name}"),
+            _ => "firm-wide".to_owned(),
+        };
+        let verb = if halt.is_some() { "halted" } else { "resumed" };
+        let event = Event {
+            sequence: 0,
+            account_id: String::new(),
+            layer: layer.clone(),
+            from,
+            to,
+            cause: if halt.is_some() {
+                Cause::Halted
+            } else {
+                Cause::Resumed
+            },
+            reason: format!("{scope} {verb} by {}: {}", action.operator, action.reason),
+            failure_count: 0,
+            at: now,
+            generation: 0,
+            recovery_at: None,
+            failure_kind: None,
+            config_version: self.policy().version.clone(),
+            operator: Some(action.clone()),
+        };
+        let audit = AuditRecord {
+            id: 0,
+            at: now,
+            account_id: String::new(),
+            group,
+            action: audit_action,
+            operator: action.operator,
+            reason: action.reason,
+            state_before: from,
+            state_after: to,
+            peer: peer.to_owned(),
+            detail: String::new(),
+        };
+        self.events.append(vec![event], |events| {
+            self.store.submit(Batch {
+                breaker: None,
+                events,
+                audit: Some(audit),
+                halt: Some((layer.clone(), halt)),
+            })
+        })
+    }
+
+    async fn wait_halt_durable(&self, commit: Commit, what: &str) -> Result<()> {
+        match self.wait_durable(Some(commit)).await {
+            Err(Error::Store(crate::store::StoreError::Unavailable(detail))) => {
+                Err(Error::Store(crate::store::StoreError::Unavailable(format!(
+                    "the {what} is in force but not yet on disk; riskgate keeps retrying the write ({detail})"
+                ))))
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `operation` on the account's slot (created on first use) under its shard lock,
     /// then records what changed. `tag` is the account's permit tag.
     fn update<R>(
         &self,
@@ -273,7 +629,7 @@ impl Registry {
         tag: u64,
         operator: Option<&OperatorAction>,
         audit: Option<&dyn Fn(State, State, Timestamp) -> AuditRecord>,
-        operation: impl FnOnce(&mut Breaker, &Settings, Timestamp) -> Change<R>,
+        operation: impl FnOnce(&mut Slot, Timestamp) -> Change<R>,
     ) -> Result<(R, Option<Commit>)> {
         let mut shard = self.shard_of(tag);
         let slot = match shard.entry_ref(account_id) {
@@ -283,10 +639,11 @@ impl Registry {
                 entry.insert_with_key(
                     account_id.into(),
                     Slot {
-                        breaker: Breaker::new(),
+                        breaker: crate::core::Breaker::new(),
                         settings: self.settings_for(account_id),
                         last_sequence: 0,
                         scheduled: None,
+                        mode: None,
                     },
                 )
             }
@@ -298,9 +655,47 @@ impl Registry {
             result,
             transitions,
             persist,
-        } = operation(&mut slot.breaker, &slot.settings, now);
+        } = operation(slot, now);
         let audit = audit.map(|record| record(before, slot.breaker.state(), now));
         let commit = self.after_change(account_id, slot, transitions, persist, operator, audit);
         Ok((result, commit))
+    }
+}
+
+fn halts_state(halts: &super::Halts, layer: &Layer) -> State {
+    let halted = match layer {
+        Layer::Group(name) => halts.groups.contains_key(name),
+        _ => halts.firm.is_some(),
+    };
+    if halted {
+        State::Open
+    } else {
+        State::Closed
+    }
+}
+
+impl CheckResult {
+    /// A denial with nothing filled in, in `state`.
+    fn empty(state: State) -> Self {
+        CheckResult {
+            allowed: false,
+            denied: None,
+            passed: None,
+            probe: false,
+            generation: 0,
+            state,
+            failure_count: 0,
+            permit_id: String::new(),
+            reason: String::new(),
+            mode: Mode::Enforce,
+            tripped_by: Vec::new(),
+        }
+    }
+}
+
+impl Slot {
+    /// The mode in force: an operator's, else the configured one.
+    pub(super) fn mode(&self) -> Mode {
+        self.mode.unwrap_or(self.settings.mode)
     }
 }

@@ -6,14 +6,17 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::core::{Outcome, Timestamp};
+use crate::core::{FailureKind, Intent, Report, Timestamp};
 use crate::store::MemoryStore;
 
 fn registry(clock: Arc<ManualClock>) -> Registry {
     let options = RegistryOptions {
-        defaults: Settings {
-            failure_threshold: 2,
-            ..Settings::default()
+        policy: Policy {
+            defaults: Arc::new(Settings {
+                failure_threshold: 2,
+                ..Settings::default()
+            }),
+            ..Policy::default()
         },
         ..RegistryOptions::default()
     };
@@ -29,9 +32,13 @@ async fn a_deadline_fires_at_its_time_and_not_before() {
     )));
     let registry = registry(clock.clone());
     for _ in 0..2 {
-        let permit = registry.check("ACC").await.expect("check").permit_id;
+        let permit = registry
+            .check("ACC", Intent::New)
+            .await
+            .expect("check")
+            .permit_id;
         registry
-            .report("ACC", &permit, Outcome::Failure)
+            .report("ACC", &permit, Report::failure(FailureKind::Unspecified))
             .await
             .expect("report");
     }
@@ -54,10 +61,16 @@ async fn a_deadline_fires_at_its_time_and_not_before() {
 async fn a_permit_is_refused_for_another_account_and_nothing_changes() {
     let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(1)));
     let registry = registry(clock);
-    let permit = registry.check("A").await.expect("check").permit_id;
-    registry.check("B").await.expect("check");
+    let permit = registry
+        .check("A", Intent::New)
+        .await
+        .expect("check")
+        .permit_id;
+    registry.check("B", Intent::New).await.expect("check");
     let before = registry.get("B").expect("breaker");
-    let refused = registry.report("B", &permit, Outcome::Failure).await;
+    let refused = registry
+        .report("B", &permit, Report::failure(FailureKind::Unspecified))
+        .await;
     assert!(
         matches!(refused, Err(Error::InvalidPermit { .. })),
         "{refused:?}"

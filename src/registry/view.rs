@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::core::{permit, Breaker, Settings, State, Timestamp};
+use crate::core::{permit, Breaker, Cause, Failure, Mode, Settings, State, Timestamp};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BreakerView {
@@ -12,6 +12,18 @@ pub struct BreakerView {
     pub generation: u64,
     pub failure_count: u32,
     pub failure_times: Vec<Timestamp>,
+    /// The failures counted (CLOSED) or that opened the breaker (OPEN, HALF_OPEN), with the
+    /// kind, order id and detail the client reported.
+    pub failures: Vec<Failure>,
+    /// OPEN and HALF_OPEN: the rule that opened the breaker.
+    pub opened_by: Option<Cause>,
+    /// Consecutive openings counted for backoff.
+    pub open_streak: u32,
+    /// The mode in force, and whether an operator set it (rather than configuration).
+    pub mode: Mode,
+    pub mode_set_by_operator: bool,
+    /// The configured groups the account belongs to.
+    pub groups: Vec<String>,
     pub opened_at: Option<Timestamp>,
     pub recovery_at: Option<Timestamp>,
     pub probes: Vec<ProbeView>,
@@ -33,6 +45,7 @@ impl BreakerView {
         account_id: &str,
         breaker: &Breaker,
         settings: &Arc<Settings>,
+        mode: Option<Mode>,
         last_sequence: u64,
         now: Timestamp,
     ) -> Self {
@@ -43,6 +56,12 @@ impl BreakerView {
             generation: breaker.generation(),
             failure_count: breaker.failure_count(settings, now),
             failure_times: breaker.failure_times(settings, now).collect(),
+            failures: breaker.failures(settings, now).cloned().collect(),
+            opened_by: breaker.opened_by(),
+            open_streak: breaker.open_streak(),
+            mode: mode.unwrap_or(settings.mode),
+            mode_set_by_operator: mode.is_some(),
+            groups: Vec::new(),
             opened_at: breaker.opened_at(),
             recovery_at: breaker.recovery_at(),
             probes: breaker

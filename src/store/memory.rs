@@ -5,10 +5,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{
-    AuditQuery, AuditRecord, Batch, Commit, Recovered, Store, StoreError, StoreSignals,
+    AuditQuery, AuditRecord, Batch, Commit, Halt, Recovered, Store, StoreError, StoreSignals,
     StoredBreaker,
 };
-use crate::registry::Event;
+use crate::registry::{Event, Layer};
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -21,6 +21,7 @@ struct Inner {
     breakers: HashMap<String, StoredBreaker>,
     events: VecDeque<Arc<Event>>,
     audit: Vec<AuditRecord>,
+    halts: Vec<(Layer, Halt)>,
     last_sequence: u64,
     /// Events kept, like the registry's own retention.
     retained_events: usize,
@@ -49,6 +50,7 @@ impl Store for MemoryStore {
             breakers: inner.breakers.values().cloned().collect(),
             events: inner.events.iter().cloned().collect(),
             last_sequence: inner.last_sequence,
+            halts: inner.halts.clone(),
         })
     }
 
@@ -65,6 +67,12 @@ impl Store for MemoryStore {
         }
         while inner.events.len() > inner.retained_events {
             inner.events.pop_front();
+        }
+        if let Some((layer, halt)) = batch.halt {
+            inner.halts.retain(|(l, _)| *l != layer);
+            if let Some(halt) = halt {
+                inner.halts.push((layer, halt));
+            }
         }
         if let Some(mut record) = batch.audit {
             record.id = inner.audit.len() as u64 + 1;

@@ -136,6 +136,7 @@ impl TestServer {
         self.gate()
             .check_trade(CheckTradeRequest {
                 account_id: account.into(),
+                ..Default::default()
             })
             .await
             .expect("CheckTrade")
@@ -153,6 +154,7 @@ impl TestServer {
                 account_id: account.into(),
                 permit_id: permit.into(),
                 outcome: outcome as i32,
+                ..Default::default()
             })
             .await
             .expect("ReportOutcome")
@@ -191,6 +193,7 @@ impl TestServer {
                 account_id: account.into(),
                 reason: reason.into(),
                 operator: "alice".into(),
+                ..Default::default()
             })
             .await
             .expect("TripBreaker")

@@ -3,8 +3,12 @@
 
 use prost::Message;
 
-use crate::core::{BreakerRecord, Cause, FailureRecord, ProbeRecord, State, Timestamp};
-use crate::registry::{Event, OperatorAction};
+use crate::core::{
+    BreakerRecord, Bucket, Cause, FailureKind, FailureRecord, Mode, ProbeRecord, RateWindow, State,
+    Timestamp, BUCKETS,
+};
+use crate::registry::{Event, Layer, OperatorAction};
+use crate::store::Halt;
 
 #[derive(Clone, PartialEq, Message)]
 struct BreakerRow {
@@ -26,6 +30,47 @@ struct BreakerRow {
     probes: Vec<ProbeRow>,
     #[prost(uint32, tag = "9")]
     probe_successes: u32,
+    #[prost(uint32, optional, tag = "10")]
+    opened_by: Option<u32>,
+    #[prost(uint32, tag = "11")]
+    open_streak: u32,
+    #[prost(uint64, optional, tag = "12")]
+    closed_at: Option<u64>,
+    #[prost(message, optional, tag = "13")]
+    window: Option<WindowRow>,
+    /// The mode an operator set for the account, if any.
+    #[prost(uint32, optional, tag = "14")]
+    mode: Option<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct WindowRow {
+    #[prost(uint64, tag = "1")]
+    width: u64,
+    #[prost(uint64, tag = "2")]
+    newest: u64,
+    #[prost(message, repeated, tag = "3")]
+    buckets: Vec<BucketRow>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct BucketRow {
+    #[prost(uint32, tag = "1")]
+    calls: u32,
+    #[prost(uint32, tag = "2")]
+    failures: u32,
+    #[prost(uint32, tag = "3")]
+    slow: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct HaltRow {
+    #[prost(string, tag = "1")]
+    operator: String,
+    #[prost(string, tag = "2")]
+    reason: String,
+    #[prost(uint64, tag = "3")]
+    at: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -34,6 +79,12 @@ struct FailureRow {
     at: u64,
     #[prost(uint64, optional, tag = "2")]
     permit_sequence: Option<u64>,
+    #[prost(uint32, tag = "3")]
+    kind: u32,
+    #[prost(string, optional, tag = "4")]
+    order_id: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    detail: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -70,6 +121,15 @@ struct EventRow {
     operator: Option<String>,
     #[prost(string, optional, tag = "12")]
     operator_reason: Option<String>,
+    /// 0 an account, 1 a group, 2 the firm.
+    #[prost(uint32, tag = "13")]
+    layer: u32,
+    #[prost(string, tag = "14")]
+    group: String,
+    #[prost(uint32, optional, tag = "15")]
+    failure_kind: Option<u32>,
+    #[prost(string, tag = "16")]
+    config_version: String,
 }
 
 pub fn state_code(state: State) -> u32 {
@@ -115,6 +175,12 @@ fn cause_code(cause: Cause) -> u32 {
         Cause::ProbeExpired => 5,
         Cause::OperatorReset => 6,
         Cause::OperatorTrip => 7,
+        Cause::FailureKindTrip => 8,
+        Cause::FailureRateReached => 9,
+        Cause::SlowCallRateReached => 10,
+        Cause::TripExpired => 11,
+        Cause::Halted => 12,
+        Cause::Resumed => 13,
     }
 }
 
@@ -127,15 +193,52 @@ fn cause_from_code(code: u32) -> Option<Cause> {
         5 => Cause::ProbeExpired,
         6 => Cause::OperatorReset,
         7 => Cause::OperatorTrip,
+        8 => Cause::FailureKindTrip,
+        9 => Cause::FailureRateReached,
+        10 => Cause::SlowCallRateReached,
+        11 => Cause::TripExpired,
+        12 => Cause::Halted,
+        13 => Cause::Resumed,
         _ => return None,
     })
+}
+
+fn kind_code(kind: FailureKind) -> u32 {
+    FailureKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .map_or(0, |i| i as u32)
+}
+
+fn kind_from_code(code: u32) -> FailureKind {
+    FailureKind::ALL
+        .get(code as usize)
+        .copied()
+        .unwrap_or(FailureKind::Other)
+}
+
+fn mode_code(mode: Mode) -> u32 {
+    match mode {
+        Mode::Enforce => 1,
+        Mode::Shadow => 2,
+        Mode::Disabled => 3,
+    }
+}
+
+fn mode_from_code(code: u32) -> Option<Mode> {
+    match code {
+        1 => Some(Mode::Enforce),
+        2 => Some(Mode::Shadow),
+        3 => Some(Mode::Disabled),
+        _ => None,
+    }
 }
 
 fn at(nanos: u64) -> Timestamp {
     Timestamp::from_unix_nanos(nanos)
 }
 
-pub fn encode_breaker(record: &BreakerRecord) -> Vec<u8> {
+pub fn encode_breaker(record: &BreakerRecord, mode: Option<Mode>) -> Vec<u8> {
     BreakerRow {
         state: state_code(record.state),
         tripped: record.tripped,
@@ -147,6 +250,9 @@ pub fn encode_breaker(record: &BreakerRecord) -> Vec<u8> {
             .map(|f| FailureRow {
                 at: f.at.as_unix_nanos(),
                 permit_sequence: f.permit_sequence,
+                kind: kind_code(f.kind),
+                order_id: f.order_id.as_deref().map(str::to_owned),
+                detail: f.detail.as_deref().map(str::to_owned),
             })
             .collect(),
         opened_at: record.opened_at.map(Timestamp::as_unix_nanos),
@@ -160,13 +266,54 @@ pub fn encode_breaker(record: &BreakerRecord) -> Vec<u8> {
             })
             .collect(),
         probe_successes: record.probe_successes,
+        opened_by: record.opened_by.map(cause_code),
+        open_streak: record.open_streak,
+        closed_at: record.closed_at.map(Timestamp::as_unix_nanos),
+        window: record.window.as_ref().map(|w| WindowRow {
+            width: w.width,
+            newest: w.newest,
+            buckets: w
+                .buckets
+                .iter()
+                .map(|b| BucketRow {
+                    calls: b.calls,
+                    failures: b.failures,
+                    slow: b.slow,
+                })
+                .collect(),
+        }),
+        mode: mode.map(mode_code),
     }
     .encode_to_vec()
 }
 
-pub fn decode_breaker(bytes: &[u8]) -> Result<BreakerRecord, String> {
+/// A breaker record and the mode an operator set for the account.
+pub fn decode_breaker(bytes: &[u8]) -> Result<(BreakerRecord, Option<Mode>), String> {
     let row = BreakerRow::decode(bytes).map_err(|e| e.to_string())?;
-    Ok(BreakerRecord {
+    let mode = match row.mode {
+        Some(code) => Some(mode_from_code(code).ok_or_else(|| format!("unknown mode {code}"))?),
+        None => None,
+    };
+    let window = row.window.map(|w| {
+        let mut window = RateWindow {
+            width: w.width,
+            newest: w.newest,
+            ..RateWindow::default()
+        };
+        for (slot, b) in window
+            .buckets
+            .iter_mut()
+            .zip(w.buckets.iter().take(BUCKETS))
+        {
+            *slot = Bucket {
+                calls: b.calls,
+                failures: b.failures,
+                slow: b.slow,
+            };
+        }
+        window
+    });
+    let record = BreakerRecord {
         state: state_from_code(row.state).ok_or_else(|| format!("unknown state {}", row.state))?,
         tripped: row.tripped,
         generation: row.generation,
@@ -177,6 +324,9 @@ pub fn decode_breaker(bytes: &[u8]) -> Result<BreakerRecord, String> {
             .map(|f| FailureRecord {
                 at: at(f.at),
                 permit_sequence: f.permit_sequence,
+                kind: kind_from_code(f.kind),
+                order_id: f.order_id.map(String::into_boxed_str),
+                detail: f.detail.map(String::into_boxed_str),
             })
             .collect(),
         opened_at: row.opened_at.map(at),
@@ -190,7 +340,48 @@ pub fn decode_breaker(bytes: &[u8]) -> Result<BreakerRecord, String> {
             })
             .collect(),
         probe_successes: row.probe_successes,
+        opened_by: row.opened_by.and_then(cause_from_code),
+        open_streak: row.open_streak,
+        closed_at: row.closed_at.map(at),
+        window,
+    };
+    Ok((record, mode))
+}
+
+pub fn encode_halt(halt: &Halt) -> Vec<u8> {
+    HaltRow {
+        operator: halt.operator.clone(),
+        reason: halt.reason.clone(),
+        at: halt.at.as_unix_nanos(),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_halt(bytes: &[u8]) -> Result<Halt, String> {
+    let row = HaltRow::decode(bytes).map_err(|e| e.to_string())?;
+    Ok(Halt {
+        operator: row.operator,
+        reason: row.reason,
+        at: at(row.at),
     })
+}
+
+/// The key of a halt in the halts table.
+pub fn halt_key(layer: &Layer) -> String {
+    match layer {
+        Layer::Firm => "firm".to_owned(),
+        Layer::Group(name) => format!("group:{name}"),
+        Layer::Account => "account".to_owned(),
+    }
+}
+
+pub fn halt_layer(key: &str) -> Option<Layer> {
+    match key {
+        "firm" => Some(Layer::Firm),
+        _ => key
+            .strip_prefix("group:")
+            .map(|name| Layer::Group(name.to_owned())),
+    }
 }
 
 pub fn encode_event(event: &Event) -> Vec<u8> {
@@ -207,6 +398,17 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
         recovery_at: event.recovery_at.map(Timestamp::as_unix_nanos),
         operator: event.operator.as_ref().map(|o| o.operator.clone()),
         operator_reason: event.operator.as_ref().map(|o| o.reason.clone()),
+        layer: match event.layer {
+            Layer::Account => 0,
+            Layer::Group(_) => 1,
+            Layer::Firm => 2,
+        },
+        group: match &event.layer {
+            Layer::Group(name) => name.clone(),
+            _ => String::new(),
+        },
+        failure_kind: event.failure_kind.map(kind_code),
+        config_version: event.config_version.to_string(),
     }
     .encode_to_vec()
 }
@@ -229,5 +431,12 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, String> {
             (Some(operator), Some(reason)) => Some(OperatorAction { operator, reason }),
             _ => None,
         },
+        layer: match row.layer {
+            1 => Layer::Group(row.group),
+            2 => Layer::Firm,
+            _ => Layer::Account,
+        },
+        failure_kind: row.failure_kind.map(kind_from_code),
+        config_version: row.config_version.into(),
     })
 }

@@ -202,14 +202,29 @@ impl Store for SqliteStore {
             let account_id: String = row.get(0).map_err(fail)?;
             let bytes: Vec<u8> = row.get(1).map_err(fail)?;
             let last_sequence: i64 = row.get(2).map_err(fail)?;
-            let record = codec::decode_breaker(&bytes).map_err(|e| {
+            let (record, mode) = codec::decode_breaker(&bytes).map_err(|e| {
                 self.unusable(format!("the breaker of {account_id} does not decode: {e}"))
             })?;
             breakers.push(StoredBreaker {
                 account_id,
                 record,
                 last_sequence: u64::try_from(last_sequence).unwrap_or(0),
+                mode,
             });
+        }
+        let mut halts = Vec::new();
+        let mut rows = reader
+            .prepare("SELECT scope, halt FROM halts")
+            .map_err(fail)?;
+        let mut cursor = rows.query([]).map_err(fail)?;
+        while let Some(row) = cursor.next().map_err(fail)? {
+            let scope: String = row.get(0).map_err(fail)?;
+            let bytes: Vec<u8> = row.get(1).map_err(fail)?;
+            let layer = codec::halt_layer(&scope)
+                .ok_or_else(|| self.unusable(format!("the halt scope {scope:?} is unknown")))?;
+            let halt = codec::decode_halt(&bytes)
+                .map_err(|e| self.unusable(format!("the halt of {scope} does not decode: {e}")))?;
+            halts.push((layer, halt));
         }
         let mut events = Vec::new();
         let mut rows = reader
@@ -231,6 +246,7 @@ impl Store for SqliteStore {
             breakers,
             events,
             last_sequence,
+            halts,
         })
     }
 
@@ -258,7 +274,8 @@ impl Store for SqliteStore {
             |t: Option<Timestamp>| t.map(|t| i64::try_from(t.as_unix_nanos()).unwrap_or(i64::MAX));
         let mut statement = reader
             .prepare_cached(
-                "SELECT id, at, account_id, action, operator, reason, state_before, state_after, peer
+                "SELECT id, at, account_id, action, operator, reason, state_before, state_after, peer,
+                        group_name, detail
                  FROM audit
                  WHERE (?1 IS NULL OR account_id = ?1) AND (?2 IS NULL OR at >= ?2)
                    AND (?3 IS NULL OR at < ?3) AND (?4 IS NULL OR id < ?4)
@@ -287,29 +304,29 @@ impl Store for SqliteStore {
                         row.get::<_, String>(6)?,
                         row.get::<_, String>(7)?,
                         row.get::<_, String>(8)?,
+                        row.get::<_, String>(9)?,
+                        row.get::<_, String>(10)?,
                     ))
                 },
             )
             .map_err(fail)?;
         let mut records = Vec::new();
         for row in rows {
-            let (id, at, account_id, action, operator, reason, before, after, peer) =
+            let (id, at, account_id, action, operator, reason, before, after, peer, group, detail) =
                 row.map_err(fail)?;
             let damaged = || StoreError::Unavailable(format!("audit record {id} is damaged"));
             records.push(AuditRecord {
                 id: u64::try_from(id).map_err(|_| damaged())?,
                 at: Timestamp::from_unix_nanos(u64::try_from(at).unwrap_or(0)),
                 account_id,
-                action: match action.as_str() {
-                    "reset" => AuditAction::Reset,
-                    "trip" => AuditAction::Trip,
-                    _ => return Err(damaged()),
-                },
+                group,
+                action: AuditAction::parse(&action).ok_or_else(damaged)?,
                 operator,
                 reason,
                 state_before: codec::state_from_name(&before).ok_or_else(damaged)?,
                 state_after: codec::state_from_name(&after).ok_or_else(damaged)?,
                 peer,
+                detail,
             });
         }
         Ok(records)

@@ -40,6 +40,13 @@ pub const MIGRATIONS: &[&str] = &[
          name  TEXT PRIMARY KEY NOT NULL,
          value INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // 1 -> 2: firm-wide and group halts; group and detail of audit records.
+    "CREATE TABLE halts (
+         scope TEXT PRIMARY KEY NOT NULL,
+         halt  BLOB NOT NULL
+     ) WITHOUT ROWID;
+     ALTER TABLE audit ADD COLUMN group_name TEXT NOT NULL DEFAULT '';
+     ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT '';",
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -124,14 +124,15 @@ fn write(
             "INSERT OR REPLACE INTO events (sequence, at, account_id, event) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut insert_audit = tx.prepare_cached(
-            "INSERT INTO audit (at, account_id, action, operator, reason, state_before, state_after, peer)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO audit (at, account_id, action, operator, reason, state_before, state_after, peer,
+                                group_name, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for (batch, _) in pending {
             if let Some(breaker) = &batch.breaker {
                 upsert_breaker.execute(params![
                     breaker.account_id,
-                    codec::encode_breaker(&breaker.record),
+                    codec::encode_breaker(&breaker.record, breaker.mode),
                     nanos(breaker.last_sequence),
                 ])?;
             }
@@ -154,7 +155,23 @@ fn write(
                     codec::state_name(audit.state_before),
                     codec::state_name(audit.state_after),
                     audit.peer,
+                    audit.group,
+                    audit.detail,
                 ])?;
+            }
+            match &batch.halt {
+                Some((layer, Some(halt))) => {
+                    tx.prepare_cached(
+                        "INSERT INTO halts (scope, halt) VALUES (?1, ?2)
+                         ON CONFLICT (scope) DO UPDATE SET halt = excluded.halt",
+                    )?
+                    .execute(params![codec::halt_key(layer), codec::encode_halt(halt)])?;
+                }
+                Some((layer, None)) => {
+                    tx.prepare_cached("DELETE FROM halts WHERE scope = ?1")?
+                        .execute([codec::halt_key(layer)])?;
+                }
+                None => {}
             }
         }
         if let Some(sequence) = durable {
