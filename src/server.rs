@@ -84,6 +84,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let registry = Arc::new(Registry::new(config.registry_options(), store, clock));
+    // Taken over from the default action (exit) before anything else can take time.
+    let hangups = hangup_signals(config);
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let (stopping, stop) = watch::channel(false);
@@ -166,6 +168,11 @@ pub async fn serve(
             let registry = registry.clone();
             move |stopped| follow_store_health(registry, health, stopped)
         }),
+        spawn_until(stop.clone(), {
+            let registry = registry.clone();
+            let config = config.clone();
+            move |stopped| follow_config(registry, config, hangups, stopped)
+        }),
     ];
 
     let grace = config.shutdown_grace();
@@ -200,6 +207,78 @@ where
         let _ = stop.wait_for(|stopping| *stopping).await;
     });
     tokio::spawn(task(stopped))
+}
+
+/// How often the configuration file is checked for changes.
+const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// SIGHUP, for a configuration loaded from its sources (`Config::load`); `None` otherwise.
+fn hangup_signals(config: &Config) -> Option<tokio::signal::unix::Signal> {
+    config.source.as_ref()?;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; the configuration is still reloaded when its file changes");
+            None
+        }
+    }
+}
+
+/// Reloads the configuration on SIGHUP and when its file changes. A configuration that does
+/// not validate is refused (logged), and the one in force stays. Breakers keep their state.
+async fn follow_config(
+    registry: Arc<Registry>,
+    mut current: Config,
+    mut hangups: Option<tokio::signal::unix::Signal>,
+    stopped: impl Future<Output = ()>,
+) {
+    let Some(source) = current.source.clone() else {
+        return;
+    };
+    tokio::pin!(stopped);
+    let read_file = || source.file.as_ref().and_then(|f| std::fs::read(f).ok());
+    let mut seen = read_file();
+    let mut poll = tokio::time::interval(CONFIG_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            _ = &mut stopped => return,
+            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+            _ = poll.tick() => {
+                let now = read_file();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "the configuration file changed"
+            }
+        };
+        match current.reload() {
+            Err(error) => {
+                tracing::error!(%error, trigger = why, version = %current.version(), "configuration reload refused; the configuration in force stays");
+            }
+            Ok(new) if new.version() == current.version() => {
+                tracing::info!(trigger = why, version = %current.version(), "configuration unchanged");
+            }
+            Ok(mut new) => {
+                let fixed = new.fixed_sections_changed(&current);
+                if !fixed.is_empty() {
+                    tracing::warn!(sections = ?fixed, "these sections take effect only after a restart; the running values stay");
+                    // What is shown and versioned is what is in force.
+                    new.server = current.server.clone();
+                    new.store = current.store.clone();
+                    new.events = current.events.clone();
+                    new.log = current.log.clone();
+                }
+                if new.version() == current.version() {
+                    continue;
+                }
+                registry.reload(new.policy());
+                tracing::info!(trigger = why, from = %current.version(), to = %new.version(), "configuration reloaded");
+                current = new;
+            }
+        }
+    }
 }
 
 /// Keeps health in step with the store: NOT_SERVING while it cannot write.

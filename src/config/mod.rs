@@ -42,6 +42,16 @@ pub struct Config {
     pub accounts: BTreeMap<String, BreakerOverride>,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupConfig>,
+    /// Where this configuration was read from, so it can be read again on reload: the file
+    /// given, if any, and whether the process environment took part.
+    #[serde(skip)]
+    pub source: Option<ConfigSource>,
+}
+
+/// The sources a configuration was loaded from, for reloading it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
 }
 
 /// `[groups.NAME]`: accounts halted and resumed together.
@@ -144,7 +154,32 @@ pub struct LogConfig {
 impl Config {
     /// The embedded default, then `file`, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(file, None)
+        let mut config = Self::load_with_env(file, None)?;
+        config.source = Some(ConfigSource {
+            file: file.map(Path::to_path_buf),
+        });
+        Ok(config)
+    }
+
+    /// Reads the configuration again from the sources it was loaded from.
+    pub fn reload(&self) -> Result<Self, ConfigError> {
+        Self::load(self.source.as_ref().and_then(|s| s.file.as_deref()))
+    }
+
+    /// The sections a reload cannot change (they need a restart) that differ from `other`.
+    pub fn fixed_sections_changed(&self, other: &Config) -> Vec<&'static str> {
+        fn text<T: Serialize>(section: &T) -> String {
+            toml::to_string(section).unwrap_or_default()
+        }
+        [
+            ("server", text(&self.server) != text(&other.server)),
+            ("store", text(&self.store) != text(&other.store)),
+            ("events", text(&self.events) != text(&other.events)),
+            ("log", text(&self.log) != text(&other.log)),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
     }
 
     /// As `load`, with `env` standing in for the process environment when given (for tests).
