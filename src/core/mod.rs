@@ -53,4 +53,6 @@ pub use window::{Bucket, RateWindow, BUCKETS};
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;
