@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::core::Mode;
 use crate::core::{FailureKind, Intent, Report, Timestamp};
 use crate::store::MemoryStore;
 
@@ -76,4 +77,218 @@ async fn a_permit_is_refused_for_another_account_and_nothing_changes() {
         "{refused:?}"
     );
     assert_eq!(registry.get("B").expect("breaker"), before);
+}
+
+fn with_policy(clock: Arc<ManualClock>, store: Arc<MemoryStore>, policy: Policy) -> Registry {
+    let options = RegistryOptions {
+        policy,
+        ..RegistryOptions::default()
+    };
+    let registry = Registry::new(options, store, clock);
+    registry.load().expect("the store loads");
+    registry
+}
+
+fn desk_policy() -> Policy {
+    let mut groups = std::collections::BTreeMap::new();
+    groups.insert(
+        "desk-a".to_owned(),
+        vec![AccountPattern::parse("desk-a:*").expect("pattern")],
+    );
+    Policy {
+        defaults: Arc::new(Settings {
+            failure_threshold: 2,
+            ..Settings::default()
+        }),
+        groups,
+        version: "v1".into(),
+        ..Policy::default()
+    }
+}
+
+fn action(reason: &str) -> OperatorAction {
+    OperatorAction::new("ops", reason).expect("action")
+}
+
+async fn fail(registry: &Registry, account: &str) {
+    registry
+        .report(account, "", Report::failure(FailureKind::Other))
+        .await
+        .expect("report");
+}
+
+#[tokio::test]
+async fn a_firm_halt_denies_every_order_but_cancels_and_leaves_breakers_alone() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(1)));
+    let store = Arc::new(MemoryStore::new(100));
+    let registry = with_policy(clock, store.clone(), desk_policy());
+    registry.check("ACC", Intent::New).await.expect("check");
+    registry
+        .halt(Layer::Firm, action("venue outage"), "peer")
+        .await
+        .expect("halt");
+    for intent in [Intent::New, Intent::ReduceOnly] {
+        let denied = registry.check("ACC", intent).await.expect("check");
+        assert!(!denied.allowed);
+        assert_eq!(denied.denied.as_ref().map(Denied::layer), Some(Layer::Firm));
+        assert!(denied.reason.contains("venue outage"), "{}", denied.reason);
+    }
+    let cancel = registry.check("ACC", Intent::Cancel).await.expect("check");
+    assert!(cancel.allowed && cancel.permit_id.is_empty());
+    assert_eq!(registry.get("ACC").expect("breaker").state, State::Closed);
+    // A restart keeps the halt.
+    let restarted = with_policy(
+        Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(2))),
+        store,
+        desk_policy(),
+    );
+    assert!(
+        !restarted
+            .check("ACC", Intent::New)
+            .await
+            .expect("check")
+            .allowed
+    );
+    restarted
+        .resume(Layer::Firm, action("venue back"), "peer")
+        .await
+        .expect("resume");
+    assert!(
+        restarted
+            .check("ACC", Intent::New)
+            .await
+            .expect("check")
+            .allowed
+    );
+    assert!(matches!(
+        restarted.resume(Layer::Firm, action("again"), "peer").await,
+        Err(Error::NotHalted(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_group_halt_denies_its_accounts_only_and_names_the_group() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(1)));
+    let registry = with_policy(clock, Arc::new(MemoryStore::new(100)), desk_policy());
+    registry
+        .halt(Layer::Group("desk-a".into()), action("desk review"), "peer")
+        .await
+        .expect("halt");
+    let denied = registry
+        .check("desk-a:7", Intent::New)
+        .await
+        .expect("check");
+    assert_eq!(
+        denied.denied.as_ref().map(Denied::layer),
+        Some(Layer::Group("desk-a".into()))
+    );
+    assert!(
+        registry
+            .check("desk-b:7", Intent::New)
+            .await
+            .expect("check")
+            .allowed
+    );
+    assert!(matches!(
+        registry
+            .halt(Layer::Group("nope".into()), action("x"), "peer")
+            .await,
+        Err(Error::UnknownGroup(_))
+    ));
+    // A halted account that never traded gets no breaker from being denied.
+    assert!(matches!(
+        registry.get("desk-a:7"),
+        Err(Error::UnknownAccount(_))
+    ));
+}
+
+#[tokio::test]
+async fn shadow_mode_never_denies_but_says_what_it_would_do() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(1)));
+    let registry = with_policy(clock, Arc::new(MemoryStore::new(100)), desk_policy());
+    registry
+        .set_mode("ACC", Some(Mode::Shadow), action("trial"), "peer")
+        .await
+        .expect("mode");
+    fail(&registry, "ACC").await;
+    fail(&registry, "ACC").await;
+    assert_eq!(registry.get("ACC").expect("breaker").state, State::Open);
+    for _ in 0..5 {
+        let result = registry.check("ACC", Intent::New).await.expect("check");
+        assert!(result.allowed);
+        assert!(matches!(
+            result.denied,
+            Some(Denied::Breaker(crate::core::Denial::Open { .. }))
+        ));
+        assert!(
+            result.reason.starts_with("shadow mode, would deny"),
+            "{}",
+            result.reason
+        );
+    }
+    // The opening was recorded as an event, as in enforce mode.
+    assert_eq!(registry.last_sequence(), 1);
+}
+
+#[tokio::test]
+async fn disabled_mode_allows_everything_and_records_nothing() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(1)));
+    let store = Arc::new(MemoryStore::new(100));
+    let registry = with_policy(clock, store.clone(), desk_policy());
+    let view = registry
+        .set_mode("ACC", Some(Mode::Disabled), action("maintenance"), "peer")
+        .await
+        .expect("mode");
+    assert!(view.mode_set_by_operator);
+    let before = registry.get("ACC").expect("breaker");
+    for _ in 0..5 {
+        fail(&registry, "ACC").await;
+        let result = registry.check("ACC", Intent::New).await.expect("check");
+        assert!(result.allowed && result.denied.is_none());
+    }
+    assert_eq!(registry.get("ACC").expect("breaker"), before);
+    // The operator's mode survives a restart, and back to the configured mode it enforces.
+    let restarted = with_policy(
+        Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(2))),
+        store,
+        desk_policy(),
+    );
+    assert_eq!(restarted.get("ACC").expect("breaker").mode, Mode::Disabled);
+    restarted
+        .set_mode("ACC", None, action("done"), "peer")
+        .await
+        .expect("mode");
+    fail(&restarted, "ACC").await;
+    fail(&restarted, "ACC").await;
+    assert!(
+        !restarted
+            .check("ACC", Intent::New)
+            .await
+            .expect("check")
+            .allowed
+    );
+}
+
+#[tokio::test]
+async fn a_reload_applies_to_the_next_decision_and_keeps_every_breaker() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(1)));
+    let registry = with_policy(clock, Arc::new(MemoryStore::new(100)), desk_policy());
+    fail(&registry, "ACC").await;
+    let before = registry.get("ACC").expect("breaker");
+    assert_eq!(before.failure_count, 1);
+    let mut policy = desk_policy();
+    policy.defaults = Arc::new(Settings {
+        failure_threshold: 1,
+        ..Settings::default()
+    });
+    policy.version = "v2".into();
+    registry.reload(policy);
+    let after = registry.get("ACC").expect("breaker");
+    assert_eq!((after.state, after.failure_count), (State::Closed, 1));
+    assert_eq!(after.settings.failure_threshold, 1);
+    // History is not rewritten: the next failure decides, under the new threshold.
+    fail(&registry, "ACC").await;
+    assert_eq!(registry.get("ACC").expect("breaker").state, State::Open);
+    let feed = registry.subscribe(&[], Some(0)).expect("subscribe");
+    assert_eq!(&*feed.replay[0].config_version, "v2");
 }
