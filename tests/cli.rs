@@ -276,3 +276,81 @@ fn a_store_it_cannot_trust_stops_start_up_with_what_to_do() {
         b"not a database"
     );
 }
+
+#[test]
+fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr = format!("http://{listen}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("riskgate.toml");
+    std::fs::write(&file, "[groups.venue-x]\naccounts = [\"desk-a:*\"]\n").expect("config");
+    let mut server = riskgate()
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .env("RISKGATE__SERVER__LISTEN", &listen)
+        .env("RISKGATE__STORE__KIND", "memory")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start riskgate serve");
+    let logs = lines(server.stderr.take().expect("stderr"));
+    wait_for(&logs, "riskgate serving");
+
+    let halted = stdout(&run(
+        &[
+            "halt",
+            "--reason",
+            "exchange incident",
+            "--operator",
+            "carol",
+        ],
+        &addr,
+    ));
+    assert!(
+        halted.starts_with("HALTED firm-wide since")
+            && halted.contains("by carol: exchange incident"),
+        "{halted}"
+    );
+    let resumed = stdout(&run(&["resume", "--reason", "all clear"], &addr));
+    assert_eq!(resumed.trim(), "no halt in force");
+    let refused = run(&["resume", "--reason", "again"], &addr);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the firm is not halted"),
+        "{refused:?}"
+    );
+
+    let tripped = stdout(&run(
+        &["trip", "ACC-2", "--for", "15m", "--reason", "news"],
+        &addr,
+    ));
+    assert_eq!(
+        tripped.trim(),
+        "tripped ACC-2: now OPEN, held for 15m, then recovery is tested"
+    );
+    let moded = stdout(&run(
+        &["mode", "ACC-2", "shadow", "--reason", "trial"],
+        &addr,
+    ));
+    assert_eq!(moded.trim(), "ACC-2: mode shadow (set by an operator)");
+    let detail = stdout(&run(&["status", "ACC-2"], &addr));
+    assert!(
+        detail.contains("mode         shadow (set by an operator)")
+            && detail.contains("opened by    operator trip"),
+        "{detail}"
+    );
+    let audit = stdout(&run(&["audit"], &addr));
+    assert!(
+        audit.contains("mode") && audit.contains("[shadow]") && audit.contains("(firm)"),
+        "{audit}"
+    );
+    let config = stdout(&run(&["config"], &addr));
+    assert!(
+        config.starts_with("# riskgate configuration in force, version ")
+            && config.contains("[groups.venue-x]"),
+        "{config}"
+    );
+    signal(&server, "TERM");
+    assert!(server.wait().expect("server exit").success());
+}
