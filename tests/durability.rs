@@ -485,3 +485,120 @@ async fn a_full_disk_fails_closed_and_recovers_by_itself() {
     server.stop().await;
     drop(tmpfs);
 }
+
+#[tokio::test]
+async fn policy_state_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let toml = "[breaker]\nfailure_threshold = 2\n[breaker.failure_kinds]\nmargin_exhausted = \"trip\"\n[groups.desk]\naccounts = [\"desk:*\"]\n";
+    let store: Arc<dyn Store> = Arc::new(open(dir.path()).expect("open"));
+    let server = TestServer::start_with(config(toml), store).await;
+    let mut admin = server.admin();
+    admin
+        .halt_group(HaltGroupRequest {
+            group: "desk".into(),
+            reason: "review".into(),
+            operator: "bob".into(),
+        })
+        .await
+        .expect("HaltGroup");
+    admin
+        .set_mode(SetModeRequest {
+            account_id: "SHADOWED".into(),
+            mode: Mode::Shadow as i32,
+            reason: "trial".into(),
+            operator: "bob".into(),
+        })
+        .await
+        .expect("SetMode");
+    admin
+        .trip_breaker(TripBreakerRequest {
+            account_id: "TIMED".into(),
+            reason: "news".into(),
+            operator: "bob".into(),
+            until: Some((std::time::SystemTime::now() + Duration::from_secs(3600)).into()),
+        })
+        .await
+        .expect("TripBreaker");
+    server
+        .gate()
+        .report_outcome(ReportOutcomeRequest {
+            account_id: "MARGIN".into(),
+            outcome: Outcome::Failure as i32,
+            failure_kind: FailureKind::MarginExhausted as i32,
+            order_id: "o-77".into(),
+            detail: "initial margin".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("report");
+    let before: Vec<Breaker> = [
+        server.breaker("SHADOWED").await,
+        server.breaker("TIMED").await,
+        server.breaker("MARGIN").await,
+    ]
+    .into();
+    server.stop().await;
+
+    let store: Arc<dyn Store> = Arc::new(open(dir.path()).expect("reopen"));
+    let server = TestServer::start_with(config(toml), store).await;
+    for breaker in &before {
+        assert_eq!(&server.breaker(&breaker.account_id).await, breaker);
+    }
+    let margin = &before[2];
+    assert_eq!(margin.opened_by, TransitionCause::FailureKindTrip as i32);
+    assert_eq!(margin.failures[0].order_id, "o-77");
+    assert!(before[1].recovery_at.is_some() && before[1].tripped_by_operator);
+    assert_eq!(before[0].mode, Mode::Shadow as i32);
+    let halted = server.check("desk:1").await;
+    assert_eq!(halted.denial, Denial::GroupHalted as i32);
+    let records = server
+        .admin()
+        .list_audit_records(ListAuditRecordsRequest::default())
+        .await
+        .expect("audit")
+        .into_inner()
+        .records;
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[2].action, AuditAction::HaltGroup as i32);
+    assert_eq!(records[2].group, "desk");
+    server.stop().await;
+}
+
+#[test]
+fn a_store_of_the_first_schema_is_migrated_in_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("riskgate.db")).expect("sqlite");
+        conn.execute_batch(
+            "PRAGMA application_id = 1380406321;
+             CREATE TABLE breakers (account_id TEXT PRIMARY KEY NOT NULL, record BLOB NOT NULL, last_sequence INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE TABLE events (sequence INTEGER PRIMARY KEY, at INTEGER NOT NULL, account_id TEXT NOT NULL, event BLOB NOT NULL);
+             CREATE INDEX events_by_time ON events (at);
+             CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, account_id TEXT NOT NULL, action TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL, state_before TEXT NOT NULL, state_after TEXT NOT NULL, peer TEXT NOT NULL);
+             CREATE INDEX audit_by_account ON audit (account_id, id);
+             CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO audit (at, account_id, action, operator, reason, state_before, state_after, peer)
+               VALUES (1, 'ACC', 'trip', 'alice', 'old', 'CLOSED', 'OPEN', '');
+             PRAGMA user_version = 1;",
+        )
+        .expect("a version-1 store");
+    }
+    let store = open(dir.path()).expect("a version-1 store opens and migrates");
+    store.load().expect("loads");
+    let records = store
+        .audit_records(&riskgate::store::AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .expect("audit");
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].group.as_str(), records[0].detail.as_str()),
+        ("", "")
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("riskgate.db")).expect("sqlite");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .expect("version");
+    assert_eq!(version, 2);
+}

@@ -431,3 +431,117 @@ async fn get_config_reports_the_configuration_in_force() {
     assert!(config.toml.contains("desk-a"), "{}", config.toml);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn rate_rules_and_backoff_are_seen_through_the_api() {
+    let server = TestServer::start(
+        r#"
+[breaker]
+failure_threshold = 1000
+failure_rate_threshold = 0.5
+minimum_calls = 4
+open_timeout_secs = 0.2
+open_backoff_multiplier = 3.0
+open_backoff_jitter = 0.0
+half_open_max_tries = 1
+
+[accounts."SLOW"]
+failure_rate_threshold = 0.0
+slow_call_secs = 0.5
+slow_call_rate_threshold = 0.5
+"#,
+    )
+    .await;
+    let mut gate = server.gate();
+    let mut watch = server.watch(&["RATE", "SLOW"], None).await;
+    read_snapshot(&mut watch).await;
+    for failed in [true, false, true, false] {
+        let mut request = failure("RATE", "", FailureKind::OrderRejected, "o");
+        if !failed {
+            request.outcome = Outcome::Success as i32;
+        }
+        gate.report_outcome(request).await.expect("report");
+    }
+    let opened = next_event(&mut watch).await;
+    assert_eq!(opened.cause, TransitionCause::FailureRateReached as i32);
+    assert!(opened.reason.contains("failure rate"), "{}", opened.reason);
+    let denied = server.check("RATE").await;
+    assert_eq!(denied.opened_by, TransitionCause::FailureRateReached as i32);
+    // Recovery is tested, the probe fails: the next opening is three times as long.
+    let half_open = next_event(&mut watch).await;
+    assert_eq!(half_open.to_state, BreakerState::HalfOpen as i32);
+    let probe = server.check("RATE").await;
+    assert!(probe.probe);
+    gate.report_outcome(failure("RATE", &probe.permit_id, FailureKind::Timeout, "p"))
+        .await
+        .expect("report");
+    let reopened = next_event(&mut watch).await;
+    assert_eq!(reopened.cause, TransitionCause::ProbeFailed as i32);
+    let open_for = |e: &BreakerEvent| {
+        let (at, until) = (e.time.expect("time"), e.recovery_at.expect("recovery"));
+        (until.seconds - at.seconds) as f64 + f64::from(until.nanos - at.nanos) / 1e9
+    };
+    assert!((open_for(&opened) - 0.2).abs() < 1e-6, "{opened:?}");
+    assert!((open_for(&reopened) - 0.6).abs() < 1e-6, "{reopened:?}");
+    assert_eq!(server.breaker("RATE").await.open_streak, 2);
+
+    // Slow calls, by reported latency.
+    for millis in [100u64, 900] {
+        gate.report_outcome(ReportOutcomeRequest {
+            account_id: "SLOW".into(),
+            outcome: Outcome::Success as i32,
+            latency: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: (millis * 1_000_000) as i32,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("report");
+    }
+    gate.report_outcome(ReportOutcomeRequest {
+        account_id: "SLOW".into(),
+        outcome: Outcome::Success as i32,
+        latency: Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("report");
+    gate.report_outcome(ReportOutcomeRequest {
+        account_id: "SLOW".into(),
+        outcome: Outcome::Success as i32,
+        ..Default::default()
+    })
+    .await
+    .expect("report");
+    let slow = loop {
+        let event = next_event(&mut watch).await;
+        if event.account_id == "SLOW" {
+            break event;
+        }
+    };
+    assert_eq!(slow.cause, TransitionCause::SlowCallRateReached as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn disabled_mode_from_configuration_allows_and_records_nothing() {
+    let server = TestServer::start(
+        "[breaker]\nfailure_threshold = 1\n[accounts.\"OFF\"]\nmode = \"disabled\"\n",
+    )
+    .await;
+    for _ in 0..3 {
+        let check = server.check("OFF").await;
+        assert!(check.allowed && !check.would_deny, "{check:?}");
+        assert_eq!(check.mode, Mode::Disabled as i32);
+        let report = server.report("OFF", "", Outcome::Failure).await;
+        assert_eq!(report.disposition, OutcomeDisposition::Ignored as i32);
+    }
+    let breaker = server.breaker("OFF").await;
+    assert_eq!((breaker.generation, breaker.failure_count), (0, 0));
+    assert!(!breaker.mode_set_by_operator);
+    server.stop().await;
+}
