@@ -22,6 +22,7 @@
 //! - [`proto`]: code generated from `proto/riskgate/v1/riskgate.proto`.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

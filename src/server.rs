@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -23,6 +24,8 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::api::{Admin, Gate, Monitor, WatchOptions};
+use crate::auth::tls::Tls;
+use crate::auth::{Auth, AuthLayer};
 use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::error::Error;
@@ -54,6 +57,8 @@ pub enum ServeError {
     Listener(#[from] std::io::Error),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// Opens the store the configuration names. Stops start-up (with what to do) when the store
@@ -81,9 +86,15 @@ pub async fn serve(
     config: &Config,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let registry = Arc::new(Registry::new(config.registry_options(), store, clock));
+    let auth = Auth::new(config);
+    let tls = if config.tls.enabled() {
+        Some(Tls::load(&config.tls).map_err(ServeError::Tls)?)
+    } else {
+        None
+    };
     // Taken over from the default action (exit) before anything else can take time.
     let hangups = hangup_signals(config);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -117,18 +128,46 @@ pub async fn serve(
             set_health(&health, ServingStatus::NotServing).await;
         }
     };
-    let server = Server::builder()
+    let limits = &config.limits;
+    let max_message = limits.max_message_bytes;
+    let router = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_secs_f64(
+            limits.keepalive_interval_secs,
+        )))
+        .http2_keepalive_timeout(Some(Duration::from_secs_f64(limits.keepalive_timeout_secs)))
+        .layer(AuthLayer::new(auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(GateServiceServer::new(Gate::new(registry.clone())))
-        .add_service(MonitorServiceServer::new(Monitor::new(
-            registry.clone(),
-            watch_options,
-        )))
-        .add_service(AdminServiceServer::new(Admin::new(registry.clone())))
+        .add_service(
+            GateServiceServer::new(Gate::new(registry.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            MonitorServiceServer::new(Monitor::new(
+                registry.clone(),
+                watch_options,
+                limits.max_watchers,
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            AdminServiceServer::new(Admin::new(registry.clone()))
+                .max_decoding_message_size(max_message),
+        );
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match &tls {
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls.clone().incoming(listener), signal))
+        }
         // Small unary answers must not wait for Nagle's algorithm.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        )),
+    };
     tokio::pin!(server);
 
     tracing::info!(%addr, "riskgate listening; loading the store");
@@ -171,7 +210,9 @@ pub async fn serve(
         spawn_until(stop.clone(), {
             let registry = registry.clone();
             let config = config.clone();
-            move |stopped| follow_config(registry, config, hangups, stopped)
+            let auth = auth.clone();
+            let tls = tls.clone();
+            move |stopped| follow_config(registry, auth, tls, config, hangups, stopped)
         }),
     ];
 
@@ -228,6 +269,8 @@ fn hangup_signals(config: &Config) -> Option<tokio::signal::unix::Signal> {
 /// not validate is refused (logged), and the one in force stays. Breakers keep their state.
 async fn follow_config(
     registry: Arc<Registry>,
+    auth: Arc<Auth>,
+    tls: Option<Arc<Tls>>,
     mut current: Config,
     mut hangups: Option<tokio::signal::unix::Signal>,
     stopped: impl Future<Output = ()>,
@@ -253,7 +296,21 @@ async fn follow_config(
                 "the configuration file changed"
             }
         };
-        match current.reload() {
+        let reloaded = current.reload();
+        // Certificates are rotated under the same file names: re-read them on every trigger.
+        if let Some(tls) = &tls {
+            let paths = match &reloaded {
+                Ok(new) if new.tls.enabled() => &new.tls,
+                _ => &current.tls,
+            };
+            match tls.reload(paths) {
+                Ok(()) => tracing::info!(trigger = why, "TLS certificates re-read"),
+                Err(error) => {
+                    tracing::error!(%error, "TLS reload refused; the certificates in force stay")
+                }
+            }
+        }
+        match reloaded {
             Err(error) => {
                 tracing::error!(%error, trigger = why, version = %current.version(), "configuration reload refused; the configuration in force stays");
             }
@@ -269,11 +326,17 @@ async fn follow_config(
                     new.store = current.store.clone();
                     new.events = current.events.clone();
                     new.log = current.log.clone();
+                    new.limits = current.limits.clone();
+                }
+                if new.tls.enabled() != current.tls.enabled() {
+                    tracing::warn!("turning TLS on or off takes effect only after a restart");
+                    new.tls = current.tls.clone();
                 }
                 if new.version() == current.version() {
                     continue;
                 }
                 registry.reload(new.policy());
+                auth.reload(&new);
                 tracing::info!(trigger = why, from = %current.version(), to = %new.version(), "configuration reloaded");
                 current = new;
             }

@@ -37,8 +37,9 @@ impl AdminService for Admin {
         request: Request<ResetBreakerRequest>,
     ) -> Result<Response<ResetBreakerResponse>, Status> {
         let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
         let request = request.into_inner();
-        let action = OperatorAction::new(&request.operator, &request.reason)?;
+        let action = operator_action(principal, &request.operator, &request.reason)?;
         tracing::info!(account_id = %request.account_id, operator = %action.operator, reason = %action.reason, %peer, "operator reset");
         let view = self
             .registry
@@ -54,8 +55,9 @@ impl AdminService for Admin {
         request: Request<TripBreakerRequest>,
     ) -> Result<Response<TripBreakerResponse>, Status> {
         let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
         let request = request.into_inner();
-        let action = OperatorAction::new(&request.operator, &request.reason)?;
+        let action = operator_action(principal, &request.operator, &request.reason)?;
         let until = convert::time_filter(request.until, "until")?;
         tracing::warn!(account_id = %request.account_id, operator = %action.operator, reason = %action.reason, until = ?until, %peer, "operator trip");
         let view = self
@@ -72,8 +74,9 @@ impl AdminService for Admin {
         request: Request<SetModeRequest>,
     ) -> Result<Response<SetModeResponse>, Status> {
         let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
         let request = request.into_inner();
-        let action = OperatorAction::new(&request.operator, &request.reason)?;
+        let action = operator_action(principal, &request.operator, &request.reason)?;
         let mode = convert::mode_request(request.mode)?;
         tracing::warn!(account_id = %request.account_id, mode = ?mode, operator = %action.operator, reason = %action.reason, %peer, "operator set mode");
         let view = self
@@ -90,9 +93,15 @@ impl AdminService for Admin {
         request: Request<HaltAllRequest>,
     ) -> Result<Response<HaltAllResponse>, Status> {
         let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
         let r = request.into_inner();
         let halts = self
-            .halt_or_resume(true, Layer::Firm, &r.operator, &r.reason, peer)
+            .halt_or_resume(
+                true,
+                Layer::Firm,
+                operator_action(principal, &r.operator, &r.reason)?,
+                peer,
+            )
             .await?;
         Ok(Response::new(HaltAllResponse { halts }))
     }
@@ -102,9 +111,15 @@ impl AdminService for Admin {
         request: Request<ResumeAllRequest>,
     ) -> Result<Response<ResumeAllResponse>, Status> {
         let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
         let r = request.into_inner();
         let halts = self
-            .halt_or_resume(false, Layer::Firm, &r.operator, &r.reason, peer)
+            .halt_or_resume(
+                false,
+                Layer::Firm,
+                operator_action(principal, &r.operator, &r.reason)?,
+                peer,
+            )
             .await?;
         Ok(Response::new(ResumeAllResponse { halts }))
     }
@@ -114,9 +129,15 @@ impl AdminService for Admin {
         request: Request<HaltGroupRequest>,
     ) -> Result<Response<HaltGroupResponse>, Status> {
         let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
         let r = request.into_inner();
         let halts = self
-            .halt_or_resume(true, Layer::Group(r.group), &r.operator, &r.reason, peer)
+            .halt_or_resume(
+                true,
+                Layer::Group(r.group),
+                operator_action(principal, &r.operator, &r.reason)?,
+                peer,
+            )
             .await?;
         Ok(Response::new(HaltGroupResponse { halts }))
     }
@@ -126,9 +147,15 @@ impl AdminService for Admin {
         request: Request<ResumeGroupRequest>,
     ) -> Result<Response<ResumeGroupResponse>, Status> {
         let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
         let r = request.into_inner();
         let halts = self
-            .halt_or_resume(false, Layer::Group(r.group), &r.operator, &r.reason, peer)
+            .halt_or_resume(
+                false,
+                Layer::Group(r.group),
+                operator_action(principal, &r.operator, &r.reason)?,
+                peer,
+            )
             .await?;
         Ok(Response::new(ResumeGroupResponse { halts }))
     }
@@ -211,11 +238,9 @@ impl Admin {
         &self,
         halt: bool,
         layer: Layer,
-        operator: &str,
-        reason: &str,
+        action: OperatorAction,
         peer: String,
     ) -> Result<Vec<crate::proto::Halt>, Status> {
-        let action = OperatorAction::new(operator, reason)?;
         if let Layer::Group(name) = &layer {
             validate_account_id(name).map_err(|e| {
                 Error::InvalidArgument(format!("group is not a valid group name: {e}"))
@@ -233,6 +258,19 @@ impl Admin {
             self.registry.resume(layer, action, &peer).await?;
         }
         Ok(self.halts())
+    }
+}
+
+/// Who acts and why. With authentication on, the actor is the authenticated principal, never a
+/// name from the request (which may then be left empty).
+fn operator_action(
+    principal: Option<std::sync::Arc<str>>,
+    given: &str,
+    reason: &str,
+) -> Result<OperatorAction, Error> {
+    match principal {
+        Some(name) => OperatorAction::new(&name, reason),
+        None => OperatorAction::new(given, reason),
     }
 }
 

@@ -27,6 +27,7 @@ impl GateService for Gate {
         &self,
         request: Request<CheckTradeRequest>,
     ) -> Result<Response<CheckTradeResponse>, Status> {
+        crate::auth::authorize_account(&request, &request.get_ref().account_id)?;
         let request = request.into_inner();
         let intent = convert::intent(request.intent)?;
         let result = self.registry.check(&request.account_id, intent).await?;
@@ -37,6 +38,7 @@ impl GateService for Gate {
         &self,
         request: Request<ReportOutcomeRequest>,
     ) -> Result<Response<ReportOutcomeResponse>, Status> {
+        crate::auth::authorize_account(&request, &request.get_ref().account_id)?;
         let request = request.into_inner();
         let report = convert::report(&request)?;
         let result = self

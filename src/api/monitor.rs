@@ -20,11 +20,19 @@ const MAX_PAGE_SIZE: usize = 10_000;
 pub struct Monitor {
     registry: Arc<Registry>,
     watch: watch::WatchOptions,
+    /// One permit per open watch stream.
+    watchers: Arc<tokio::sync::Semaphore>,
+    max_watchers: usize,
 }
 
 impl Monitor {
-    pub fn new(registry: Arc<Registry>, watch: watch::WatchOptions) -> Self {
-        Monitor { registry, watch }
+    pub fn new(registry: Arc<Registry>, watch: watch::WatchOptions, max_watchers: usize) -> Self {
+        Monitor {
+            registry,
+            watch,
+            watchers: Arc::new(tokio::sync::Semaphore::new(max_watchers)),
+            max_watchers,
+        }
     }
 }
 
@@ -79,6 +87,12 @@ impl MonitorService for Monitor {
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let request = request.into_inner();
+        let slot = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "at most {} watch streams may be open at once (limits.max_watchers)",
+                self.max_watchers
+            ))
+        })?;
         let subscription = self
             .registry
             .subscribe(&request.account_ids, request.after_sequence)?;
@@ -87,6 +101,7 @@ impl MonitorService for Monitor {
             subscription,
             request.account_ids,
             self.watch.clone(),
+            slot,
         );
         Ok(Response::new(stream))
     }

@@ -39,9 +39,14 @@ pub fn start(
     subscription: Subscription,
     accounts: Vec<String>,
     options: WatchOptions,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> ReceiverStream<Item> {
     let (sender, receiver) = mpsc::channel(options.buffer.max(1));
-    tokio::spawn(forward(clock, subscription, accounts, sender, options));
+    tokio::spawn(async move {
+        forward(clock, subscription, accounts, sender, options).await;
+        // The watcher's place is free once its stream has ended.
+        drop(slot);
+    });
     ReceiverStream::new(receiver)
 }
 
@@ -59,7 +64,10 @@ async fn forward(
         as_of,
     } = subscription;
     let watched: HashSet<String> = accounts.into_iter().collect();
-    let matches = |account_id: &str| watched.is_empty() || watched.contains(account_id);
+    // Firm-wide and group halts (no account) concern every watcher.
+    let matches = |account_id: &str| {
+        watched.is_empty() || account_id.is_empty() || watched.contains(account_id)
+    };
     let mut out = Outbox {
         sender,
         shutdown: options.shutdown.clone(),

@@ -122,13 +122,30 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Read a bearer token on stdin and print the SHA-256 that `auth.principals` stores.
+    HashToken,
 }
 
 #[derive(Debug, Args)]
 pub struct Target {
-    /// The riskgate server.
+    /// The riskgate server (https://... for TLS).
     #[arg(long, env = "RISKGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// The CA that signed the server's certificate (PEM); turns TLS on.
+    #[arg(long, env = "RISKGATE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for mutual TLS, with --tls-key.
+    #[arg(long, env = "RISKGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "RISKGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The name to expect in the server's certificate, when not the host of --addr.
+    #[arg(long, env = "RISKGATE_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// A bearer token (auth.mode = "token").
+    #[arg(long, env = "RISKGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -160,9 +177,32 @@ pub enum CliError {
     Refused(String),
 }
 
+impl Command {
+    /// The server a client command talks to.
+    fn target(&self) -> Option<&Target> {
+        match self {
+            Command::Serve { .. } | Command::HashToken => None,
+            Command::Status { target, .. }
+            | Command::Watch { target, .. }
+            | Command::Reset { target, .. }
+            | Command::Health { target, .. }
+            | Command::Audit { target, .. }
+            | Command::Trip { target, .. }
+            | Command::Mode { target, .. }
+            | Command::Halt { target, .. }
+            | Command::Resume { target, .. }
+            | Command::Config { target } => Some(target),
+        }
+    }
+}
+
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if let Some(target) = cli.command.target() {
+        remote::configure(target)?;
+    }
     match cli.command {
+        Command::HashToken => hash_token(),
         Command::Serve { config, log_format } => serve(config, log_format).await,
         Command::Status { account, target } => remote::status(&target.addr, account).await,
         Command::Watch { accounts, target } => watch::follow(&target.addr, accounts).await,
@@ -203,6 +243,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
+fn hash_token() -> Result<ExitCode, CliError> {
+    let mut token = String::new();
+    std::io::stdin()
+        .read_line(&mut token)
+        .map_err(|e| CliError::Refused(format!("cannot read the token from stdin: {e}")))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(CliError::Refused("no token on stdin".into()));
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    println!("{hex}");
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<ExitCode, CliError> {
     let config = Config::load(file.as_deref())?;
     crate::logging::init(log_format.unwrap_or(config.log.format), &config.log.level)
@@ -216,8 +271,11 @@ async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
             addr: addr.to_string(),
             source,
         })?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening in plaintext on a non-loopback address");
+    if !addr.ip().is_loopback() && !config.tls.enabled() {
+        tracing::warn!(%addr, "listening in plaintext on a non-loopback address: set [tls] cert and key");
+    }
+    if config.auth.mode == crate::config::AuthMode::None && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "auth.mode is \"none\": any caller that reaches this address may trade, reset and halt");
     }
     let clock = std::sync::Arc::new(crate::clock::SystemClock::new());
     server::serve(listener, &config, store, clock, shutdown_signal()).await?;

@@ -3,10 +3,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use std::sync::OnceLock;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use super::{render, ActionArgs, CliError};
+use super::{render, ActionArgs, CliError, Target};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::monitor_service_client::MonitorServiceClient;
 use crate::proto::{
@@ -18,30 +22,103 @@ use crate::proto::{
 /// How long a one-shot command waits for the server.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How this command reaches the server beyond its address: TLS material and a token.
+#[derive(Clone, Debug, Default)]
+struct ClientOptions {
+    tls: Option<ClientTlsConfig>,
+    token: Option<MetadataValue<Ascii>>,
+}
+
+static CLIENT: OnceLock<ClientOptions> = OnceLock::new();
+
+/// Reads the command's TLS files and token, once, before it connects.
+pub(super) fn configure(target: &Target) -> Result<(), CliError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| CliError::Refused(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut tls = None;
+    if target.tls_ca.is_some() || target.tls_cert.is_some() || target.addr.starts_with("https://") {
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &target.tls_ca {
+            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        match (&target.tls_cert, &target.tls_key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Refused(
+                    "--tls-cert and --tls-key go together".into(),
+                ))
+            }
+        }
+        if let Some(name) = &target.tls_server_name {
+            config = config.domain_name(name.clone());
+        }
+        tls = Some(config);
+    }
+    let token = match &target.token {
+        Some(token) => Some(
+            format!("Bearer {}", token.trim())
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| CliError::Refused("the token must be printable ASCII".into()))?,
+        ),
+        None => None,
+    };
+    let _ = CLIENT.set(ClientOptions { tls, token });
+    Ok(())
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone)]
+pub(super) struct Token(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to the server, with the token on every call.
+pub(super) type Conn = InterceptedService<Channel, Token>;
+
 /// Connects to the server at `addr` (`host:port` or a URI).
-pub(super) async fn connect(
-    addr: &str,
-    call_timeout: Option<Duration>,
-) -> Result<Channel, CliError> {
+pub(super) async fn connect(addr: &str, call_timeout: Option<Duration>) -> Result<Conn, CliError> {
     let unreachable = |detail: String| CliError::Unreachable {
         addr: addr.to_owned(),
         detail,
     };
+    let options = CLIENT.get().cloned().unwrap_or_default();
     let uri = if addr.contains("://") {
         addr.to_owned()
+    } else if options.tls.is_some() {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     };
     let mut endpoint = Endpoint::from_shared(uri)
         .map_err(|e| unreachable(error_chain(&e)))?
         .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = options.tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| unreachable(error_chain(&e)))?;
+    }
     if let Some(timeout) = call_timeout {
         endpoint = endpoint.timeout(timeout);
     }
-    endpoint
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| unreachable(error_chain(&e)))
+        .map_err(|e| unreachable(error_chain(&e)))?;
+    Ok(InterceptedService::new(channel, Token(options.token)))
 }
 
 /// A refused or failed call, as one line.

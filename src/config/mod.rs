@@ -16,6 +16,10 @@ use thiserror::Error;
 use crate::core::{FailureKind, KindAction, KindActions, Mode, Settings};
 use crate::registry::{validate_account_id, AccountPattern, Policy, RegistryOptions};
 
+mod security;
+
+pub use security::{AuthConfig, AuthMode, LimitsConfig, PrincipalConfig, TlsConfig, ROLES};
+
 /// The embedded default configuration; documents every key.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -42,6 +46,9 @@ pub struct Config {
     pub accounts: BTreeMap<String, BreakerOverride>,
     #[serde(default)]
     pub groups: BTreeMap<String, GroupConfig>,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
     /// Where this configuration was read from, so it can be read again on reload: the file
     /// given, if any, and whether the process environment took part.
     #[serde(skip)]
@@ -176,6 +183,7 @@ impl Config {
             ("store", text(&self.store) != text(&other.store)),
             ("events", text(&self.events) != text(&other.events)),
             ("log", text(&self.log) != text(&other.log)),
+            ("limits", text(&self.limits) != text(&other.limits)),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -217,6 +225,7 @@ impl Config {
             self.server.shutdown_grace_secs,
         )?;
         breaker_settings("breaker", &self.breaker)?;
+        security::validate(&self.tls, &self.auth, &self.limits)?;
         at_least("events.subscriber_buffer", self.events.subscriber_buffer, 1)?;
         seconds("events.retained_secs", self.events.retained_secs)?;
         if self.store.kind == StoreKind::Sqlite && self.store.path.as_os_str().is_empty() {
@@ -532,7 +541,7 @@ fn at_least(key: &str, value: usize, min: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn seconds(key: &str, value: f64) -> Result<(), ConfigError> {
+pub(crate) fn seconds(key: &str, value: f64) -> Result<(), ConfigError> {
     if !(value.is_finite() && value > 0.0 && value <= MAX_SECS) {
         return Err(invalid(
             key,
@@ -542,7 +551,7 @@ fn seconds(key: &str, value: f64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn invalid(key: &str, rule: String) -> ConfigError {
+pub(crate) fn invalid(key: &str, rule: String) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
         rule,

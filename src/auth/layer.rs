@@ -1,0 +1,156 @@
+//! The one place where every call is authenticated, authorized by service, rate limited (the
+//! gate) and shed under overload, before any handler runs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::Status;
+
+use super::{Auth, Service};
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Auth>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Auth>) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// Counts a call in flight until dropped.
+struct InFlight(Arc<Auth>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
+where
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let auth = self.auth.clone();
+        let refuse =
+            |status: Status| -> Self::Future { Box::pin(async move { Ok(status.into_http()) }) };
+        let service = Service::of_path(request.uri().path());
+        // Shed at once rather than queue without bound; health answers even then.
+        let in_flight = auth.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = InFlight(auth.clone());
+        if in_flight > auth.max_in_flight && service != Service::Health {
+            auth.count(&auth.counters.shed);
+            return refuse(Status::unavailable(format!(
+                "overloaded: more than {} calls in flight; retry with backoff",
+                auth.max_in_flight
+            )));
+        }
+        let policy = auth.policy();
+        let client_cert = request
+            .extensions()
+            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+            .and_then(|info| info.get_ref().remote_addr())
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|info| info.remote_addr())
+            });
+        let principal = match policy.authenticate(request.headers(), client_cert.as_deref()) {
+            Ok(principal) => principal,
+            Err(_) if service == Service::Health => {
+                // Orchestrator probes carry no credentials; health reveals nothing.
+                let inner = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, inner);
+                return Box::pin(async move {
+                    let response = inner.call(request).await;
+                    drop(guard);
+                    response
+                });
+            }
+            Err(why) => {
+                auth.count(&auth.counters.unauthenticated);
+                tracing::warn!(peer = ?peer, path = request.uri().path(), why, "unauthenticated call refused");
+                return refuse(Status::unauthenticated(format!(
+                    "authentication required: {why}"
+                )));
+            }
+        };
+        if !service.allows(principal.roles) {
+            auth.count(&auth.counters.permission_denied);
+            tracing::warn!(principal = %principal.name, peer = ?peer, path = request.uri().path(), "permission denied: role");
+            let needs = match service {
+                Service::Gate => "bot",
+                Service::Monitor => "monitor or operator",
+                _ => "operator",
+            };
+            return refuse(Status::permission_denied(format!(
+                "{} may not call {}: it needs the {needs} role",
+                principal.name,
+                request.uri().path()
+            )));
+        }
+        if service == Service::Gate {
+            if let Some(limiter) = &principal.limiter {
+                if limiter.check().is_err() {
+                    auth.count(&auth.counters.rate_limited);
+                    return refuse(Status::resource_exhausted(format!(
+                        "{} is over its limit of {} GateService calls per second",
+                        principal.name, principal.gate_calls_per_sec
+                    )));
+                }
+            }
+        }
+        request.extensions_mut().insert(principal);
+        // The clone is the one polled ready by this service's caller: use it, keep the clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await;
+            drop(guard);
+            response
+        })
+    }
+}

@@ -1,0 +1,312 @@
+//! Who is calling, and what they may do.
+//!
+//! Owns authentication (a bearer token, or the TLS client certificate), the role each RPC
+//! needs, a bot's accounts, the per-principal rate limit on the gate and load shedding. All of
+//! it is applied in one place, [`AuthLayer`], around every service; the gate handlers only ask
+//! [`authorize_account`] whether the principal may trade the account named in the message.
+
+mod layer;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use subtle::ConstantTimeEq;
+use tonic::Status;
+
+use crate::config::{AuthMode, Config};
+use crate::registry::AccountPattern;
+
+pub use layer::AuthLayer;
+
+/// What a principal may call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Roles {
+    pub bot: bool,
+    pub monitor: bool,
+    pub operator: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        bot: true,
+        monitor: true,
+        operator: true,
+    };
+
+    fn parse(names: &[String]) -> Self {
+        Roles {
+            bot: names.iter().any(|r| r == "bot"),
+            monitor: names.iter().any(|r| r == "monitor"),
+            operator: names.iter().any(|r| r == "operator"),
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug)]
+pub struct Principal {
+    pub name: Arc<str>,
+    pub roles: Roles,
+    /// The accounts a bot may trade; all when empty.
+    pub accounts: Vec<AccountPattern>,
+    /// Whether authentication is on: if not, the principal is everyone, and names from
+    /// requests (an operator's) are taken as given.
+    pub authenticated: bool,
+    limiter: Option<DefaultDirectRateLimiter>,
+    gate_calls_per_sec: u32,
+    token_sha256: [u8; 32],
+    cert_name: String,
+}
+
+impl Principal {
+    /// Whether this principal may trade `account_id`.
+    pub fn may_trade(&self, account_id: &str) -> bool {
+        self.accounts.is_empty() || self.accounts.iter().any(|p| p.matches(account_id))
+    }
+}
+
+/// The service an RPC path belongs to, and the roles that may call it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Gate,
+    Monitor,
+    Admin,
+    Health,
+    Reflection,
+    Unknown,
+}
+
+impl Service {
+    pub fn of_path(path: &str) -> Service {
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        match service {
+            "riskgate.v1.GateService" => Service::Gate,
+            "riskgate.v1.MonitorService" => Service::Monitor,
+            "riskgate.v1.AdminService" => Service::Admin,
+            "grpc.health.v1.Health" => Service::Health,
+            "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
+                Service::Reflection
+            }
+            _ => Service::Unknown,
+        }
+    }
+
+    /// Whether `roles` may call this service.
+    pub fn allows(self, roles: Roles) -> bool {
+        match self {
+            Service::Gate => roles.bot,
+            Service::Monitor => roles.monitor || roles.operator,
+            Service::Admin => roles.operator,
+            // Any authenticated principal may discover the API; unknown paths are answered
+            // UNIMPLEMENTED by the router.
+            Service::Reflection | Service::Unknown => true,
+            Service::Health => true,
+        }
+    }
+}
+
+/// Refusals, counted for operators (and metrics).
+#[derive(Debug, Default)]
+pub struct AuthCounters {
+    pub unauthenticated: AtomicU64,
+    pub permission_denied: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub shed: AtomicU64,
+}
+
+/// The authentication configuration in force, replaced on reload.
+pub struct AuthPolicy {
+    mode: AuthMode,
+    principals: Vec<Arc<Principal>>,
+    /// Everyone, when authentication is off.
+    anonymous: Arc<Principal>,
+    /// Certificates already matched to a principal (by DER bytes), so a connection's
+    /// certificate is parsed once, not on every call.
+    by_cert: RwLock<HashMap<Vec<u8>, Option<Arc<Principal>>>>,
+}
+
+/// Most client certificates remembered by `by_cert`.
+const CERT_CACHE: usize = 4_096;
+
+fn limiter(per_sec: u32) -> Option<DefaultDirectRateLimiter> {
+    NonZeroU32::new(per_sec).map(|n| RateLimiter::direct(Quota::per_second(n)))
+}
+
+impl AuthPolicy {
+    /// The policy of a validated configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let default_rate = config.limits.gate_calls_per_sec;
+        let principals = config
+            .auth
+            .principals
+            .iter()
+            .map(|p| {
+                let rate = p.gate_calls_per_sec.unwrap_or(default_rate);
+                let mut token_sha256 = [0u8; 32];
+                for (i, byte) in token_sha256.iter_mut().enumerate() {
+                    *byte = p
+                        .token_sha256
+                        .get(2 * i..2 * i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .unwrap_or(0);
+                }
+                Arc::new(Principal {
+                    name: p.name.as_str().into(),
+                    roles: Roles::parse(&p.roles),
+                    accounts: p
+                        .accounts
+                        .iter()
+                        .filter_map(|a| AccountPattern::parse(a).ok())
+                        .collect(),
+                    authenticated: true,
+                    limiter: limiter(rate),
+                    gate_calls_per_sec: rate,
+                    token_sha256,
+                    cert_name: p.cert_name.clone(),
+                })
+            })
+            .collect();
+        AuthPolicy {
+            mode: config.auth.mode,
+            principals,
+            anonymous: Arc::new(Principal {
+                name: "anonymous".into(),
+                roles: Roles::ALL,
+                accounts: Vec::new(),
+                authenticated: false,
+                limiter: limiter(default_rate),
+                gate_calls_per_sec: default_rate,
+                token_sha256: [0; 32],
+                cert_name: String::new(),
+            }),
+            by_cert: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The caller of a request with these headers and TLS client certificate, or why not.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        client_cert: Option<&[u8]>,
+    ) -> Result<Arc<Principal>, &'static str> {
+        match self.mode {
+            AuthMode::None => Ok(self.anonymous.clone()),
+            AuthMode::Token => {
+                let value = headers
+                    .get(http::header::AUTHORIZATION)
+                    .ok_or("no credentials: send `authorization: Bearer <token>`")?;
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or("the authorization header is not `Bearer <token>`")?;
+                let digest = ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes());
+                // Compare against every principal, in constant time each, so the time taken
+                // says nothing about which (if any) matched.
+                let mut found = None;
+                for principal in &self.principals {
+                    if bool::from(principal.token_sha256.ct_eq(digest.as_ref())) {
+                        found = Some(principal.clone());
+                    }
+                }
+                found.ok_or("unknown token")
+            }
+            AuthMode::Mtls => {
+                let der = client_cert.ok_or("no client certificate")?;
+                if let Some(known) = self
+                    .by_cert
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(der)
+                {
+                    return known
+                        .clone()
+                        .ok_or("the client certificate names no principal");
+                }
+                let names = tls::certificate_names(der);
+                let found = self
+                    .principals
+                    .iter()
+                    .find(|p| names.iter().any(|n| n == &p.cert_name))
+                    .cloned();
+                let mut cache = self
+                    .by_cert
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cache.len() >= CERT_CACHE {
+                    cache.clear();
+                }
+                cache.insert(der.to_vec(), found.clone());
+                found.ok_or("the client certificate names no principal")
+            }
+        }
+    }
+}
+
+/// Refuses a gate call for an account the principal may not trade. The message does not say
+/// whether the account exists.
+pub fn authorize_account<T>(request: &tonic::Request<T>, account_id: &str) -> Result<(), Status> {
+    match request.extensions().get::<Arc<Principal>>() {
+        Some(principal) if !principal.may_trade(account_id) => {
+            tracing::warn!(principal = %principal.name, account_id, "permission denied: account not granted to this principal");
+            Err(Status::permission_denied(format!(
+                "{} may not trade account {account_id}",
+                principal.name
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The authenticated principal's name, to record in place of a name from the request; `None`
+/// when authentication is off.
+pub fn principal_name<T>(request: &tonic::Request<T>) -> Option<Arc<str>> {
+    request
+        .extensions()
+        .get::<Arc<Principal>>()
+        .filter(|p| p.authenticated)
+        .map(|p| p.name.clone())
+}
+
+/// Shared by the layer and the server: the policy in force (swapped on reload) and counters.
+pub struct Auth {
+    policy: RwLock<Arc<AuthPolicy>>,
+    pub counters: AuthCounters,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: usize,
+}
+
+impl Auth {
+    pub fn new(config: &Config) -> Arc<Self> {
+        Arc::new(Auth {
+            policy: RwLock::new(Arc::new(AuthPolicy::from_config(config))),
+            counters: AuthCounters::default(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            max_in_flight: config.limits.max_in_flight,
+        })
+    }
+
+    pub fn policy(&self) -> Arc<AuthPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts the principals of a new configuration in force.
+    pub fn reload(&self, config: &Config) {
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(AuthPolicy::from_config(config));
+    }
+
+    fn count(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
