@@ -416,3 +416,69 @@ pub fn time_filter(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The wire's hostile side: whatever a client sends, validation answers without panicking,
+    //! and what it accepts keeps the documented bounds.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::OperatorAction;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_report_is_validated_whatever_it_holds(
+            outcome in any::<i32>(),
+            failure_kind in any::<i32>(),
+            detail in ".{0,300}",
+            order_id in ".{0,160}",
+            latency in proptest::option::of((any::<i64>(), any::<i32>())),
+        ) {
+            let request = proto::ReportOutcomeRequest {
+                account_id: "ACC".into(),
+                permit_id: String::new(),
+                outcome,
+                failure_kind,
+                detail: detail.clone(),
+                order_id: order_id.clone(),
+                latency: latency.map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+            };
+            if let Ok(report) = report(&request) {
+                prop_assert!(outcome == 1 || outcome == 2);
+                prop_assert!((0..7).contains(&failure_kind));
+                prop_assert!(report.detail.as_deref().unwrap_or("").len() <= MAX_DETAIL_LEN);
+                prop_assert!(report.order_id.as_deref().unwrap_or("").len() <= MAX_ORDER_ID_LEN);
+                prop_assert!(!report.detail.as_deref().unwrap_or("").chars().any(char::is_control));
+                prop_assert_eq!(report.failed, outcome == 2);
+            }
+        }
+
+        #[test]
+        fn enums_from_the_wire_never_panic(value in any::<i32>()) {
+            let _ = intent(value);
+            let _ = mode_request(value);
+            let _ = failure_kind(value);
+            let _ = state_filter(value);
+            prop_assert_eq!(outcome(value).is_ok(), value == 1 || value == 2);
+        }
+
+        #[test]
+        fn an_operator_action_is_bounded(operator in "\\PC{0,200}|.{0,10}", reason in ".{0,1100}") {
+            if let Ok(action) = OperatorAction::new(&operator, &reason) {
+                prop_assert!(!action.operator.is_empty() && action.operator.len() <= 128);
+                prop_assert!(!action.reason.is_empty() && action.reason.len() <= 1024);
+                prop_assert!(!action.operator.chars().chain(action.reason.chars()).any(char::is_control));
+            }
+        }
+
+        #[test]
+        fn a_timestamp_filter_refuses_what_is_not_a_time(seconds in any::<i64>(), nanos in any::<i32>()) {
+            let parsed = time_filter(Some(prost_types::Timestamp { seconds, nanos }), "since");
+            prop_assert_eq!(parsed.is_ok(), seconds >= 0 && (0..1_000_000_000).contains(&nanos));
+        }
+    }
+}

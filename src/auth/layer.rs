@@ -154,3 +154,94 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use tokio::sync::oneshot;
+    use tonic::body::Body;
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A service whose calls finish only when the test says so.
+    #[derive(Clone, Default)]
+    struct Held {
+        release: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
+    }
+
+    impl Service<http::Request<Body>> for Held {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            let (send, wait) = oneshot::channel();
+            self.release.lock().expect("lock").push(send);
+            Box::pin(async move {
+                let _ = wait.await;
+                Ok(http::Response::new(Body::empty()))
+            })
+        }
+    }
+
+    fn request() -> http::Request<Body> {
+        http::Request::builder()
+            .uri("/riskgate.v1.GateService/CheckTrade")
+            .body(Body::empty())
+            .expect("request")
+    }
+
+    fn grpc_status(response: &http::Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn calls_past_max_in_flight_are_shed_at_once_with_unavailable() {
+        let mut env = HashMap::new();
+        env.insert("RISKGATE__LIMITS__MAX_IN_FLIGHT".to_owned(), "2".to_owned());
+        let config = Config::load_with_env(None, Some(env)).expect("config");
+        let auth = Auth::new(&config);
+        let held = Held::default();
+        let mut service = AuthLayer::new(auth.clone()).layer(held.clone());
+        let first = tokio::spawn(service.call(request()));
+        let second = tokio::spawn(service.call(request()));
+        while held.release.lock().expect("lock").len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let shed = service.call(request()).await.expect("answered");
+        assert_eq!(grpc_status(&shed), Some("14"), "UNAVAILABLE");
+        assert_eq!(auth.counters.shed.load(Ordering::Relaxed), 1);
+        for release in held.release.lock().expect("lock").drain(..) {
+            let _ = release.send(());
+        }
+        for call in [first, second] {
+            let response = call.await.expect("task").expect("answered");
+            assert_eq!(grpc_status(&response), None, "served");
+        }
+        // Capacity is back once the held calls finished.
+        let third = tokio::spawn(service.call(request()));
+        while held.release.lock().expect("lock").is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for release in held.release.lock().expect("lock").drain(..) {
+            let _ = release.send(());
+        }
+        let response = third.await.expect("task").expect("answered");
+        assert_eq!(grpc_status(&response), None);
+    }
+}

@@ -393,3 +393,168 @@ fn the_record_keeps_every_new_field() {
     assert_eq!(restored, b);
     assert_eq!(restored.opened_by(), Some(Cause::FailureKindTrip));
 }
+
+mod hostile {
+    //! Random operations with random policies: the core never panics and keeps its invariants.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Check(Intent),
+        Report {
+            back: usize,
+            failed: bool,
+            kind: usize,
+            latency_ms: Option<u64>,
+        },
+        Trip(Option<u64>),
+        Reset,
+        Wait(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => prop_oneof![Just(Intent::New), Just(Intent::ReduceOnly), Just(Intent::Cancel)]
+                .prop_map(Op::Check),
+            4 => (0usize..4, any::<bool>(), 0usize..7, proptest::option::of(0u64..3_000))
+                .prop_map(|(back, failed, kind, latency_ms)| Op::Report { back, failed, kind, latency_ms }),
+            1 => proptest::option::of(1u64..100).prop_map(Op::Trip),
+            1 => Just(Op::Reset),
+            3 => (0u64..40_000).prop_map(Op::Wait),
+        ]
+    }
+
+    fn settings() -> impl Strategy<Value = Settings> {
+        (
+            (1u32..6, 1u64..30, 1u64..20, 1u32..4, 1u64..10),
+            (
+                proptest::array::uniform7(0usize..3),
+                proptest::option::of(0.1f64..1.0),
+                proptest::option::of((1u64..2_000, 0.1f64..1.0)),
+                1u32..6,
+            ),
+            (
+                1.0f64..4.0,
+                20u64..200,
+                0.0f64..1.0,
+                1u64..100,
+                any::<bool>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (threshold, window, open, tries, lease),
+                    (kinds, rate, slow, minimum),
+                    (multiplier, max_open, jitter, reset, reduce_only),
+                )| {
+                    let mut s = Settings {
+                        failure_threshold: threshold,
+                        failure_window: Duration::from_secs(window),
+                        open_timeout: Duration::from_secs(open),
+                        half_open_max_tries: tries,
+                        half_open_timeout: Duration::from_secs(lease),
+                        failure_rate_threshold: rate,
+                        slow_call: slow.map(|(ms, _)| Duration::from_millis(ms)),
+                        slow_call_rate_threshold: slow.map(|(_, r)| r),
+                        minimum_calls: minimum,
+                        open_backoff_multiplier: multiplier,
+                        max_open_timeout: Duration::from_secs(max_open.max(open)),
+                        open_backoff_jitter: jitter,
+                        backoff_reset: Duration::from_secs(reset),
+                        allow_reduce_only_when_open: reduce_only,
+                        ..Settings::default()
+                    };
+                    let actions = [KindAction::Count, KindAction::Ignore, KindAction::Trip];
+                    for (kind, action) in FailureKind::ALL.iter().zip(kinds) {
+                        s.failure_kinds.set(*kind, actions[action]);
+                    }
+                    s
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_full_policy_never_panics_and_keeps_its_invariants(
+            s in settings(),
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
+            let mut b = Breaker::new();
+            let mut now = at(0.0);
+            let mut permits: Vec<Permit> = Vec::new();
+            for op in ops {
+                let before = b.clone();
+                match op {
+                    Op::Check(intent) => {
+                        let (decision, _) = b.check_order(&s, now, intent);
+                        match decision {
+                            Decision::Allowed { permit, probe } => {
+                                prop_assert!(intent != Intent::Cancel);
+                                prop_assert!(!probe || intent == Intent::New);
+                                permits.push(permit);
+                            }
+                            Decision::Passed(Pass::Cancel) => {
+                                prop_assert_eq!(intent, Intent::Cancel);
+                                prop_assert_eq!(&b.to_record(), &{
+                                    let mut ticked = before.clone();
+                                    ticked.tick(&s, now);
+                                    ticked.to_record()
+                                });
+                            }
+                            Decision::Passed(Pass::ReduceOnly) => {
+                                prop_assert!(s.allow_reduce_only_when_open);
+                                prop_assert!(b.state() != State::Closed);
+                            }
+                            Decision::Denied(_) => prop_assert!(intent != Intent::Cancel),
+                        }
+                    }
+                    Op::Report { back, failed, kind, latency_ms } => {
+                        let permit = permits.len().checked_sub(back + 1).map(|i| permits[i]);
+                        let report = Report {
+                            failed,
+                            kind: FailureKind::ALL[kind],
+                            latency: latency_ms.map(Duration::from_millis),
+                            order_id: Some("o".into()),
+                            detail: None,
+                        };
+                        b.report(&s, permit, &report, now);
+                    }
+                    Op::Trip(hold) => {
+                        let until = hold.map(|h| now.saturating_add(Duration::from_secs(h)));
+                        b.trip_until(&s, now, until);
+                    }
+                    Op::Reset => {
+                        b.reset(&s, now);
+                    }
+                    Op::Wait(ms) => {
+                        now = now.saturating_add(Duration::from_millis(ms));
+                        if let Some(due) = b.next_deadline() {
+                            if due <= now {
+                                b.tick(&s, now);
+                            }
+                        }
+                    }
+                }
+                // Invariants.
+                prop_assert!(b.probes().len() <= s.half_open_max_tries as usize);
+                prop_assert_eq!(b.opened_by().is_some(), b.state() != State::Closed);
+                if b.state() == State::Open && !b.is_tripped() {
+                    let open_for = b.recovery_at().expect("an OPEN breaker recovers")
+                        .saturating_duration_since(b.opened_at().expect("opened"));
+                    prop_assert!(open_for >= s.open_timeout);
+                    prop_assert!(open_for <= s.max_open_timeout.max(s.open_timeout));
+                }
+                if b.is_tripped() {
+                    prop_assert_eq!(b.state(), State::Open);
+                }
+                prop_assert!(b.failures(&s, now).count() <= 2 * crate::core::breaker::FAILURE_MEMORY.max(s.failure_threshold as usize) + 64);
+                prop_assert_eq!(Breaker::from_record(&b.to_record()), b.clone());
+            }
+        }
+    }
+}

@@ -112,3 +112,21 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_pattern_parses_or_is_refused_and_matches_its_own_prefix(text in "\\PC{0,40}") {
+            if let Ok(pattern) = AccountPattern::parse(&text) {
+                let body = text.trim_end_matches('*');
+                prop_assert!(pattern.matches(body) || body.is_empty());
+                prop_assert_eq!(pattern.matches(&format!("{body}x")), text.ends_with('*'));
+            }
+        }
+    }
+}
