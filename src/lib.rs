@@ -29,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod logging;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod store;

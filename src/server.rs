@@ -327,6 +327,7 @@ async fn follow_config(
                     new.events = current.events.clone();
                     new.log = current.log.clone();
                     new.limits = current.limits.clone();
+                    new.metrics = current.metrics.clone();
                 }
                 if new.tls.enabled() != current.tls.enabled() {
                     tracing::warn!("turning TLS on or off takes effect only after a restart");

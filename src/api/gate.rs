@@ -29,8 +29,10 @@ impl GateService for Gate {
     ) -> Result<Response<CheckTradeResponse>, Status> {
         crate::auth::authorize_account(&request, &request.get_ref().account_id)?;
         let request = request.into_inner();
+        let started = std::time::Instant::now();
         let intent = convert::intent(request.intent)?;
         let result = self.registry.check(&request.account_id, intent).await?;
+        crate::metrics::checked(&result, started.elapsed());
         Ok(Response::new(convert::check_response(result)))
     }
 
@@ -40,11 +42,14 @@ impl GateService for Gate {
     ) -> Result<Response<ReportOutcomeResponse>, Status> {
         crate::auth::authorize_account(&request, &request.get_ref().account_id)?;
         let request = request.into_inner();
+        let started = std::time::Instant::now();
         let report = convert::report(&request)?;
+        let (failed, kind) = (report.failed, report.kind);
         let result = self
             .registry
             .report(&request.account_id, &request.permit_id, report)
             .await?;
+        crate::metrics::reported(failed, kind, &result, started.elapsed());
         Ok(Response::new(convert::report_response(result)))
     }
 }

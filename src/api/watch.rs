@@ -43,7 +43,9 @@ pub fn start(
 ) -> ReceiverStream<Item> {
     let (sender, receiver) = mpsc::channel(options.buffer.max(1));
     tokio::spawn(async move {
+        crate::metrics::watchers(1.0);
         forward(clock, subscription, accounts, sender, options).await;
+        crate::metrics::watchers(-1.0);
         // The watcher's place is free once its stream has ended.
         drop(slot);
     });
@@ -99,8 +101,11 @@ async fn forward(
     let mut current = as_of;
     for event in replay {
         current = event.sequence;
-        if matches(&event.account_id) && !out.send(Kind::Event(convert::event(&event))).await {
-            return;
+        if matches(&event.account_id) {
+            if !out.send(Kind::Event(convert::event(&event))).await {
+                return;
+            }
+            crate::metrics::event_sent();
         }
     }
 
@@ -132,10 +137,12 @@ async fn forward(
                     if !out.send(Kind::Event(convert::event(&event))).await {
                         return;
                     }
+                    crate::metrics::event_sent();
                     heartbeat.reset();
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, resume_after = current, "ending a watcher that fell behind");
+                    crate::metrics::watcher_lagged();
                     out.end(Status::aborted(format!(
                         "this watcher fell behind by {missed} events and was ended; resume with after_sequence={current}"
                     )))

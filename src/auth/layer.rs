@@ -77,6 +77,7 @@ where
         let guard = InFlight(auth.clone());
         if in_flight > auth.max_in_flight && service != Service::Health {
             auth.count(&auth.counters.shed);
+            crate::metrics::auth_refused("shed");
             return refuse(Status::unavailable(format!(
                 "overloaded: more than {} calls in flight; retry with backoff",
                 auth.max_in_flight
@@ -112,6 +113,7 @@ where
             }
             Err(why) => {
                 auth.count(&auth.counters.unauthenticated);
+                crate::metrics::auth_refused("unauthenticated");
                 tracing::warn!(peer = ?peer, path = request.uri().path(), why, "unauthenticated call refused");
                 return refuse(Status::unauthenticated(format!(
                     "authentication required: {why}"
@@ -120,6 +122,7 @@ where
         };
         if !service.allows(principal.roles) {
             auth.count(&auth.counters.permission_denied);
+            crate::metrics::auth_refused("permission_denied");
             tracing::warn!(principal = %principal.name, peer = ?peer, path = request.uri().path(), "permission denied: role");
             let needs = match service {
                 Service::Gate => "bot",
@@ -136,6 +139,7 @@ where
             if let Some(limiter) = &principal.limiter {
                 if limiter.check().is_err() {
                     auth.count(&auth.counters.rate_limited);
+                    crate::metrics::auth_refused("rate_limited");
                     return refuse(Status::resource_exhausted(format!(
                         "{} is over its limit of {} GateService calls per second",
                         principal.name, principal.gate_calls_per_sec

@@ -253,6 +253,7 @@ pub fn authorize_account<T>(request: &tonic::Request<T>, account_id: &str) -> Re
     match request.extensions().get::<Arc<Principal>>() {
         Some(principal) if !principal.may_trade(account_id) => {
             tracing::warn!(principal = %principal.name, account_id, "permission denied: account not granted to this principal");
+            crate::metrics::auth_refused("account_not_granted");
             Err(Status::permission_denied(format!(
                 "{} may not trade account {account_id}",
                 principal.name

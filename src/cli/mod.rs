@@ -277,8 +277,21 @@ async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
     if config.auth.mode == crate::config::AuthMode::None && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "auth.mode is \"none\": any caller that reaches this address may trade, reset and halt");
     }
+    // Metrics are process-wide: the binary serves them, tests and embedders need not.
+    let metrics = match config.metrics.listen_addr()? {
+        Some(listen) => {
+            let task = crate::metrics::serve(listen).map_err(CliError::Refused)?;
+            tracing::info!(%listen, "serving Prometheus metrics on /metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let clock = std::sync::Arc::new(crate::clock::SystemClock::new());
-    server::serve(listener, &config, store, clock, shutdown_signal()).await?;
+    let served = server::serve(listener, &config, store, clock, shutdown_signal()).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

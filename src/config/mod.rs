@@ -49,6 +49,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
     /// Where this configuration was read from, so it can be read again on reload: the file
     /// given, if any, and whether the process environment took part.
     #[serde(skip)]
@@ -59,6 +60,31 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigSource {
     pub file: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus listener.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving `/metrics`; empty: no metrics.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!(
+                    "must be an address such as 0.0.0.0:9090 (or empty: no metrics), not {:?}",
+                    self.listen
+                ),
+            )
+        })
+    }
 }
 
 /// `[groups.NAME]`: accounts halted and resumed together.
@@ -184,6 +210,7 @@ impl Config {
             ("events", text(&self.events) != text(&other.events)),
             ("log", text(&self.log) != text(&other.log)),
             ("limits", text(&self.limits) != text(&other.limits)),
+            ("metrics", text(&self.metrics) != text(&other.metrics)),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -226,6 +253,7 @@ impl Config {
         )?;
         breaker_settings("breaker", &self.breaker)?;
         security::validate(&self.tls, &self.auth, &self.limits)?;
+        self.metrics.listen_addr()?;
         at_least("events.subscriber_buffer", self.events.subscriber_buffer, 1)?;
         seconds("events.retained_secs", self.events.retained_secs)?;
         if self.store.kind == StoreKind::Sqlite && self.store.path.as_os_str().is_empty() {

@@ -36,7 +36,7 @@ pub use account_id::validate as validate_account_id;
 pub use events::{Event, Layer, OperatorAction};
 pub use operations::{CheckResult, Denied, ReportResult};
 pub use policy::{AccountPattern, Policy};
-pub use reasons::human as human_duration;
+pub use reasons::{cause_key as cause_name, human as human_duration};
 pub use view::{BreakerView, ProbeView};
 
 use deadlines::DeadlineQueue;
@@ -175,7 +175,9 @@ impl Registry {
                 halts.firm.is_some() || !halts.groups.is_empty(),
                 Ordering::Release,
             );
+            crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
         }
+        let mut by_state = [0usize; 3];
         for mut stored in recovered.breakers {
             // Checks in CLOSED issue permits without writing anything, so permits may have been
             // issued past the stored counter before the restart. Numbering resumes well beyond
@@ -184,6 +186,11 @@ impl Registry {
                 .record
                 .next_sequence
                 .saturating_add(PERMITS_BETWEEN_WRITES);
+            by_state[match stored.record.state {
+                State::Closed => 0,
+                State::Open => 1,
+                State::HalfOpen => 2,
+            }] += 1;
             let account_id = stored.account_id;
             let mut slot = Slot {
                 breaker: Breaker::from_record(&stored.record),
@@ -198,6 +205,7 @@ impl Registry {
                 self.accounts.fetch_add(1, Ordering::Relaxed);
             }
         }
+        crate::metrics::breakers_loaded(by_state[0], by_state[1], by_state[2]);
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -404,6 +412,9 @@ impl Registry {
             return None;
         }
         self.schedule(account_id, slot);
+        for t in transitions.iter() {
+            crate::metrics::transition(&t);
+        }
         let events: Vec<Event> = transitions
             .iter()
             .map(|t| Event {

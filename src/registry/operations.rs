@@ -488,6 +488,7 @@ impl Registry {
                 _ => halts.firm = Some(halt.clone()),
             }
             self.halted.store(true, Ordering::Release);
+            crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
             self.halt_changed(&layer, before, State::Open, Some(halt), action, peer, now)
         };
         self.wait_halt_durable(commit, "halt").await
@@ -513,6 +514,7 @@ impl Registry {
                 halts.firm.is_some() || !halts.groups.is_empty(),
                 Ordering::Release,
             );
+            crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
             self.halt_changed(&layer, State::Open, State::Closed, None, action, peer, now)
         };
         self.wait_halt_durable(commit, "resume").await
@@ -636,6 +638,7 @@ impl Registry {
             EntryRef::Occupied(entry) => entry.into_mut(),
             EntryRef::Vacant(entry) => {
                 self.reserve_account()?;
+                crate::metrics::breaker_created();
                 entry.insert_with_key(
                     account_id.into(),
                     Slot {

@@ -117,6 +117,25 @@ pub fn pass(pass: Pass) -> String {
     }
 }
 
+/// A cause as a short key, for metrics labels and logs.
+pub fn cause_key(cause: Cause) -> &'static str {
+    match cause {
+        Cause::FailureThresholdReached => "failure_threshold_reached",
+        Cause::OpenTimeoutElapsed => "open_timeout_elapsed",
+        Cause::ProbesSucceeded => "probes_succeeded",
+        Cause::ProbeFailed => "probe_failed",
+        Cause::ProbeExpired => "probe_expired",
+        Cause::OperatorReset => "operator_reset",
+        Cause::OperatorTrip => "operator_trip",
+        Cause::FailureKindTrip => "failure_kind_trip",
+        Cause::FailureRateReached => "failure_rate_reached",
+        Cause::SlowCallRateReached => "slow_call_rate_reached",
+        Cause::TripExpired => "trip_expired",
+        Cause::Halted => "halted",
+        Cause::Resumed => "resumed",
+    }
+}
+
 /// The rule a cause names, as configuration spells it.
 pub fn rule_name(cause: Cause) -> &'static str {
     match cause {

@@ -65,8 +65,10 @@ pub(super) fn run(
             }
         }
         if !pending.is_empty() {
+            let started = Instant::now();
             match write(&mut conn, &pending) {
                 Ok(durable) => {
+                    crate::metrics::store_commit(started.elapsed());
                     for (_, reply) in pending.drain(..) {
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(()));
@@ -75,6 +77,7 @@ pub(super) fn run(
                     signals.wrote(durable);
                 }
                 Err(error) => {
+                    crate::metrics::store_error();
                     let message = format!("writing to {path} failed: {error}");
                     signals.failed(&message);
                     for (_, reply) in pending.iter_mut() {

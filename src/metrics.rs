@@ -1,0 +1,204 @@
+//! Prometheus metrics, through the `metrics` facade and its Prometheus exporter, served on a
+//! listener of their own (`[metrics] listen`).
+//!
+//! Every name and label is defined here. Labels take a small fixed set of values (a decision, a
+//! layer, a cause, a state): never an account id, so the number of series stays bounded however
+//! many accounts trade. Which accounts are open is a question for `ListBreakers` (or
+//! `riskgate status`), not for Prometheus. Without a listener no recorder is installed and
+//! every call here is a no-op.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::core::{Disposition, FailureKind, State, Transition};
+use crate::registry::{CheckResult, Denied, Layer, ReportResult};
+
+/// Handling-time buckets, in seconds: 25 µs to 1 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
+];
+
+/// Installs the recorder and serves `/metrics` on `listen`. Returns the exporter's task.
+pub fn serve(listen: SocketAddr) -> Result<tokio::task::JoinHandle<()>, String> {
+    let (recorder, exporter) = PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| b.build())
+        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
+    Ok(tokio::spawn(async move {
+        if let Err(error) = exporter.await {
+            tracing::error!(?error, "the metrics listener stopped");
+        }
+    }))
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "riskgate_checks_total",
+        "CheckTrade answers, by decision and by the layer and reason that denied"
+    );
+    describe_counter!(
+        "riskgate_outcomes_total",
+        "ReportOutcome answers, by result, failure kind and disposition (stale, duplicate...)"
+    );
+    describe_counter!(
+        "riskgate_transitions_total",
+        "Breaker state changes, by from, to and cause"
+    );
+    describe_counter!("riskgate_events_sent_total", "Events sent to watchers");
+    describe_counter!(
+        "riskgate_watchers_lagged_total",
+        "Watch streams ended for falling behind"
+    );
+    describe_counter!("riskgate_store_commits_total", "Store transactions written");
+    describe_counter!("riskgate_store_errors_total", "Store writes that failed");
+    describe_counter!(
+        "riskgate_auth_refused_total",
+        "Calls refused before any handler, by reason"
+    );
+    describe_histogram!(
+        "riskgate_check_seconds",
+        Unit::Seconds,
+        "CheckTrade handling time"
+    );
+    describe_histogram!(
+        "riskgate_report_seconds",
+        Unit::Seconds,
+        "ReportOutcome handling time, durable write included"
+    );
+    describe_histogram!(
+        "riskgate_store_commit_seconds",
+        Unit::Seconds,
+        "Time to write and fsync one store transaction"
+    );
+    describe_gauge!("riskgate_breakers", "Breakers by state");
+    describe_gauge!("riskgate_watchers", "Open watch streams");
+    describe_gauge!(
+        "riskgate_firm_halted",
+        "1 while a firm-wide halt is in force"
+    );
+    describe_gauge!("riskgate_groups_halted", "Groups halted");
+}
+
+pub fn state(state: State) -> &'static str {
+    match state {
+        State::Closed => "closed",
+        State::Open => "open",
+        State::HalfOpen => "half_open",
+    }
+}
+
+fn layer(layer: &Layer) -> &'static str {
+    match layer {
+        Layer::Firm => "firm",
+        Layer::Group(_) => "group",
+        Layer::Account => "account",
+    }
+}
+
+fn denial(denied: &Denied) -> &'static str {
+    use crate::core::Denial;
+    match denied {
+        Denied::Breaker(Denial::Open { .. }) => "breaker_open",
+        Denied::Breaker(Denial::Tripped { .. }) => "operator_trip",
+        Denied::Breaker(Denial::ProbesInFlight { .. }) => "probes_in_flight",
+        Denied::Breaker(Denial::ReduceOnlyWhileRecovering) => "reduce_only_while_recovering",
+        Denied::StoreUnavailable => "store_unavailable",
+        Denied::Halted {
+            layer: Layer::Group(_),
+            ..
+        } => "group_halted",
+        Denied::Halted { .. } => "firm_halted",
+    }
+}
+
+pub fn checked(result: &CheckResult, took: Duration) {
+    let (decision, layer, reason) = match (&result.denied, result.allowed) {
+        (None, _) if result.passed.is_some() => ("passed", "none", "none"),
+        (None, _) => ("allowed", "none", "none"),
+        (Some(d), true) => ("would_deny", layer(&d.layer()), denial(d)),
+        (Some(d), false) => ("denied", layer(&d.layer()), denial(d)),
+    };
+    counter!("riskgate_checks_total", "decision" => decision, "layer" => layer, "reason" => reason)
+        .increment(1);
+    histogram!("riskgate_check_seconds").record(took.as_secs_f64());
+}
+
+pub fn reported(failed: bool, kind: FailureKind, result: &ReportResult, took: Duration) {
+    let disposition = match result.disposition {
+        Disposition::Recorded => "recorded",
+        Disposition::Stale => "stale",
+        Disposition::Duplicate => "duplicate",
+        Disposition::Ignored => "ignored",
+    };
+    let (result_label, kind) = if failed {
+        ("failure", kind.key())
+    } else {
+        ("success", "none")
+    };
+    counter!("riskgate_outcomes_total", "result" => result_label, "kind" => kind, "disposition" => disposition)
+        .increment(1);
+    histogram!("riskgate_report_seconds").record(took.as_secs_f64());
+}
+
+pub fn transition(t: &Transition) {
+    counter!(
+        "riskgate_transitions_total",
+        "from" => state(t.from),
+        "to" => state(t.to),
+        "cause" => crate::registry::cause_name(t.cause)
+    )
+    .increment(1);
+    gauge!("riskgate_breakers", "state" => state(t.from)).decrement(1.0);
+    gauge!("riskgate_breakers", "state" => state(t.to)).increment(1.0);
+}
+
+/// A new breaker (CLOSED).
+pub fn breaker_created() {
+    gauge!("riskgate_breakers", "state" => "closed").increment(1.0);
+}
+
+/// The breakers loaded at start-up, by state.
+pub fn breakers_loaded(closed: usize, open: usize, half_open: usize) {
+    gauge!("riskgate_breakers", "state" => "closed").set(closed as f64);
+    gauge!("riskgate_breakers", "state" => "open").set(open as f64);
+    gauge!("riskgate_breakers", "state" => "half_open").set(half_open as f64);
+}
+
+pub fn halts(firm: bool, groups: usize) {
+    gauge!("riskgate_firm_halted").set(if firm { 1.0 } else { 0.0 });
+    gauge!("riskgate_groups_halted").set(groups as f64);
+}
+
+pub fn event_sent() {
+    counter!("riskgate_events_sent_total").increment(1);
+}
+
+pub fn watcher_lagged() {
+    counter!("riskgate_watchers_lagged_total").increment(1);
+}
+
+pub fn watchers(change: f64) {
+    gauge!("riskgate_watchers").increment(change);
+}
+
+pub fn store_commit(took: Duration) {
+    counter!("riskgate_store_commits_total").increment(1);
+    histogram!("riskgate_store_commit_seconds").record(took.as_secs_f64());
+}
+
+pub fn store_error() {
+    counter!("riskgate_store_errors_total").increment(1);
+}
+
+pub fn auth_refused(reason: &'static str) {
+    counter!("riskgate_auth_refused_total", "reason" => reason).increment(1);
+}
