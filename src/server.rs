@@ -39,6 +39,10 @@ use crate::store::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError};
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/riskgate_descriptor.bin"));
 
+/// A health name that is SERVING from start-up until shutdown, whatever the store does: for
+/// liveness probes, which must not restart a process that is loading or waiting for its disk.
+pub const LIVENESS: &str = "liveness";
+
 /// Names reported by the health service: the whole server ("") and each riskgate service.
 const HEALTH_NAMES: [&str; 4] = [
     "",
@@ -99,6 +103,9 @@ pub async fn serve(
     let hangups = hangup_signals(config);
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
+    health
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let (stopping, stop) = watch::channel(false);
     let failed = Arc::new(Notify::new());
 
@@ -126,6 +133,9 @@ pub async fn serve(
             }
             let _ = stopping.send(true);
             set_health(&health, ServingStatus::NotServing).await;
+            health
+                .set_service_status(LIVENESS, ServingStatus::NotServing)
+                .await;
         }
     };
     let limits = &config.limits;
@@ -141,7 +151,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            GateServiceServer::new(Gate::new(registry.clone()))
+            GateServiceServer::new(Gate::new(registry.clone(), stop.clone()))
                 .max_decoding_message_size(max_message),
         )
         .add_service(

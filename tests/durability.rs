@@ -375,9 +375,13 @@ fn fill(path: &Path) {
 }
 
 async fn health(server: &TestServer) -> i32 {
+    health_of(server, "").await
+}
+
+async fn health_of(server: &TestServer, service: &str) -> i32 {
     HealthClient::new(server.channel())
         .check(HealthCheckRequest {
-            service: String::new(),
+            service: service.into(),
         })
         .await
         .expect("health")
@@ -463,6 +467,11 @@ async fn a_full_disk_fails_closed_and_recovers_by_itself() {
         "refused changes changed nothing"
     );
     assert_eq!(health(&server).await, ServingStatus::NotServing as i32);
+    // Alive all the same: a restart would not give the disk space back.
+    assert_eq!(
+        health_of(&server, "liveness").await,
+        ServingStatus::Serving as i32
+    );
 
     // Space again: the store retries by itself and the service resumes.
     std::fs::remove_file(&filler).expect("free the disk");

@@ -25,6 +25,7 @@ async fn health_reports_serving_for_the_server_and_each_service() {
         "riskgate.v1.GateService",
         "riskgate.v1.MonitorService",
         "riskgate.v1.AdminService",
+        "liveness",
     ] {
         let response = health
             .check(HealthCheckRequest {

@@ -1,24 +1,168 @@
-//! `riskgate.v1.GateService`: validate, delegate to the registry, convert.
+//! `riskgate.v1.GateService`: validate, delegate to the registry, convert. The unary calls and
+//! the trade session share one handler per message kind, so both answer alike.
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use crate::auth::Principal;
 use crate::proto::gate_service_server::GateService;
+use crate::proto::trade_session_request::Kind as In;
+use crate::proto::trade_session_response::Kind as Out;
 use crate::proto::{
     CheckTradeRequest, CheckTradeResponse, ReportOutcomeRequest, ReportOutcomeResponse,
+    SessionError, TradeSessionRequest, TradeSessionResponse,
 };
 use crate::registry::Registry;
 
+/// Messages of one trade session in progress at once; past it the stream is not read.
+pub const SESSION_WINDOW: usize = 1024;
+
 pub struct Gate {
     registry: Arc<Registry>,
+    /// Becomes `true` when the server is shutting down: sessions stop reading, answer what is
+    /// in progress and end.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Gate {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Gate { registry }
+    pub fn new(registry: Arc<Registry>, shutdown: watch::Receiver<bool>) -> Self {
+        Gate { registry, shutdown }
     }
+}
+
+async fn check(
+    registry: &Registry,
+    principal: Option<&Principal>,
+    request: CheckTradeRequest,
+) -> Result<CheckTradeResponse, Status> {
+    crate::auth::authorize(principal, &request.account_id)?;
+    let started = std::time::Instant::now();
+    let intent = convert::intent(request.intent)?;
+    let result = registry.check(&request.account_id, intent).await?;
+    crate::metrics::checked(&result, started.elapsed());
+    Ok(convert::check_response(result))
+}
+
+async fn report(
+    registry: &Registry,
+    principal: Option<&Principal>,
+    request: ReportOutcomeRequest,
+) -> Result<ReportOutcomeResponse, Status> {
+    crate::auth::authorize(principal, &request.account_id)?;
+    let started = std::time::Instant::now();
+    let report = convert::report(&request)?;
+    let (failed, kind) = (report.failed, report.kind);
+    let result = registry
+        .report(&request.account_id, &request.permit_id, report)
+        .await?;
+    crate::metrics::reported(failed, kind, &result, started.elapsed());
+    Ok(convert::report_response(result))
+}
+
+/// Answers one message of a trade session.
+async fn session_message(
+    registry: Arc<Registry>,
+    principal: Option<Arc<Principal>>,
+    message: TradeSessionRequest,
+) -> TradeSessionResponse {
+    let principal = principal.as_deref();
+    // Every message of a session is a gate call, under the principal's rate.
+    let kind = match principal.map_or(Ok(()), Principal::admit_gate_call) {
+        Err(status) => Err(status),
+        Ok(()) => match message.kind {
+            Some(In::Check(request)) => check(&registry, principal, request).await.map(Out::Check),
+            Some(In::Report(request)) => {
+                report(&registry, principal, request).await.map(Out::Report)
+            }
+            None => Err(Status::invalid_argument(
+                "a trade session message holds a check or a report",
+            )),
+        },
+    };
+    TradeSessionResponse {
+        correlation_id: message.correlation_id,
+        kind: Some(kind.unwrap_or_else(|status| {
+            Out::Error(SessionError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            })
+        })),
+    }
+}
+
+/// Reads a session's messages and answers each, at most `SESSION_WINDOW` in progress. A message
+/// whose answer is ready at once (a check in CLOSED) is answered without a task of its own.
+async fn run_session(
+    registry: Arc<Registry>,
+    principal: Option<Arc<Principal>>,
+    mut inbound: Streaming<TradeSessionRequest>,
+    answers: mpsc::Sender<Result<TradeSessionResponse, Status>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut pending = FuturesUnordered::new();
+    let mut stopping = *shutdown.borrow();
+    let mut reading = !stopping;
+    loop {
+        tokio::select! {
+            changed = shutdown.changed(), if !stopping => {
+                let now_stopping = changed.is_err() || *shutdown.borrow();
+                if now_stopping {
+                    stopping = true;
+                    reading = false;
+                }
+            }
+            message = inbound.message(), if reading && pending.len() < SESSION_WINDOW => {
+                match message {
+                    Ok(Some(message)) => {
+                        let mut answer =
+                            Box::pin(session_message(registry.clone(), principal.clone(), message));
+                        match (&mut answer).now_or_never() {
+                            Some(done) => {
+                                if answers.send(Ok(done)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => pending.push(answer),
+                        }
+                    }
+                    // The client closed its side: answer what is in progress, then end.
+                    Ok(None) => reading = false,
+                    Err(status) => {
+                        tracing::debug!(%status, "trade session ended by the client");
+                        reading = false;
+                    }
+                }
+            }
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                if answers.send(Ok(done)).await.is_err() {
+                    // Nobody listens any more. What is in progress is already submitted to the
+                    // store; only the answers are lost.
+                    return;
+                }
+            }
+            else => return,
+        }
+        if !reading && pending.is_empty() {
+            if stopping {
+                let _ = answers
+                    .send(Err(Status::unavailable(
+                        "riskgate is shutting down; every message sent before was answered",
+                    )))
+                    .await;
+            }
+            return;
+        }
+    }
+}
+
+fn principal_of<T>(request: &Request<T>) -> Option<Arc<Principal>> {
+    request.extensions().get::<Arc<Principal>>().cloned()
 }
 
 #[tonic::async_trait]
@@ -27,29 +171,37 @@ impl GateService for Gate {
         &self,
         request: Request<CheckTradeRequest>,
     ) -> Result<Response<CheckTradeResponse>, Status> {
-        crate::auth::authorize_account(&request, &request.get_ref().account_id)?;
-        let request = request.into_inner();
-        let started = std::time::Instant::now();
-        let intent = convert::intent(request.intent)?;
-        let result = self.registry.check(&request.account_id, intent).await?;
-        crate::metrics::checked(&result, started.elapsed());
-        Ok(Response::new(convert::check_response(result)))
+        let principal = principal_of(&request);
+        check(&self.registry, principal.as_deref(), request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn report_outcome(
         &self,
         request: Request<ReportOutcomeRequest>,
     ) -> Result<Response<ReportOutcomeResponse>, Status> {
-        crate::auth::authorize_account(&request, &request.get_ref().account_id)?;
-        let request = request.into_inner();
-        let started = std::time::Instant::now();
-        let report = convert::report(&request)?;
-        let (failed, kind) = (report.failed, report.kind);
-        let result = self
-            .registry
-            .report(&request.account_id, &request.permit_id, report)
-            .await?;
-        crate::metrics::reported(failed, kind, &result, started.elapsed());
-        Ok(Response::new(convert::report_response(result)))
+        let principal = principal_of(&request);
+        report(&self.registry, principal.as_deref(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type TradeSessionStream = ReceiverStream<Result<TradeSessionResponse, Status>>;
+
+    async fn trade_session(
+        &self,
+        request: Request<Streaming<TradeSessionRequest>>,
+    ) -> Result<Response<Self::TradeSessionStream>, Status> {
+        let principal = principal_of(&request);
+        let (answers, stream) = mpsc::channel(SESSION_WINDOW);
+        tokio::spawn(run_session(
+            self.registry.clone(),
+            principal,
+            request.into_inner(),
+            answers,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 }

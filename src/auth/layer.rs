@@ -136,15 +136,9 @@ where
             )));
         }
         if service == Service::Gate {
-            if let Some(limiter) = &principal.limiter {
-                if limiter.check().is_err() {
-                    auth.count(&auth.counters.rate_limited);
-                    crate::metrics::auth_refused("rate_limited");
-                    return refuse(Status::resource_exhausted(format!(
-                        "{} is over its limit of {} GateService calls per second",
-                        principal.name, principal.gate_calls_per_sec
-                    )));
-                }
+            if let Err(status) = principal.admit_gate_call() {
+                auth.count(&auth.counters.rate_limited);
+                return refuse(status);
             }
         }
         request.extensions_mut().insert(principal);

@@ -63,6 +63,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Takes one GateService call from the principal's rate, or says the limit.
+    pub fn admit_gate_call(&self) -> Result<(), Status> {
+        match &self.limiter {
+            Some(limiter) if limiter.check().is_err() => {
+                crate::metrics::auth_refused("rate_limited");
+                Err(Status::resource_exhausted(format!(
+                    "{} is over its limit of {} GateService calls per second",
+                    self.name, self.gate_calls_per_sec
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this principal may trade `account_id`.
     pub fn may_trade(&self, account_id: &str) -> bool {
         self.accounts.is_empty() || self.accounts.iter().any(|p| p.matches(account_id))
@@ -247,10 +261,10 @@ impl AuthPolicy {
     }
 }
 
-/// Refuses a gate call for an account the principal may not trade. The message does not say
-/// whether the account exists.
-pub fn authorize_account<T>(request: &tonic::Request<T>, account_id: &str) -> Result<(), Status> {
-    match request.extensions().get::<Arc<Principal>>() {
+/// Refuses a gate call (or trade session message) for an account the principal may not trade.
+/// The message does not say whether the account exists.
+pub fn authorize(principal: Option<&Principal>, account_id: &str) -> Result<(), Status> {
+    match principal {
         Some(principal) if !principal.may_trade(account_id) => {
             tracing::warn!(principal = %principal.name, account_id, "permission denied: account not granted to this principal");
             crate::metrics::auth_refused("account_not_granted");

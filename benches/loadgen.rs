@@ -1,0 +1,451 @@
+//! The load generator: drives a gRPC server with N connections x M calls in flight of
+//! `CheckTrade` (optionally each followed by `ReportOutcome`), or with trade sessions, after a
+//! warm-up, and reports calls/s and p50/p99/p99.9 from an HDR histogram.
+//!
+//! Without `--addr`, it measures side by side, in one run: riskgate (`riskgate serve`, in-memory
+//! store) and a trivial tonic server built into this binary that answers `CheckTrade` with one
+//! map lookup, each as its own process pinned to the last core, with the load pinned to the
+//! first; and prints every figure with riskgate's ratio to the trivial server.
+//!
+//!   cargo bench --bench loadgen                                # side by side, every mode
+//!   cargo bench --bench loadgen -- --mode unary --in-flight 1  # latency at one call in flight
+//!   cargo bench --bench loadgen -- --addr http://host:50051 --mode session
+//!
+//! Options: --mode unary|unary-report|session|all, --connections N (1), --in-flight M (64),
+//! --seconds S (5), --warmup S (1), --accounts K (1000).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use riskgate::proto::gate_service_client::GateServiceClient;
+use riskgate::proto::gate_service_server::{GateService, GateServiceServer};
+use riskgate::proto::trade_session_request::Kind as In;
+use riskgate::proto::trade_session_response::Kind as Out;
+use riskgate::proto::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+fn num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Unary,
+    UnaryReport,
+    Session,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Unary => "unary CheckTrade",
+            Mode::UnaryReport => "unary Check+Report",
+            Mode::Session => "TradeSession checks",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Load {
+    connections: usize,
+    in_flight: usize,
+    warmup: Duration,
+    measure: Duration,
+    accounts: usize,
+}
+
+struct Result_ {
+    calls: u64,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+}
+
+impl Result_ {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn micros(&self, q: f64) -> f64 {
+        self.histogram.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+async fn connect(addr: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Channel::from_shared(addr.to_owned())
+            .expect("address")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+        {
+            Ok(channel) => return channel,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+/// Runs `mode` against `addr`; latencies of calls started after the warm-up count.
+async fn run(addr: &str, mode: Mode, load: &Load) -> Result_ {
+    let mut channels = Vec::new();
+    for _ in 0..load.connections {
+        channels.push(connect(addr).await);
+    }
+    // Wait until the server answers (riskgate loads its store first).
+    let mut probe = GateServiceClient::new(channels[0].clone());
+    while probe
+        .check_trade(CheckTradeRequest {
+            account_id: "warmup".into(),
+            ..Default::default()
+        })
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    let measure_from = start + load.warmup;
+    let end = measure_from + load.measure;
+    let mut tasks = Vec::new();
+    for (c, channel) in channels.iter().enumerate() {
+        match mode {
+            Mode::Unary | Mode::UnaryReport => {
+                for w in 0..load.in_flight {
+                    let mut gate = GateServiceClient::new(channel.clone());
+                    let accounts = load.accounts;
+                    tasks.push(tokio::spawn(async move {
+                        let mut h = Histogram::<u64>::new(3).expect("histogram");
+                        let mut calls = 0u64;
+                        let mut i = c * 7919 + w * 104_729;
+                        loop {
+                            let sent = Instant::now();
+                            if sent >= end {
+                                return (calls, h);
+                            }
+                            let account = format!("acct-{}", i % accounts);
+                            i += 1;
+                            let check = gate
+                                .check_trade(CheckTradeRequest {
+                                    account_id: account.clone(),
+                                    ..Default::default()
+                                })
+                                .await
+                                .expect("CheckTrade")
+                                .into_inner();
+                            if mode == Mode::UnaryReport {
+                                gate.report_outcome(ReportOutcomeRequest {
+                                    account_id: account,
+                                    permit_id: check.permit_id,
+                                    outcome: Outcome::Success as i32,
+                                    ..Default::default()
+                                })
+                                .await
+                                .expect("ReportOutcome");
+                            }
+                            if sent >= measure_from {
+                                calls += 1;
+                                let _ = h.record(sent.elapsed().as_nanos() as u64);
+                            }
+                        }
+                    }));
+                }
+            }
+            Mode::Session => {
+                let mut gate = GateServiceClient::new(channel.clone());
+                let window = load.in_flight;
+                let accounts = load.accounts;
+                tasks.push(tokio::spawn(async move {
+                    let (send, receive) = mpsc::channel::<TradeSessionRequest>(window);
+                    let mut answers = gate
+                        .trade_session(ReceiverStream::new(receive))
+                        .await
+                        .expect("TradeSession")
+                        .into_inner();
+                    // Sent times by correlation id, in a ring as large as the window.
+                    let sent_at: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+                        Arc::new(std::sync::Mutex::new(vec![None; window]));
+                    let credits = Arc::new(tokio::sync::Semaphore::new(window));
+                    let sender = {
+                        let sent_at = sent_at.clone();
+                        let credits = credits.clone();
+                        tokio::spawn(async move {
+                            let mut id = 0u64;
+                            loop {
+                                let Ok(permit) = credits.acquire().await else {
+                                    return;
+                                };
+                                permit.forget();
+                                let now = Instant::now();
+                                if now >= end {
+                                    return;
+                                }
+                                sent_at.lock().expect("lock")[(id % window as u64) as usize] =
+                                    Some(now);
+                                let message = TradeSessionRequest {
+                                    correlation_id: id,
+                                    kind: Some(In::Check(CheckTradeRequest {
+                                        account_id: format!("acct-{}", (id as usize) % accounts),
+                                        ..Default::default()
+                                    })),
+                                };
+                                id += 1;
+                                if send.send(message).await.is_err() {
+                                    return;
+                                }
+                            }
+                        })
+                    };
+                    let mut h = Histogram::<u64>::new(3).expect("histogram");
+                    let mut calls = 0u64;
+                    while let Ok(Some(answer)) = answers.message().await {
+                        let sent = sent_at.lock().expect("lock")
+                            [(answer.correlation_id % window as u64) as usize];
+                        credits.add_permits(1);
+                        if let (Some(sent), Some(Out::Check(_))) = (sent, &answer.kind) {
+                            if sent >= measure_from && sent < end {
+                                calls += 1;
+                                let _ = h.record(sent.elapsed().as_nanos() as u64);
+                            }
+                        }
+                        if Instant::now() >= end + Duration::from_millis(200) {
+                            break;
+                        }
+                    }
+                    sender.abort();
+                    (calls, h)
+                }));
+            }
+        }
+    }
+    let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+    let mut calls = 0;
+    for task in tasks {
+        let (n, h) = task.await.expect("load task");
+        calls += n;
+        histogram.add(h).expect("merge");
+    }
+    Result_ {
+        calls,
+        elapsed: load.measure,
+        histogram,
+    }
+}
+
+/// The trivial server: `CheckTrade` is one lookup in a map of accounts; nothing else.
+struct Trivial {
+    accounts: HashMap<String, u64>,
+}
+
+#[tonic::async_trait]
+impl GateService for Trivial {
+    async fn check_trade(
+        &self,
+        request: Request<CheckTradeRequest>,
+    ) -> Result<Response<CheckTradeResponse>, Status> {
+        let generation = self
+            .accounts
+            .get(&request.get_ref().account_id)
+            .copied()
+            .unwrap_or(0);
+        Ok(Response::new(CheckTradeResponse {
+            allowed: true,
+            generation,
+            ..Default::default()
+        }))
+    }
+
+    async fn report_outcome(
+        &self,
+        _request: Request<ReportOutcomeRequest>,
+    ) -> Result<Response<ReportOutcomeResponse>, Status> {
+        Ok(Response::new(ReportOutcomeResponse::default()))
+    }
+
+    type TradeSessionStream = ReceiverStream<Result<TradeSessionResponse, Status>>;
+
+    async fn trade_session(
+        &self,
+        request: Request<Streaming<TradeSessionRequest>>,
+    ) -> Result<Response<Self::TradeSessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (send, receive) = mpsc::channel(1024);
+        let accounts = self.accounts.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let generation = match &message.kind {
+                    Some(In::Check(c)) => accounts.get(&c.account_id).copied().unwrap_or(0),
+                    _ => 0,
+                };
+                let answer = TradeSessionResponse {
+                    correlation_id: message.correlation_id,
+                    kind: Some(Out::Check(CheckTradeResponse {
+                        allowed: true,
+                        generation,
+                        ..Default::default()
+                    })),
+                };
+                if send.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receive)))
+    }
+}
+
+fn serve_trivial(listen: SocketAddr, accounts: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let accounts = (0..accounts)
+            .map(|i| (format!("acct-{i}"), i as u64))
+            .collect();
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        tonic::transport::Server::builder()
+            .add_service(GateServiceServer::new(Trivial { accounts }))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+            .await
+            .expect("trivial server");
+    });
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+fn last_core() -> String {
+    (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string()
+}
+
+/// Starts a server process pinned to the last core.
+fn spawn_pinned(program: &str, args: &[&str], env: &[(&str, String)]) -> std::process::Child {
+    let mut command = std::process::Command::new("taskset");
+    command.args(["-c", &last_core(), program]).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start server")
+}
+
+fn main() {
+    if let Some(listen) = arg("--serve-trivial") {
+        serve_trivial(listen.parse().expect("address"), num("--accounts", 1000));
+        return;
+    }
+    let load = Load {
+        connections: num("--connections", 1),
+        in_flight: num("--in-flight", 64),
+        warmup: Duration::from_secs_f64(num("--warmup", 1.0)),
+        measure: Duration::from_secs_f64(num("--seconds", 5.0)),
+        accounts: num("--accounts", 1000),
+    };
+    let modes: Vec<Mode> = match arg("--mode").as_deref() {
+        Some("unary") => vec![Mode::Unary],
+        Some("unary-report") => vec![Mode::UnaryReport],
+        Some("session") => vec![Mode::Session],
+        _ => vec![Mode::Unary, Mode::UnaryReport, Mode::Session],
+    };
+    // The load on the first core.
+    let _ = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "load: {} connection(s) x {} in flight, {:?} warm-up, {:?} measured, {} accounts",
+        load.connections, load.in_flight, load.warmup, load.measure, load.accounts
+    );
+    println!(
+        "{:<22} {:<9} {:>12} {:>10} {:>10} {:>10}",
+        "mode", "server", "calls/s", "p50 µs", "p99 µs", "p99.9 µs"
+    );
+    let print = |mode: Mode, server: &str, r: &Result_| {
+        println!(
+            "{:<22} {:<9} {:>12.0} {:>10.1} {:>10.1} {:>10.1}",
+            mode.name(),
+            server,
+            r.rate(),
+            r.micros(0.5),
+            r.micros(0.99),
+            r.micros(0.999)
+        );
+    };
+    if let Some(addr) = arg("--addr") {
+        for mode in modes {
+            let r = runtime.block_on(run(&addr, mode, &load));
+            print(mode, "given", &r);
+        }
+        return;
+    }
+    for mode in modes {
+        let trivial_addr = free_addr();
+        let exe = std::env::current_exe().expect("own path");
+        let mut trivial = spawn_pinned(
+            exe.to_str().expect("path"),
+            &[
+                "--serve-trivial",
+                &trivial_addr.to_string(),
+                "--accounts",
+                &load.accounts.to_string(),
+            ],
+            &[],
+        );
+        let t = runtime.block_on(run(&format!("http://{trivial_addr}"), mode, &load));
+        let _ = trivial.kill();
+        let _ = trivial.wait();
+
+        let riskgate_addr = free_addr();
+        let mut server = spawn_pinned(
+            env!("CARGO_BIN_EXE_riskgate"),
+            &["serve"],
+            &[
+                ("RISKGATE__SERVER__LISTEN", riskgate_addr.to_string()),
+                ("RISKGATE__STORE__KIND", "memory".to_owned()),
+                ("RISKGATE__SERVER__MAX_ACCOUNTS", "10000000".to_owned()),
+                ("RISKGATE__LOG__LEVEL", "warn".to_owned()),
+            ],
+        );
+        let r = runtime.block_on(run(&format!("http://{riskgate_addr}"), mode, &load));
+        let _ = server.kill();
+        let _ = server.wait();
+        print(mode, "trivial", &t);
+        print(mode, "riskgate", &r);
+        println!(
+            "{:<22} {:<9} {:>12.2} {:>10.2} {:>10.2} {:>10.2}",
+            "",
+            "ratio",
+            r.rate() / t.rate(),
+            r.micros(0.5) / t.micros(0.5),
+            r.micros(0.99) / t.micros(0.99),
+            r.micros(0.999) / t.micros(0.999)
+        );
+    }
+}
