@@ -124,9 +124,24 @@ async fn run(addr: &str, mode: Mode, load: &Load) -> Result_ {
     for (c, channel) in channels.iter().enumerate() {
         match mode {
             Mode::Unary | Mode::UnaryReport => {
+                // Raw HTTP/2 with pre-encoded requests: a client much lighter than the server,
+                // so that the figures are the server's.
+                let (send, connection) = raw_connection(addr).await;
+                tokio::spawn(connection);
+                let checks = Arc::new(
+                    (0..load.accounts)
+                        .map(|a| {
+                            grpc_frame(&CheckTradeRequest {
+                                account_id: format!("acct-{a}"),
+                                ..Default::default()
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                );
                 for w in 0..load.in_flight {
-                    let mut gate = GateServiceClient::new(channel.clone());
-                    let accounts = load.accounts;
+                    let send = send.clone();
+                    let checks = checks.clone();
+                    let authority = addr.trim_start_matches("http://").to_owned();
                     tasks.push(tokio::spawn(async move {
                         let mut h = Histogram::<u64>::new(3).expect("histogram");
                         let mut calls = 0u64;
@@ -136,25 +151,33 @@ async fn run(addr: &str, mode: Mode, load: &Load) -> Result_ {
                             if sent >= end {
                                 return (calls, h);
                             }
-                            let account = format!("acct-{}", i % accounts);
+                            let account = i % checks.len();
                             i += 1;
-                            let check = gate
-                                .check_trade(CheckTradeRequest {
-                                    account_id: account.clone(),
-                                    ..Default::default()
-                                })
-                                .await
-                                .expect("CheckTrade")
-                                .into_inner();
+                            let answer = raw_call(
+                                &send,
+                                &authority,
+                                "/riskgate.v1.GateService/CheckTrade",
+                                checks[account].clone(),
+                            )
+                            .await;
                             if mode == Mode::UnaryReport {
-                                gate.report_outcome(ReportOutcomeRequest {
-                                    account_id: account,
+                                let check = <CheckTradeResponse as prost::Message>::decode(
+                                    &answer[5.min(answer.len())..],
+                                )
+                                .expect("CheckTradeResponse");
+                                let report = grpc_frame(&ReportOutcomeRequest {
+                                    account_id: format!("acct-{account}"),
                                     permit_id: check.permit_id,
                                     outcome: Outcome::Success as i32,
                                     ..Default::default()
-                                })
-                                .await
-                                .expect("ReportOutcome");
+                                });
+                                raw_call(
+                                    &send,
+                                    &authority,
+                                    "/riskgate.v1.GateService/ReportOutcome",
+                                    report,
+                                )
+                                .await;
                             }
                             if sent >= measure_from {
                                 calls += 1;
@@ -243,6 +266,77 @@ async fn run(addr: &str, mode: Mode, load: &Load) -> Result_ {
         elapsed: load.measure,
         histogram,
     }
+}
+
+type RawSend = h2::client::SendRequest<bytes::Bytes>;
+
+async fn raw_connection(
+    addr: &str,
+) -> (
+    RawSend,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let stream = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 24)
+        .handshake(stream)
+        .await
+        .expect("HTTP/2 handshake");
+    (send, async move {
+        let _ = connection.await;
+    })
+}
+
+/// A gRPC message frame: no compression, the length, the message.
+fn grpc_frame(message: &impl prost::Message) -> bytes::Bytes {
+    let body = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(0);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame.into()
+}
+
+/// One unary call over raw HTTP/2; returns the response's gRPC frame. Panics on any status but
+/// OK: a benchmark that silently counts errors would measure nothing.
+async fn raw_call(
+    send: &RawSend,
+    authority: &str,
+    path: &str,
+    frame: bytes::Bytes,
+) -> bytes::Bytes {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{authority}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let mut send = send.clone().ready().await.expect("connection ready");
+    let (response, mut stream) = send.send_request(request, false).expect("send");
+    stream.send_data(frame, true).expect("send data");
+    let response = response.await.expect("response");
+    let mut body = response.into_body();
+    let mut answer = bytes::BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        answer.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+    let status = trailers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?");
+    assert_eq!(
+        status, "0",
+        "{path} answered grpc-status {status}: {trailers:?}"
+    );
+    answer.freeze()
 }
 
 /// The trivial server: `CheckTrade` is one lookup in a map of accounts; nothing else.
@@ -334,8 +428,15 @@ fn free_addr() -> SocketAddr {
         .expect("addr")
 }
 
+/// The last core, as counted before this process pinned itself to the first.
+static LAST_CORE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn last_core() -> String {
-    (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string()
+    LAST_CORE
+        .get_or_init(|| {
+            (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string()
+        })
+        .clone()
 }
 
 /// Starts a server process pinned to the last core.
@@ -370,12 +471,14 @@ fn main() {
         Some("session") => vec![Mode::Session],
         _ => vec![Mode::Unary, Mode::UnaryReport, Mode::Session],
     };
-    // The load on the first core.
+    // The load on the first core; servers on the last (counted before pinning).
+    let _ = last_core();
     let _ = std::process::Command::new("taskset")
         .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
         .stdout(std::process::Stdio::null())
         .status();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the load has one core, and threads sharing it would only contend.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
@@ -405,47 +508,81 @@ fn main() {
         }
         return;
     }
+    // Rounds in the order trivial, riskgate, riskgate, trivial, ...: drift of the machine
+    // during the run weighs on both alike.
+    let rounds: usize = num("--rounds", 2);
     for mode in modes {
-        let trivial_addr = free_addr();
-        let exe = std::env::current_exe().expect("own path");
-        let mut trivial = spawn_pinned(
-            exe.to_str().expect("path"),
-            &[
-                "--serve-trivial",
-                &trivial_addr.to_string(),
-                "--accounts",
-                &load.accounts.to_string(),
-            ],
-            &[],
-        );
-        let t = runtime.block_on(run(&format!("http://{trivial_addr}"), mode, &load));
-        let _ = trivial.kill();
-        let _ = trivial.wait();
-
-        let riskgate_addr = free_addr();
-        let mut server = spawn_pinned(
-            env!("CARGO_BIN_EXE_riskgate"),
-            &["serve"],
-            &[
-                ("RISKGATE__SERVER__LISTEN", riskgate_addr.to_string()),
-                ("RISKGATE__STORE__KIND", "memory".to_owned()),
-                ("RISKGATE__SERVER__MAX_ACCOUNTS", "10000000".to_owned()),
-                ("RISKGATE__LOG__LEVEL", "warn".to_owned()),
-            ],
-        );
-        let r = runtime.block_on(run(&format!("http://{riskgate_addr}"), mode, &load));
-        let _ = server.kill();
-        let _ = server.wait();
-        print(mode, "trivial", &t);
-        print(mode, "riskgate", &r);
+        let mut trivial = Vec::new();
+        let mut riskgate = Vec::new();
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for is_trivial in order {
+                let result = if is_trivial {
+                    measure_trivial(&runtime, mode, &load)
+                } else {
+                    measure_riskgate(&runtime, mode, &load)
+                };
+                let server = if is_trivial { "trivial" } else { "riskgate" };
+                print(mode, server, &result);
+                if is_trivial {
+                    trivial.push(result);
+                } else {
+                    riskgate.push(result);
+                }
+            }
+        }
+        let mean = |rs: &[Result_], f: &dyn Fn(&Result_) -> f64| {
+            rs.iter().map(f).sum::<f64>() / rs.len() as f64
+        };
+        let ratio = |f: &dyn Fn(&Result_) -> f64| mean(&riskgate, f) / mean(&trivial, f);
         println!(
             "{:<22} {:<9} {:>12.2} {:>10.2} {:>10.2} {:>10.2}",
-            "",
+            mode.name(),
             "ratio",
-            r.rate() / t.rate(),
-            r.micros(0.5) / t.micros(0.5),
-            r.micros(0.99) / t.micros(0.99),
-            r.micros(0.999) / t.micros(0.999)
+            ratio(&|r| r.rate()),
+            ratio(&|r| r.micros(0.5)),
+            ratio(&|r| r.micros(0.99)),
+            ratio(&|r| r.micros(0.999))
         );
     }
+}
+
+fn measure_trivial(runtime: &tokio::runtime::Runtime, mode: Mode, load: &Load) -> Result_ {
+    let addr = free_addr();
+    let exe = std::env::current_exe().expect("own path");
+    let mut server = spawn_pinned(
+        exe.to_str().expect("path"),
+        &[
+            "--serve-trivial",
+            &addr.to_string(),
+            "--accounts",
+            &load.accounts.to_string(),
+        ],
+        &[],
+    );
+    let result = runtime.block_on(run(&format!("http://{addr}"), mode, load));
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn measure_riskgate(runtime: &tokio::runtime::Runtime, mode: Mode, load: &Load) -> Result_ {
+    let addr = free_addr();
+    let mut server = spawn_pinned(
+        env!("CARGO_BIN_EXE_riskgate"),
+        &["serve"],
+        &[
+            ("RISKGATE__SERVER__LISTEN", addr.to_string()),
+            ("RISKGATE__STORE__KIND", "memory".to_owned()),
+            ("RISKGATE__LOG__LEVEL", "warn".to_owned()),
+        ],
+    );
+    let result = runtime.block_on(run(&format!("http://{addr}"), mode, load));
+    let _ = server.kill();
+    let _ = server.wait();
+    result
 }

@@ -80,7 +80,7 @@ impl Server {
                 .expect("bind")
                 .local_addr()
                 .expect("addr");
-            let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+            let last_core = last_core();
             let child = std::process::Command::new("taskset")
                 .args([
                     "-c",
@@ -229,6 +229,13 @@ async fn run(
     }
 }
 
+/// The last core, as counted before this process pinned itself to the first.
+static LAST_CORE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+fn last_core() -> usize {
+    *LAST_CORE.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) - 1)
+}
+
 /// The value after `--name` on the command line.
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
@@ -256,7 +263,9 @@ fn main() {
     let mut runs = Vec::new();
     let split = std::env::args().any(|a| a == "--split");
     if split {
-        // The callers (this process) on the first core; the server gets the last.
+        // The callers (this process) on the first core; the server gets the last (counted
+        // before pinning, which narrows what this process sees).
+        let _ = last_core();
         let _ = std::process::Command::new("taskset")
             .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
             .stdout(std::process::Stdio::null())

@@ -247,11 +247,12 @@ pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
         .as_ref()
         .map(|d| layer(&d.layer()))
         .unwrap_or((proto::Layer::Unspecified, String::new()));
+    let permit_id = result.permit_id();
     proto::CheckTradeResponse {
         allowed: result.allowed,
         state: state(result.state).into(),
         reason: result.reason,
-        permit_id: result.permit_id,
+        permit_id,
         retry_after: retry_after.map(duration),
         failure_count: result.failure_count,
         denial: denial.into(),

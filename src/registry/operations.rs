@@ -11,8 +11,8 @@ use super::{
     Slot,
 };
 use crate::core::{
-    permit, Cause, Decision, Denial, Disposition, Failure, Intent, Mode, Pass, Report, State,
-    Timestamp, Transition, Transitions,
+    permit, Cause, Decision, Denial, Disposition, Failure, Intent, Mode, Pass, Permit, Report,
+    State, Timestamp, Transition, Transitions,
 };
 use crate::error::{Error, Result};
 use crate::store::{AuditAction, AuditRecord, Batch, Commit, Halt};
@@ -29,8 +29,8 @@ pub enum Denied {
     Breaker(Denial),
     /// The store cannot write, so the gate fails closed.
     StoreUnavailable,
-    /// A firm-wide or group halt is in force.
-    Halted { layer: Layer, halt: Halt },
+    /// A firm-wide or group halt is in force (boxed: rare, and it keeps every answer small).
+    Halted { layer: Layer, halt: Box<Halt> },
 }
 
 impl Denied {
@@ -61,8 +61,8 @@ pub struct CheckResult {
     /// The breaker's state after the check.
     pub state: State,
     pub failure_count: u32,
-    /// The text form of the permit; empty without one.
-    pub permit_id: String,
+    /// The permit, with the account tag that its text form carries; `None` without one.
+    pub permit: Option<(u64, Permit)>,
     /// Why the check was (or would have been) denied, or why it passed without a permit.
     pub reason: String,
     pub mode: Mode,
@@ -128,21 +128,33 @@ impl Registry {
     /// closed rather than allow orders whose outcomes could not be kept); then the account's
     /// breaker, applied as its mode says.
     pub async fn check(&self, account_id: &str, intent: Intent) -> Result<CheckResult> {
+        let (result, commit) = self.decide(account_id, intent)?;
+        self.wait_durable(commit).await?;
+        Ok(result)
+    }
+
+    /// The decision of a check, without waiting: the answer, and the store commit it must wait
+    /// for before it is given (a probe granted), if any. Never blocks.
+    pub fn decide(
+        &self,
+        account_id: &str,
+        intent: Intent,
+    ) -> Result<(CheckResult, Option<Commit>)> {
         validate_account_id(account_id)?;
         self.ensure_ready()?;
         if intent == Intent::Cancel {
-            return Ok(self.outside_breaker(account_id, Pass::Cancel));
+            return Ok((self.outside_breaker(account_id, Pass::Cancel), None));
         }
         if self.halted.load(Ordering::Acquire) {
             if let Some((layer, halt)) = self.halt_over(account_id) {
-                return Ok(self.halted_check(account_id, layer, halt));
+                return Ok((self.halted_check(account_id, layer, halt), None));
             }
         }
         if !self.signals.is_writable() {
-            return Ok(self.store_unavailable(account_id));
+            return Ok((self.store_unavailable(account_id), None));
         }
         let tag = permit::account_tag(account_id);
-        let (result, commit) = self.update(account_id, tag, None, None, |slot, now| {
+        self.update(account_id, tag, None, None, |slot, now| {
             let mode = slot.mode();
             let Slot {
                 breaker, settings, ..
@@ -177,7 +189,7 @@ impl Registry {
                     result.probe = probe;
                     probe_granted = probe;
                     result.generation = permit.generation;
-                    result.permit_id = permit::encode(tag, permit);
+                    result.permit = Some((tag, permit));
                 }
                 Decision::Passed(pass) => {
                     result.allowed = true;
@@ -201,9 +213,7 @@ impl Registry {
                 transitions,
                 persist: probe_granted,
             }
-        })?;
-        self.wait_durable(commit).await?;
-        Ok(result)
+        })
     }
 
     /// The halt that covers `account_id`, if any: firm-wide first, then its groups by name.
@@ -262,7 +272,10 @@ impl Registry {
             ),
         };
         CheckResult {
-            denied: Some(Denied::Halted { layer, halt }),
+            denied: Some(Denied::Halted {
+                layer,
+                halt: Box::new(halt),
+            }),
             failure_count,
             mode,
             reason,
@@ -678,6 +691,13 @@ fn halts_state(halts: &super::Halts, layer: &Layer) -> State {
 }
 
 impl CheckResult {
+    /// The permit's text form (what the bot carries back); empty without a permit.
+    pub fn permit_id(&self) -> String {
+        self.permit
+            .map(|(tag, permit)| permit::encode(tag, permit))
+            .unwrap_or_default()
+    }
+
     /// A denial with nothing filled in, in `state`.
     fn empty(state: State) -> Self {
         CheckResult {
@@ -688,7 +708,7 @@ impl CheckResult {
             generation: 0,
             state,
             failure_count: 0,
-            permit_id: String::new(),
+            permit: None,
             reason: String::new(),
             mode: Mode::Enforce,
             tripped_by: Vec::new(),

@@ -37,7 +37,7 @@ async fn a_deadline_fires_at_its_time_and_not_before() {
             .check("ACC", Intent::New)
             .await
             .expect("check")
-            .permit_id;
+            .permit_id();
         registry
             .report("ACC", &permit, Report::failure(FailureKind::Unspecified))
             .await
@@ -66,7 +66,7 @@ async fn a_permit_is_refused_for_another_account_and_nothing_changes() {
         .check("A", Intent::New)
         .await
         .expect("check")
-        .permit_id;
+        .permit_id();
     registry.check("B", Intent::New).await.expect("check");
     let before = registry.get("B").expect("breaker");
     let refused = registry
@@ -134,7 +134,7 @@ async fn a_firm_halt_denies_every_order_but_cancels_and_leaves_breakers_alone() 
         assert!(denied.reason.contains("venue outage"), "{}", denied.reason);
     }
     let cancel = registry.check("ACC", Intent::Cancel).await.expect("check");
-    assert!(cancel.allowed && cancel.permit_id.is_empty());
+    assert!(cancel.allowed && cancel.permit.is_none());
     assert_eq!(registry.get("ACC").expect("breaker").state, State::Closed);
     // A restart keeps the halt.
     let restarted = with_policy(
