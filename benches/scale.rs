@@ -117,7 +117,8 @@ fn restart(accounts: usize) {
         .env("RISKGATE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("RISKGATE__STORE__PATH", &path)
         .env("RISKGATE__SERVER__MAX_ACCOUNTS", (accounts * 2).to_string())
-        .env("RISKGATE__LOG__LEVEL", "warn")
+        .env("RISKGATE__LOG__LEVEL", "info")
+        .env("RISKGATE__LOG__FORMAT", "json")
         .spawn()
         .expect("serve");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -285,7 +286,15 @@ fn main() {
     let accounts: usize = arg("--accounts")
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    memory(accounts);
-    restart(accounts);
-    fan_out(100, 200);
+    let only = arg("--only");
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if wanted("memory") {
+        memory(accounts);
+    }
+    if wanted("restart") {
+        restart(accounts);
+    }
+    if wanted("fan-out") {
+        fan_out(100, 200);
+    }
 }
