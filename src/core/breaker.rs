@@ -197,6 +197,14 @@ pub struct Breaker {
     pub(super) generation: u64,
     /// The sequence of the next permit issued in this generation.
     pub(super) next_sequence: u64,
+    /// Everything else, allocated the first time it is written: an account that only ever
+    /// traded costs a pointer for it.
+    pub(super) cold: History,
+}
+
+/// What a breaker remembers beyond its state and permit numbering.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Cold {
     /// CLOSED: this generation's failures, oldest first, including up to `FAILURE_MEMORY` that
     /// left the window (kept only to recognise duplicates). OPEN and HALF_OPEN: the failures
     /// that opened the breaker, plus failed or expired probes: the answer to "why".
@@ -219,6 +227,55 @@ pub struct Breaker {
     pub(super) window: Option<Box<RateWindow>>,
 }
 
+/// What every breaker without a history reads.
+static NO_HISTORY: Cold = Cold {
+    failures: VecDeque::new(),
+    opened_at: None,
+    recovery_at: None,
+    probes: Vec::new(),
+    probe_successes: 0,
+    opened_by: None,
+    open_streak: 0,
+    closed_at: None,
+    window: None,
+};
+
+/// A breaker's [`Cold`] part: read as empty until first written, then boxed.
+#[derive(Clone, Debug, Default)]
+pub(super) struct History(Option<Box<Cold>>);
+
+impl History {
+    pub(super) fn of(cold: Cold) -> Self {
+        if cold == NO_HISTORY {
+            History(None)
+        } else {
+            History(Some(Box::new(cold)))
+        }
+    }
+}
+
+impl std::ops::Deref for History {
+    type Target = Cold;
+
+    fn deref(&self) -> &Cold {
+        self.0.as_deref().unwrap_or(&NO_HISTORY)
+    }
+}
+
+impl std::ops::DerefMut for History {
+    fn deref_mut(&mut self) -> &mut Cold {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for History {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for History {}
+
 impl Default for Breaker {
     fn default() -> Self {
         Self::new()
@@ -233,15 +290,7 @@ impl Breaker {
             tripped: false,
             generation: 0,
             next_sequence: 0,
-            failures: VecDeque::new(),
-            opened_at: None,
-            recovery_at: None,
-            probes: Vec::new(),
-            probe_successes: 0,
-            opened_by: None,
-            open_streak: 0,
-            closed_at: None,
-            window: None,
+            cold: History(None),
         }
     }
 
@@ -274,16 +323,19 @@ impl Breaker {
             }),
             (_, State::Open) => Decision::Denied(Denial::Open {
                 retry_after: self.retry_after(now).unwrap_or(Duration::ZERO),
-                rule: self.opened_by.unwrap_or(Cause::FailureThresholdReached),
+                rule: self
+                    .cold
+                    .opened_by
+                    .unwrap_or(Cause::FailureThresholdReached),
             }),
             (Intent::ReduceOnly, State::HalfOpen) => {
                 Decision::Denied(Denial::ReduceOnlyWhileRecovering)
             }
             (Intent::New, State::HalfOpen)
-                if self.probes.len() < settings.half_open_max_tries as usize =>
+                if self.cold.probes.len() < settings.half_open_max_tries as usize =>
             {
                 let permit = self.issue_permit();
-                self.probes.push(Probe {
+                self.cold.probes.push(Probe {
                     sequence: permit.sequence,
                     expires_at: now.saturating_add(settings.half_open_timeout),
                 });
@@ -302,7 +354,9 @@ impl Breaker {
     }
 
     fn retry_after(&self, now: Timestamp) -> Option<Duration> {
-        self.recovery_at.map(|at| at.saturating_duration_since(now))
+        self.cold
+            .recovery_at
+            .map(|at| at.saturating_duration_since(now))
     }
 
     /// Records how an order ended, with nothing more known than success or failure.
@@ -336,7 +390,7 @@ impl Breaker {
         let sequence = permit.map_or(NO_PERMIT, |p| p.sequence);
         if self.state == State::Closed
             && sequence != NO_PERMIT
-            && self.failures.iter().any(|f| f.sequence == sequence)
+            && self.cold.failures.iter().any(|f| f.sequence == sequence)
         {
             return (Disposition::Duplicate, transitions);
         }
@@ -355,26 +409,26 @@ impl Breaker {
             }
             State::HalfOpen => {
                 let index = match permit {
-                    Some(_) => self.probes.iter().position(|p| p.sequence == sequence),
+                    Some(_) => self.cold.probes.iter().position(|p| p.sequence == sequence),
                     // Without a permit, the outcome answers for the oldest outstanding probe.
-                    None => (!self.probes.is_empty()).then_some(0),
+                    None => (!self.cold.probes.is_empty()).then_some(0),
                 };
                 match (index, report.failed) {
                     // An ignored kind frees the probe without judging the account.
                     (Some(index), true) if action == KindAction::Ignore => {
-                        self.probes.remove(index);
+                        self.cold.probes.remove(index);
                         Disposition::Ignored
                     }
                     (Some(index), false) => {
-                        self.probes.remove(index);
-                        self.probe_successes += 1;
-                        if self.probe_successes >= settings.half_open_max_tries {
+                        self.cold.probes.remove(index);
+                        self.cold.probe_successes += 1;
+                        if self.cold.probe_successes >= settings.half_open_max_tries {
                             transitions.push(self.close(Cause::ProbesSucceeded, settings, now));
                         }
                         Disposition::Recorded
                     }
                     (Some(index), true) => {
-                        let probe = self.probes.remove(index);
+                        let probe = self.cold.probes.remove(index);
                         self.remember_failure(Failure::new(now, probe.sequence, report));
                         transitions.push(self.reopen(settings, action, report, now));
                         Disposition::Recorded
@@ -414,7 +468,7 @@ impl Breaker {
             .slow_call
             .is_some_and(|limit| report.latency.is_some_and(|l| l >= limit));
         if settings.has_rate_rules() {
-            self.window.get_or_insert_with(Box::default).add(
+            self.cold.window.get_or_insert_with(Box::default).add(
                 settings.failure_window,
                 now,
                 report.failed,
@@ -422,7 +476,9 @@ impl Breaker {
             );
         }
         if report.failed {
-            self.failures.push_back(Failure::new(now, sequence, report));
+            self.cold
+                .failures
+                .push_back(Failure::new(now, sequence, report));
             self.forget_old_failures(settings, now);
         }
         let rule = if report.failed && action == KindAction::Trip {
@@ -435,7 +491,9 @@ impl Breaker {
             self.rate_rule_fired(settings, now)
         };
         let rule = rule?;
-        self.failures.retain(|f| in_window(settings, f.at, now));
+        self.cold
+            .failures
+            .retain(|f| in_window(settings, f.at, now));
         if !report.failed {
             // A slow success fired the slow-call rule: keep it as the explanation.
             let mut trigger = Failure::new(now, sequence, report);
@@ -460,7 +518,11 @@ impl Breaker {
 
     /// The rate rule that the window's counts fire, if any.
     fn rate_rule_fired(&self, settings: &Settings, now: Timestamp) -> Option<Cause> {
-        let totals = self.window.as_ref()?.totals(settings.failure_window, now);
+        let totals = self
+            .cold
+            .window
+            .as_ref()?
+            .totals(settings.failure_window, now);
         if totals.calls == 0 || totals.calls < settings.minimum_calls {
             return None;
         }
@@ -529,7 +591,7 @@ impl Breaker {
     pub fn tick(&mut self, settings: &Settings, now: Timestamp) -> Transitions {
         let mut transitions = Transitions::default();
         match self.state {
-            State::Open if self.recovery_at.is_some_and(|at| at <= now) => {
+            State::Open if self.cold.recovery_at.is_some_and(|at| at <= now) => {
                 let from = self.state;
                 let cause = if self.tripped {
                     Cause::TripExpired
@@ -538,11 +600,17 @@ impl Breaker {
                 };
                 self.start_generation(State::HalfOpen);
                 self.tripped = false;
-                self.recovery_at = None;
+                self.cold.recovery_at = None;
                 transitions.push(self.transition(from, cause, None, settings, now));
             }
             State::HalfOpen => {
-                if let Some(expired) = self.probes.iter().find(|p| p.expires_at <= now).copied() {
+                if let Some(expired) = self
+                    .cold
+                    .probes
+                    .iter()
+                    .find(|p| p.expires_at <= now)
+                    .copied()
+                {
                     self.remember_failure(Failure::expired(now, expired.sequence));
                     transitions.push(self.open(Cause::ProbeExpired, None, settings, now, None));
                 }
@@ -555,7 +623,7 @@ impl Breaker {
     /// When the breaker next needs a `tick`, if ever.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         match self.state {
-            State::Open => self.recovery_at,
+            State::Open => self.cold.recovery_at,
             State::HalfOpen => self.earliest_probe_expiry(),
             State::Closed => None,
         }
@@ -574,31 +642,31 @@ impl Breaker {
     }
 
     pub fn opened_at(&self) -> Option<Timestamp> {
-        self.opened_at
+        self.cold.opened_at
     }
 
     pub fn recovery_at(&self) -> Option<Timestamp> {
-        self.recovery_at
+        self.cold.recovery_at
     }
 
     pub fn probes(&self) -> &[Probe] {
-        &self.probes
+        &self.cold.probes
     }
 
     pub fn probe_successes(&self) -> u32 {
-        self.probe_successes
+        self.cold.probe_successes
     }
 
     /// OPEN and HALF_OPEN: the rule that opened the breaker.
     pub fn opened_by(&self) -> Option<Cause> {
         (self.state != State::Closed)
-            .then_some(self.opened_by)
+            .then_some(self.cold.opened_by)
             .flatten()
     }
 
     /// Consecutive openings counted for backoff.
     pub fn open_streak(&self) -> u32 {
-        self.open_streak
+        self.cold.open_streak
     }
 
     /// The failures that `failure_count` counts, oldest first: in OPEN and HALF_OPEN, the
@@ -609,7 +677,8 @@ impl Breaker {
         now: Timestamp,
     ) -> impl Iterator<Item = &'a Failure> + 'a {
         let closed = self.state == State::Closed;
-        self.failures
+        self.cold
+            .failures
             .iter()
             .filter(move |f| !closed || in_window(settings, f.at, now))
     }
@@ -619,7 +688,7 @@ impl Breaker {
     pub fn failure_count(&self, settings: &Settings, now: Timestamp) -> u32 {
         match self.state {
             State::Closed => self.failures_in_window(settings, now),
-            _ => saturating_u32(self.failures.len()),
+            _ => saturating_u32(self.cold.failures.len()),
         }
     }
 
@@ -630,7 +699,8 @@ impl Breaker {
         now: Timestamp,
     ) -> impl Iterator<Item = Timestamp> + 'a {
         let closed = self.state == State::Closed;
-        self.failures
+        self.cold
+            .failures
             .iter()
             .filter(move |f| !closed || in_window(settings, f.at, now))
             .map(|f| f.at)
@@ -646,12 +716,13 @@ impl Breaker {
     }
 
     fn earliest_probe_expiry(&self) -> Option<Timestamp> {
-        self.probes.iter().map(|p| p.expires_at).min()
+        self.cold.probes.iter().map(|p| p.expires_at).min()
     }
 
     fn failures_in_window(&self, settings: &Settings, now: Timestamp) -> u32 {
         saturating_u32(
-            self.failures
+            self.cold
+                .failures
                 .iter()
                 .filter(|f| in_window(settings, f.at, now))
                 .count(),
@@ -660,31 +731,32 @@ impl Breaker {
 
     /// Drops failures that left the window, except the newest `FAILURE_MEMORY`.
     fn forget_old_failures(&mut self, settings: &Settings, now: Timestamp) {
-        while self.failures.len() > FAILURE_MEMORY
+        while self.cold.failures.len() > FAILURE_MEMORY
             && self
+                .cold
                 .failures
                 .front()
                 .is_some_and(|f| !in_window(settings, f.at, now))
         {
-            self.failures.pop_front();
+            self.cold.failures.pop_front();
         }
     }
 
     /// Adds a failed or expired probe to the failures that explain an OPEN breaker.
     fn remember_failure(&mut self, failure: Failure) {
-        if self.failures.len() >= FAILURE_MEMORY {
-            self.failures.pop_front();
+        if self.cold.failures.len() >= FAILURE_MEMORY {
+            self.cold.failures.pop_front();
         }
-        self.failures.push_back(failure);
+        self.cold.failures.push_back(failure);
     }
 
     fn start_generation(&mut self, state: State) {
         self.state = state;
         self.generation += 1;
         self.next_sequence = 0;
-        self.probes.clear();
-        self.probe_successes = 0;
-        self.window = None;
+        self.cold.probes.clear();
+        self.cold.probe_successes = 0;
+        self.cold.window = None;
     }
 
     /// Opens the breaker. A tripped breaker is held until `held_until` (or reset); otherwise
@@ -701,18 +773,19 @@ impl Breaker {
         if cause != Cause::OperatorTrip {
             let recovered_long_ago = from == State::Closed
                 && self
+                    .cold
                     .closed_at
                     .is_none_or(|at| now.saturating_duration_since(at) >= settings.backoff_reset);
-            self.open_streak = if recovered_long_ago {
+            self.cold.open_streak = if recovered_long_ago {
                 1
             } else {
-                self.open_streak.saturating_add(1)
+                self.cold.open_streak.saturating_add(1)
             };
         }
         self.start_generation(State::Open);
-        self.opened_at = Some(now);
-        self.opened_by = Some(cause);
-        self.recovery_at = if self.tripped {
+        self.cold.opened_at = Some(now);
+        self.cold.opened_by = Some(cause);
+        self.cold.recovery_at = if self.tripped {
             held_until
         } else {
             Some(now.saturating_add(self.open_time(settings, now)))
@@ -726,10 +799,10 @@ impl Breaker {
     /// so the core stays deterministic.
     fn open_time(&self, settings: &Settings, now: Timestamp) -> Duration {
         let base = settings.open_timeout;
-        if self.open_streak <= 1 || settings.open_backoff_multiplier <= 1.0 {
+        if self.cold.open_streak <= 1 || settings.open_backoff_multiplier <= 1.0 {
             return base;
         }
-        let exponent = i32::try_from(self.open_streak - 1)
+        let exponent = i32::try_from(self.cold.open_streak - 1)
             .unwrap_or(i32::MAX)
             .min(1_000);
         let cap = settings.max_open_timeout.max(base).as_secs_f64();
@@ -742,16 +815,16 @@ impl Breaker {
         let from = self.state;
         self.start_generation(State::Closed);
         self.tripped = false;
-        self.failures.clear();
-        self.opened_at = None;
-        self.opened_by = None;
-        self.recovery_at = None;
+        self.cold.failures.clear();
+        self.cold.opened_at = None;
+        self.cold.opened_by = None;
+        self.cold.recovery_at = None;
         if cause == Cause::OperatorReset {
             // A deliberate reset starts afresh: no backoff carries over.
-            self.open_streak = 0;
-            self.closed_at = None;
+            self.cold.open_streak = 0;
+            self.cold.closed_at = None;
         } else {
-            self.closed_at = Some(now);
+            self.cold.closed_at = Some(now);
         }
         self.transition(from, cause, None, settings, now)
     }
@@ -771,7 +844,7 @@ impl Breaker {
             generation: self.generation,
             failure_count: self.failure_count(settings, now),
             at: now,
-            recovery_at: self.recovery_at,
+            recovery_at: self.cold.recovery_at,
             failure_kind,
         }
     }

@@ -3,7 +3,7 @@
 //! Kept apart from [`Breaker`](super::Breaker) so that the breaker's in-memory layout can
 //! change without changing what stores hold.
 
-use super::breaker::{Breaker, Cause, Failure, Probe, State, NO_PERMIT};
+use super::breaker::{Breaker, Cause, Cold, Failure, History, Probe, State, NO_PERMIT};
 use super::policy::FailureKind;
 use super::time::Timestamp;
 use super::window::RateWindow;
@@ -50,6 +50,7 @@ impl Breaker {
             generation: self.generation,
             next_sequence: self.next_sequence,
             failures: self
+                .cold
                 .failures
                 .iter()
                 .map(|f| FailureRecord {
@@ -60,9 +61,10 @@ impl Breaker {
                     detail: f.detail.clone(),
                 })
                 .collect(),
-            opened_at: self.opened_at,
-            recovery_at: self.recovery_at,
+            opened_at: self.cold.opened_at,
+            recovery_at: self.cold.recovery_at,
             probes: self
+                .cold
                 .probes
                 .iter()
                 .map(|p| ProbeRecord {
@@ -70,11 +72,11 @@ impl Breaker {
                     expires_at: p.expires_at,
                 })
                 .collect(),
-            probe_successes: self.probe_successes,
-            opened_by: self.opened_by,
-            open_streak: self.open_streak,
-            closed_at: self.closed_at,
-            window: self.window.as_deref().cloned(),
+            probe_successes: self.cold.probe_successes,
+            opened_by: self.cold.opened_by,
+            open_streak: self.cold.open_streak,
+            closed_at: self.cold.closed_at,
+            window: self.cold.window.as_deref().cloned(),
         }
     }
 
@@ -85,32 +87,34 @@ impl Breaker {
             tripped: record.tripped,
             generation: record.generation,
             next_sequence: record.next_sequence,
-            failures: record
-                .failures
-                .iter()
-                .map(|f| Failure {
-                    at: f.at,
-                    sequence: f.permit_sequence.unwrap_or(NO_PERMIT),
-                    kind: f.kind,
-                    order_id: f.order_id.clone(),
-                    detail: f.detail.clone(),
-                })
-                .collect(),
-            opened_at: record.opened_at,
-            recovery_at: record.recovery_at,
-            probes: record
-                .probes
-                .iter()
-                .map(|p| Probe {
-                    sequence: p.sequence,
-                    expires_at: p.expires_at,
-                })
-                .collect(),
-            probe_successes: record.probe_successes,
-            opened_by: record.opened_by,
-            open_streak: record.open_streak,
-            closed_at: record.closed_at,
-            window: record.window.clone().map(Box::new),
+            cold: History::of(Cold {
+                failures: record
+                    .failures
+                    .iter()
+                    .map(|f| Failure {
+                        at: f.at,
+                        sequence: f.permit_sequence.unwrap_or(NO_PERMIT),
+                        kind: f.kind,
+                        order_id: f.order_id.clone(),
+                        detail: f.detail.clone(),
+                    })
+                    .collect(),
+                opened_at: record.opened_at,
+                recovery_at: record.recovery_at,
+                probes: record
+                    .probes
+                    .iter()
+                    .map(|p| Probe {
+                        sequence: p.sequence,
+                        expires_at: p.expires_at,
+                    })
+                    .collect(),
+                probe_successes: record.probe_successes,
+                opened_by: record.opened_by,
+                open_streak: record.open_streak,
+                closed_at: record.closed_at,
+                window: record.window.clone().map(Box::new),
+            }),
         }
     }
 }
