@@ -1,49 +1,11 @@
 //! End to end through the built binary: `riskgate serve`, then the operator commands against
 //! it, then SIGTERM.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
+mod common;
 
-const PATIENCE: Duration = Duration::from_secs(30);
+use std::process::{Output, Stdio};
 
-fn riskgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_riskgate"))
-}
-
-/// Lines of a child's output, as they come.
-fn lines(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-/// Reads lines until one contains `needle`, returning everything read.
-fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    loop {
-        match lines.recv_timeout(PATIENCE) {
-            Ok(line) => {
-                let found = line.contains(needle);
-                seen.push(line);
-                if found {
-                    return seen;
-                }
-            }
-            Err(e) => panic!("no line containing {needle:?} ({e}); saw {seen:#?}"),
-        }
-    }
-}
+use common::process::{free_port, lines, riskgate, signal, wait_for};
 
 fn run(args: &[&str], addr: &str) -> Output {
     riskgate()
@@ -56,22 +18,6 @@ fn run(args: &[&str], addr: &str) -> Output {
 fn stdout(output: &Output) -> String {
     assert!(output.status.success(), "failed: {output:?}");
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 #[test]

@@ -1,23 +1,16 @@
 //! Prometheus exposition through the built binary: the series an operator alerts on move as
 //! breakers, halts and calls do, with no per-account label.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+
+use common::process::{free_port, lines, riskgate, signal, wait_for};
 
 use riskgate::proto::gate_service_client::GateServiceClient;
 use riskgate::proto::*;
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn scrape(port: u16) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
@@ -40,7 +33,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 }
 
 fn cli(args: &[&str], addr: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+    let output = riskgate()
         .args(args)
         .args(["--addr", addr])
         .output()
@@ -52,7 +45,7 @@ fn cli(args: &[&str], addr: &str) {
 async fn series_follow_breakers_halts_and_calls() {
     let (grpc, metrics) = (free_port(), free_port());
     let addr = format!("http://127.0.0.1:{grpc}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_riskgate"))
+    let mut server = riskgate()
         .arg("serve")
         .env("RISKGATE__SERVER__LISTEN", format!("127.0.0.1:{grpc}"))
         .env("RISKGATE__METRICS__LISTEN", format!("127.0.0.1:{metrics}"))
@@ -62,19 +55,8 @@ async fn series_follow_breakers_halts_and_calls() {
         .stdout(Stdio::null())
         .spawn()
         .expect("serve");
-    let stderr = server.stderr.take().expect("stderr");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = lines.recv_timeout(PATIENCE).expect("riskgate serving");
-        if line.contains("riskgate serving") {
-            break;
-        }
-    }
+    let logs = lines(server.stderr.take().expect("stderr"));
+    wait_for(&logs, "riskgate serving");
 
     let mut gate = GateServiceClient::connect(addr.clone())
         .await
@@ -135,9 +117,6 @@ async fn series_follow_breakers_halts_and_calls() {
     );
     assert!(!text.contains("ACC-1"), "no per-account label");
 
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .expect("kill");
+    signal(&server, "TERM");
     assert!(server.wait().expect("exit").success());
 }

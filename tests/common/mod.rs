@@ -1,6 +1,8 @@
 //! Starts the real server in-process on 127.0.0.1:0 and hands out generated clients.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
