@@ -289,7 +289,8 @@ pub fn principal_name<T>(request: &tonic::Request<T>) -> Option<Arc<str>> {
 
 /// Shared by the layer and the server: the policy in force (swapped on reload) and counters.
 pub struct Auth {
-    policy: RwLock<Arc<AuthPolicy>>,
+    /// Read on every call without a lock (arc-swap), replaced whole on reload.
+    policy: arc_swap::ArcSwap<AuthPolicy>,
     pub counters: AuthCounters,
     in_flight: std::sync::atomic::AtomicUsize,
     max_in_flight: usize,
@@ -298,27 +299,20 @@ pub struct Auth {
 impl Auth {
     pub fn new(config: &Config) -> Arc<Self> {
         Arc::new(Auth {
-            policy: RwLock::new(Arc::new(AuthPolicy::from_config(config))),
+            policy: arc_swap::ArcSwap::from_pointee(AuthPolicy::from_config(config)),
             counters: AuthCounters::default(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             max_in_flight: config.limits.max_in_flight,
         })
     }
 
-    pub fn policy(&self) -> Arc<AuthPolicy> {
-        self.policy
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    pub fn policy(&self) -> arc_swap::Guard<Arc<AuthPolicy>> {
+        self.policy.load()
     }
 
     /// Puts the principals of a new configuration in force.
     pub fn reload(&self, config: &Config) {
-        *self
-            .policy
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Arc::new(AuthPolicy::from_config(config));
+        self.policy.store(Arc::new(AuthPolicy::from_config(config)));
     }
 
     fn count(&self, counter: &AtomicU64) {
