@@ -90,8 +90,7 @@ async fn connect(addr: &str) -> Channel {
             .await
         {
             Ok(channel) => return channel,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }
             Err(e) => panic!("cannot connect to {addr}: {e}"),

@@ -120,15 +120,27 @@ fn denial(denied: &Denied) -> &'static str {
     }
 }
 
+/// Called on every `CheckTrade`. The answers that are not denials name their series with
+/// literal labels, so the key is a static: the `metrics` macros build a key with runtime label
+/// values in a fresh `Vec` on every call, recorder or not.
 pub fn checked(result: &CheckResult, took: Duration) {
-    let (decision, layer, reason) = match (&result.denied, result.allowed) {
-        (None, _) if result.passed.is_some() => ("passed", "none", "none"),
-        (None, _) => ("allowed", "none", "none"),
-        (Some(d), true) => ("would_deny", layer(&d.layer()), denial(d)),
-        (Some(d), false) => ("denied", layer(&d.layer()), denial(d)),
-    };
-    counter!("riskgate_checks_total", "decision" => decision, "layer" => layer, "reason" => reason)
-        .increment(1);
+    match (&result.denied, result.allowed) {
+        (None, _) if result.passed.is_some() => counter!(
+            "riskgate_checks_total", "decision" => "passed", "layer" => "none", "reason" => "none"
+        )
+        .increment(1),
+        (None, _) => counter!(
+            "riskgate_checks_total", "decision" => "allowed", "layer" => "none", "reason" => "none"
+        )
+        .increment(1),
+        (Some(d), allowed) => counter!(
+            "riskgate_checks_total",
+            "decision" => if allowed { "would_deny" } else { "denied" },
+            "layer" => layer(&d.layer()),
+            "reason" => denial(d)
+        )
+        .increment(1),
+    }
     histogram!("riskgate_check_seconds").record(took.as_secs_f64());
 }
 
@@ -139,13 +151,21 @@ pub fn reported(failed: bool, kind: FailureKind, result: &ReportResult, took: Du
         Disposition::Duplicate => "duplicate",
         Disposition::Ignored => "ignored",
     };
-    let (result_label, kind) = if failed {
-        ("failure", kind.key())
-    } else {
-        ("success", "none")
-    };
-    counter!("riskgate_outcomes_total", "result" => result_label, "kind" => kind, "disposition" => disposition)
+    if !failed && result.disposition == Disposition::Recorded {
+        // The common answer, with a static key (see `checked`).
+        counter!(
+            "riskgate_outcomes_total", "result" => "success", "kind" => "none", "disposition" => "recorded"
+        )
         .increment(1);
+    } else {
+        let (result_label, kind) = if failed {
+            ("failure", kind.key())
+        } else {
+            ("success", "none")
+        };
+        counter!("riskgate_outcomes_total", "result" => result_label, "kind" => kind, "disposition" => disposition)
+            .increment(1);
+    }
     histogram!("riskgate_report_seconds").record(took.as_secs_f64());
 }
 

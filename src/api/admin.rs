@@ -92,16 +92,8 @@ impl AdminService for Admin {
         &self,
         request: Request<HaltAllRequest>,
     ) -> Result<Response<HaltAllResponse>, Status> {
-        let peer = peer(&request);
-        let principal = crate::auth::principal_name(&request);
-        let r = request.into_inner();
         let halts = self
-            .halt_or_resume(
-                true,
-                Layer::Firm,
-                operator_action(principal, &r.operator, &r.reason)?,
-                peer,
-            )
+            .halt_call(request, true, |r| (Layer::Firm, r.operator, r.reason))
             .await?;
         Ok(Response::new(HaltAllResponse { halts }))
     }
@@ -110,16 +102,8 @@ impl AdminService for Admin {
         &self,
         request: Request<ResumeAllRequest>,
     ) -> Result<Response<ResumeAllResponse>, Status> {
-        let peer = peer(&request);
-        let principal = crate::auth::principal_name(&request);
-        let r = request.into_inner();
         let halts = self
-            .halt_or_resume(
-                false,
-                Layer::Firm,
-                operator_action(principal, &r.operator, &r.reason)?,
-                peer,
-            )
+            .halt_call(request, false, |r| (Layer::Firm, r.operator, r.reason))
             .await?;
         Ok(Response::new(ResumeAllResponse { halts }))
     }
@@ -128,16 +112,10 @@ impl AdminService for Admin {
         &self,
         request: Request<HaltGroupRequest>,
     ) -> Result<Response<HaltGroupResponse>, Status> {
-        let peer = peer(&request);
-        let principal = crate::auth::principal_name(&request);
-        let r = request.into_inner();
         let halts = self
-            .halt_or_resume(
-                true,
-                Layer::Group(r.group),
-                operator_action(principal, &r.operator, &r.reason)?,
-                peer,
-            )
+            .halt_call(request, true, |r| {
+                (Layer::Group(r.group), r.operator, r.reason)
+            })
             .await?;
         Ok(Response::new(HaltGroupResponse { halts }))
     }
@@ -146,16 +124,10 @@ impl AdminService for Admin {
         &self,
         request: Request<ResumeGroupRequest>,
     ) -> Result<Response<ResumeGroupResponse>, Status> {
-        let peer = peer(&request);
-        let principal = crate::auth::principal_name(&request);
-        let r = request.into_inner();
         let halts = self
-            .halt_or_resume(
-                false,
-                Layer::Group(r.group),
-                operator_action(principal, &r.operator, &r.reason)?,
-                peer,
-            )
+            .halt_call(request, false, |r| {
+                (Layer::Group(r.group), r.operator, r.reason)
+            })
             .await?;
         Ok(Response::new(ResumeGroupResponse { halts }))
     }
@@ -234,13 +206,18 @@ impl Admin {
             .collect()
     }
 
-    async fn halt_or_resume(
+    /// A halt or resume call: who acts (the principal, with authentication on), on which layer,
+    /// why; answered with the halts in force after it.
+    async fn halt_call<T>(
         &self,
+        request: Request<T>,
         halt: bool,
-        layer: Layer,
-        action: OperatorAction,
-        peer: String,
+        parts: impl FnOnce(T) -> (Layer, String, String),
     ) -> Result<Vec<crate::proto::Halt>, Status> {
+        let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
+        let (layer, operator, reason) = parts(request.into_inner());
+        let action = operator_action(principal, &operator, &reason)?;
         if let Layer::Group(name) = &layer {
             validate_account_id(name).map_err(|e| {
                 Error::InvalidArgument(format!("group is not a valid group name: {e}"))

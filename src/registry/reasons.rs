@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::core::{Cause, Denial, FailureKind, Pass, Settings, Transition};
+use crate::core::{Cause, Denial, Pass, Settings, Transition};
 
 use super::events::OperatorAction;
 
@@ -31,7 +31,7 @@ pub fn transition(
         ),
         Cause::FailureKindTrip => format!(
             "a {} failure, configured to trip; {}",
-            kind_name(t.failure_kind.unwrap_or_default()),
+            t.failure_kind.unwrap_or_default().key(),
             open_for()
         ),
         Cause::FailureRateReached => format!(
@@ -153,10 +153,6 @@ pub fn rule_name(cause: Cause) -> &'static str {
         | Cause::Halted
         | Cause::Resumed => "no rule",
     }
-}
-
-pub fn kind_name(kind: FailureKind) -> &'static str {
-    kind.key()
 }
 
 fn percent(fraction: Option<f64>) -> String {
