@@ -124,8 +124,8 @@ fn denial(denied: &Denied) -> &'static str {
 /// literal labels, so the key is a static: the `metrics` macros build a key with runtime label
 /// values in a fresh `Vec` on every call, recorder or not.
 pub fn checked(result: &CheckResult, took: Duration) {
-    match (&result.denied, result.allowed) {
-        (None, _) if result.passed.is_some() => counter!(
+    match (result.denied(), result.allowed) {
+        (None, _) if result.passed().is_some() => counter!(
             "riskgate_checks_total", "decision" => "passed", "layer" => "none", "reason" => "none"
         )
         .increment(1),

@@ -219,7 +219,7 @@ pub fn duration(duration: Duration) -> prost_types::Duration {
 }
 
 pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
-    let (denial, retry_after, opened_by) = match &result.denied {
+    let (denial, retry_after, opened_by) = match result.denied() {
         None => (proto::Denial::Unspecified, None, None),
         Some(Denied::Breaker(Denial::Open { retry_after, rule })) => {
             (proto::Denial::BreakerOpen, Some(*retry_after), Some(*rule))
@@ -243,35 +243,36 @@ pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
         Some(Denied::Halted { .. }) => (proto::Denial::FirmHalted, None, None),
     };
     let (layer, group) = result
-        .denied
-        .as_ref()
+        .denied()
         .map(|d| layer(&d.layer()))
         .unwrap_or((proto::Layer::Unspecified, String::new()));
     let permit_id = result.permit_id();
+    let would_deny = result.allowed && result.denied().is_some();
+    let tripped_by = result.tripped_by().iter().map(failure).collect();
+    let passed = match result.passed() {
+        None => proto::Pass::Unspecified,
+        Some(Pass::Cancel) => proto::Pass::Cancel,
+        Some(Pass::ReduceOnly) => proto::Pass::ReduceOnly,
+    };
     proto::CheckTradeResponse {
         allowed: result.allowed,
         state: state(result.state).into(),
-        reason: result.reason,
         permit_id,
         retry_after: retry_after.map(duration),
         failure_count: result.failure_count,
         denial: denial.into(),
         probe: result.probe,
         generation: result.generation,
-        would_deny: result.allowed && result.denied.is_some(),
+        would_deny,
         layer: layer.into(),
         group,
         opened_by: opened_by
             .map_or(proto::TransitionCause::Unspecified, cause)
             .into(),
-        tripped_by: result.tripped_by.iter().map(failure).collect(),
+        tripped_by,
         mode: mode(result.mode).into(),
-        passed: match result.passed {
-            None => proto::Pass::Unspecified,
-            Some(Pass::Cancel) => proto::Pass::Cancel,
-            Some(Pass::ReduceOnly) => proto::Pass::ReduceOnly,
-        }
-        .into(),
+        passed: passed.into(),
+        reason: result.into_reason(),
     }
 }
 

@@ -11,6 +11,7 @@
 //! creates no event, submits nothing to the store and never waits.
 
 mod account_id;
+mod accounts;
 mod deadlines;
 mod events;
 mod operations;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use hashbrown::HashMap as FastMap;
+use hashbrown::DefaultHashBuilder;
 
 use crate::clock::Clock;
 use crate::core::{permit, Breaker, Mode, Settings, State, Timestamp, Transitions};
@@ -39,6 +40,7 @@ pub use policy::{AccountPattern, Policy};
 pub use reasons::{cause_key as cause_name, human as human_duration};
 pub use view::{BreakerView, ProbeView};
 
+use accounts::{Accounts, Locked};
 use deadlines::DeadlineQueue;
 use events::{EventLog, Feed};
 
@@ -79,6 +81,8 @@ impl Default for RegistryOptions {
 /// One account's entry.
 struct Slot {
     breaker: Breaker,
+    /// The account's permit tag ([`permit::account_tag`]), computed once.
+    tag: u64,
     /// The settings in force for this account, shared with every account that has the same.
     settings: Arc<Settings>,
     /// The sequence of this breaker's last event, so watchers can tell what a snapshot reflects.
@@ -96,10 +100,10 @@ pub(crate) struct Halts {
     groups: BTreeMap<String, Halt>,
 }
 
-type Shard = FastMap<Box<str>, Slot>;
-
 pub struct Registry {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Mutex<Accounts>]>,
+    /// Hashes account ids for the shards and their tables; keyed anew in each process.
+    hasher: DefaultHashBuilder,
     policy: RwLock<Arc<Policy>>,
     halts: RwLock<Halts>,
     /// Whether any halt is in force: the one thing a check reads about halts when none is.
@@ -132,7 +136,8 @@ impl Registry {
     /// An empty registry over `store`, not yet answering: call [`Registry::load`] next.
     pub fn new(options: RegistryOptions, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         Registry {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: DefaultHashBuilder::default(),
             policy: RwLock::new(Arc::new(options.policy)),
             halts: RwLock::new(Halts::default()),
             halted: AtomicBool::new(false),
@@ -185,7 +190,7 @@ impl Registry {
         let policy = self.policy();
         let per_shard = recovered.breakers.len() / SHARDS;
         for shard in self.shards.iter() {
-            lock(shard).reserve(per_shard + per_shard / 8);
+            lock(shard).reserve(per_shard + per_shard / 8, &self.hasher);
         }
         let count = recovered.breakers.len();
         for mut stored in recovered.breakers {
@@ -204,6 +209,7 @@ impl Registry {
             let account_id = stored.account_id;
             let mut slot = Slot {
                 breaker: Breaker::from_record(&stored.record),
+                tag: permit::account_tag(&account_id),
                 settings: policy.settings_for(&account_id),
                 last_sequence: stored.last_sequence,
                 scheduled: None,
@@ -211,7 +217,7 @@ impl Registry {
             };
             self.schedule(&account_id, &mut slot);
             let mut shard = self.shard(&account_id);
-            if shard.insert(account_id.into_boxed_str(), slot).is_none() {
+            if shard.insert(account_id.into_boxed_str(), slot) {
                 self.accounts.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -315,7 +321,7 @@ impl Registry {
             views.extend(
                 shard
                     .iter()
-                    .filter(|(id, _)| after.is_none_or(|after| id.as_ref() > after))
+                    .filter(|(id, _)| after.is_none_or(|after| *id > after))
                     .filter(|(_, slot)| state.is_none_or(|s| slot.breaker.state() == s))
                     .map(|(id, slot)| slot.view(id, now)),
             );
@@ -389,15 +395,14 @@ impl Registry {
         }
     }
 
-    fn shard(&self, account_id: &str) -> MutexGuard<'_, Shard> {
-        self.shard_of(permit::account_tag(account_id))
-    }
-
-    /// The shard of the account whose permit tag is `tag` (the tag doubles as the shard hash,
-    /// so the gate computes it once for both).
-    fn shard_of(&self, tag: u64) -> MutexGuard<'_, Shard> {
-        let index = ((tag >> 32) ^ tag) as usize & (SHARDS - 1);
-        lock(&self.shards[index])
+    /// The shard that holds `account_id`, locked.
+    fn shard(&self, account_id: &str) -> Locked<'_> {
+        let hash = accounts::hash(&self.hasher, account_id);
+        Locked {
+            accounts: lock(&self.shards[accounts::shard_index(hash, SHARDS)]),
+            hash,
+            hasher: &self.hasher,
+        }
     }
 
     /// Counts a new account in, unless the registry is full.
@@ -415,6 +420,7 @@ impl Registry {
     /// Turns what an operation changed into events, a queued deadline and a store batch.
     /// Called with the account's shard lock held, which keeps sequence order and per-account
     /// order the same. Returns `None` when nothing needs storing.
+    #[inline]
     fn after_change(
         &self,
         account_id: &str,
@@ -424,9 +430,21 @@ impl Registry {
         operator: Option<&OperatorAction>,
         audit: Option<AuditRecord>,
     ) -> Option<Commit> {
-        if transitions.is_empty() && !persist {
+        // Most checks change nothing: they return here without moving the transitions.
+        if transitions.is_empty() && !persist && audit.is_none() {
             return None;
         }
+        self.record_change(account_id, slot, transitions, operator, audit)
+    }
+
+    fn record_change(
+        &self,
+        account_id: &str,
+        slot: &mut Slot,
+        transitions: Transitions,
+        operator: Option<&OperatorAction>,
+        audit: Option<AuditRecord>,
+    ) -> Option<Commit> {
         self.schedule(account_id, slot);
         for t in transitions.iter() {
             crate::metrics::transition(&t);

@@ -2,8 +2,6 @@
 //! Each validates its input, runs the core under the account's shard lock, and waits for the
 //! store only when something durable changed.
 
-use hashbrown::hash_map::EntryRef;
-
 use std::sync::atomic::Ordering;
 
 use super::{
@@ -45,29 +43,33 @@ impl Denied {
     }
 }
 
-/// The answer to a check.
+/// The answer to a check. Kept small (the explanation of anything but a plain permit is boxed),
+/// since it is built and moved on every `CheckTrade`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckResult {
     pub allowed: bool,
-    /// Why the check was denied; in shadow mode, why it would have been (with `allowed`).
-    pub denied: Option<Denied>,
-    /// Allowed without a permit: a cancel, or a reduce-only order past a breaker that is not
-    /// CLOSED.
-    pub passed: Option<Pass>,
     /// True when the permit is a probe.
     pub probe: bool,
-    /// The generation that issued the permit (0 without one).
-    pub generation: u64,
     /// The breaker's state after the check.
     pub state: State,
+    pub mode: Mode,
     pub failure_count: u32,
+    /// The generation that issued the permit (0 without one).
+    pub generation: u64,
     /// The permit, with the account tag that its text form carries; `None` without one.
     pub permit: Option<(u64, Permit)>,
-    /// Why the check was (or would have been) denied, or why it passed without a permit.
-    pub reason: String,
-    pub mode: Mode,
+    /// Why the answer is not a plain permit; `None` for one.
+    explanation: Option<Box<Explanation>>,
+}
+
+/// Why a check was denied (or, in shadow mode, would have been), or passed without a permit.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Explanation {
+    denied: Option<Denied>,
+    passed: Option<Pass>,
+    reason: String,
     /// When an OPEN breaker denied: the outcomes that opened it.
-    pub tripped_by: Vec<Failure>,
+    tripped_by: Vec<Failure>,
 }
 
 /// The answer to a reported outcome.
@@ -113,6 +115,15 @@ impl OperatorAction {
     }
 }
 
+/// Which clock reading an operation needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Time {
+    Exact,
+    /// A check records nothing with the time when the breaker is CLOSED (it issues a permit
+    /// and counts the failures in the window for the answer), so a recent reading will do.
+    RecentWhenClosed,
+}
+
 /// What one core operation produced, for `Registry::update`.
 struct Change<R> {
     result: R,
@@ -153,67 +164,73 @@ impl Registry {
         if !self.signals.is_writable() {
             return Ok((self.store_unavailable(account_id), None));
         }
-        let tag = permit::account_tag(account_id);
-        self.update(account_id, tag, None, None, |slot, now| {
-            let mode = slot.mode();
-            let Slot {
-                breaker, settings, ..
-            } = slot;
-            let state = breaker.state();
-            if mode == Mode::Disabled {
-                return Change {
-                    result: CheckResult {
-                        allowed: true,
-                        state,
-                        failure_count: breaker.failure_count(settings, now),
-                        reason: "breaker disabled for this account: every order is allowed and nothing is recorded".into(),
-                        mode,
-                        ..CheckResult::empty(state)
-                    },
-                    transitions: Transitions::default(),
-                    persist: false,
-                };
-            }
-            let (decision, transitions) = breaker.check_order(settings, now, intent);
-            let failure_count = breaker.failure_count(settings, now);
-            let mut result = CheckResult {
-                state: breaker.state(),
-                failure_count,
-                mode,
-                ..CheckResult::empty(breaker.state())
-            };
-            let mut probe_granted = false;
-            match decision {
-                Decision::Allowed { permit, probe } => {
-                    result.allowed = true;
-                    result.probe = probe;
-                    probe_granted = probe;
-                    result.generation = permit.generation;
-                    result.permit = Some((tag, permit));
+        self.update(
+            account_id,
+            Time::RecentWhenClosed,
+            None,
+            None,
+            |slot, now| {
+                let mode = slot.mode();
+                let Slot {
+                    breaker,
+                    settings,
+                    tag,
+                    ..
+                } = slot;
+                let state = breaker.state();
+                if mode == Mode::Disabled {
+                    return Change {
+                        result: CheckResult::new(
+                            true,
+                            state,
+                            breaker.failure_count(settings, now),
+                            mode,
+                        )
+                        .explained(Explanation::reason(DISABLED.into())),
+                        transitions: Transitions::default(),
+                        persist: false,
+                    };
                 }
-                Decision::Passed(pass) => {
-                    result.allowed = true;
-                    result.passed = Some(pass);
-                    result.reason = reasons::pass(pass);
-                }
-                Decision::Denied(denial) => {
-                    result.allowed = mode == Mode::Shadow;
-                    result.reason = reasons::denial(&denial, failure_count, settings);
-                    if mode == Mode::Shadow {
-                        result.reason = format!("shadow mode, would deny: {}", result.reason);
+                let (decision, transitions) = breaker.check_order(settings, now, intent);
+                let failure_count = breaker.failure_count(settings, now);
+                let mut result = CheckResult::new(false, breaker.state(), failure_count, mode);
+                let mut probe_granted = false;
+                match decision {
+                    Decision::Allowed { permit, probe } => {
+                        result.allowed = true;
+                        result.probe = probe;
+                        probe_granted = probe;
+                        result.generation = permit.generation;
+                        result.permit = Some((*tag, permit));
                     }
-                    if matches!(denial, Denial::Open { .. } | Denial::Tripped { .. }) {
-                        result.tripped_by = breaker.failures(settings, now).cloned().collect();
+                    Decision::Passed(pass) => {
+                        result.allowed = true;
+                        result = result.explained(Explanation::passed(pass));
                     }
-                    result.denied = Some(Denied::Breaker(denial));
+                    Decision::Denied(denial) => {
+                        result.allowed = mode == Mode::Shadow;
+                        let reason = reasons::denial(&denial, failure_count, settings);
+                        let tripped_by =
+                            if matches!(denial, Denial::Open { .. } | Denial::Tripped { .. }) {
+                                breaker.failures(settings, now).cloned().collect()
+                            } else {
+                                Vec::new()
+                            };
+                        result = result.explained(Explanation {
+                            denied: Some(Denied::Breaker(denial)),
+                            passed: None,
+                            reason: shadowed(mode, reason),
+                            tripped_by,
+                        });
+                    }
                 }
-            }
-            Change {
-                result,
-                transitions,
-                persist: probe_granted,
-            }
-        })
+                Change {
+                    result,
+                    transitions,
+                    persist: probe_granted,
+                }
+            },
+        )
     }
 
     /// The halt that covers `account_id`, if any: firm-wide first, then its groups by name.
@@ -249,14 +266,7 @@ impl Registry {
 
     fn outside_breaker(&self, account_id: &str, pass: Pass) -> CheckResult {
         let (state, failure_count, mode) = self.peek(account_id);
-        CheckResult {
-            allowed: true,
-            passed: Some(pass),
-            failure_count,
-            mode,
-            reason: reasons::pass(pass),
-            ..CheckResult::empty(state)
-        }
+        CheckResult::new(true, state, failure_count, mode).explained(Explanation::passed(pass))
     }
 
     fn halted_check(&self, account_id: &str, layer: Layer, halt: Halt) -> CheckResult {
@@ -271,43 +281,29 @@ impl Registry {
                 halt.operator, halt.reason
             ),
         };
-        CheckResult {
+        CheckResult::new(false, state, failure_count, mode).explained(Explanation {
             denied: Some(Denied::Halted {
                 layer,
                 halt: Box::new(halt),
             }),
-            failure_count,
-            mode,
             reason,
-            ..CheckResult::empty(state)
-        }
+            ..Explanation::default()
+        })
     }
 
     fn store_unavailable(&self, account_id: &str) -> CheckResult {
         let (state, failure_count, mode) = self.peek(account_id);
+        let result = CheckResult::new(mode != Mode::Enforce, state, failure_count, mode);
+        if mode == Mode::Disabled {
+            return result.explained(Explanation::reason(DISABLED.into()));
+        }
         let detail = self.signals.last_error().unwrap_or_default();
         let reason = format!("store unavailable: orders are denied until riskgate can record outcomes again ({detail})");
-        match mode {
-            Mode::Disabled => CheckResult {
-                allowed: true,
-                failure_count,
-                mode,
-                reason: "breaker disabled for this account: every order is allowed and nothing is recorded".into(),
-                ..CheckResult::empty(state)
-            },
-            _ => CheckResult {
-                allowed: mode == Mode::Shadow,
-                denied: Some(Denied::StoreUnavailable),
-                failure_count,
-                mode,
-                reason: if mode == Mode::Shadow {
-                    format!("shadow mode, would deny: {reason}")
-                } else {
-                    reason
-                },
-                ..CheckResult::empty(state)
-            },
-        }
+        result.explained(Explanation {
+            denied: Some(Denied::StoreUnavailable),
+            reason: shadowed(mode, reason),
+            ..Explanation::default()
+        })
     }
 
     /// Records how an order ended. An empty `permit_id` applies to the current generation.
@@ -329,7 +325,7 @@ impl Registry {
                 })?,
             ),
         };
-        let (result, commit) = self.update(account_id, tag, None, None, |slot, now| {
+        let (result, commit) = self.update(account_id, Time::Exact, None, None, |slot, now| {
             let mode = slot.mode();
             let Slot {
                 breaker, settings, ..
@@ -465,7 +461,7 @@ impl Registry {
         };
         let ((), commit) = self.update(
             account_id,
-            permit::account_tag(account_id),
+            Time::Exact,
             Some(&action),
             Some(&audit),
             |slot, now| Change {
@@ -641,31 +637,30 @@ impl Registry {
     fn update<R>(
         &self,
         account_id: &str,
-        tag: u64,
+        time: Time,
         operator: Option<&OperatorAction>,
         audit: Option<&dyn Fn(State, State, Timestamp) -> AuditRecord>,
         operation: impl FnOnce(&mut Slot, Timestamp) -> Change<R>,
     ) -> Result<(R, Option<Commit>)> {
-        let mut shard = self.shard_of(tag);
-        let slot = match shard.entry_ref(account_id) {
-            EntryRef::Occupied(entry) => entry.into_mut(),
-            EntryRef::Vacant(entry) => {
-                self.reserve_account()?;
-                crate::metrics::breaker_created();
-                entry.insert_with_key(
-                    account_id.into(),
-                    Slot {
-                        breaker: crate::core::Breaker::new(),
-                        settings: self.settings_for(account_id),
-                        last_sequence: 0,
-                        scheduled: None,
-                        mode: None,
-                    },
-                )
-            }
+        let mut shard = self.shard(account_id);
+        let slot = shard.get_or_try_insert(account_id, || {
+            self.reserve_account()?;
+            crate::metrics::breaker_created();
+            Ok::<_, Error>(Slot {
+                breaker: crate::core::Breaker::new(),
+                tag: permit::account_tag(account_id),
+                settings: self.settings_for(account_id),
+                last_sequence: 0,
+                scheduled: None,
+                mode: None,
+            })
+        })?;
+        // Read under the lock, so that one breaker never sees time go backwards. A recent
+        // reading lags a little and is never ahead: safe where nothing is recorded with it.
+        let now = match time {
+            Time::RecentWhenClosed if slot.breaker.state() == State::Closed => self.clock.recent(),
+            _ => self.clock.now(),
         };
-        // Read under the lock, so that one breaker never sees time go backwards.
-        let now = self.clock.now();
         let before = slot.breaker.state();
         let Change {
             result,
@@ -691,6 +686,26 @@ fn halts_state(halts: &super::Halts, layer: &Layer) -> State {
 }
 
 impl CheckResult {
+    fn new(allowed: bool, state: State, failure_count: u32, mode: Mode) -> Self {
+        CheckResult {
+            allowed,
+            probe: false,
+            state,
+            mode,
+            failure_count,
+            generation: 0,
+            permit: None,
+            explanation: None,
+        }
+    }
+
+    fn explained(self, explanation: Explanation) -> Self {
+        CheckResult {
+            explanation: Some(Box::new(explanation)),
+            ..self
+        }
+    }
+
     /// The permit's text form (what the bot carries back); empty without a permit.
     pub fn permit_id(&self) -> String {
         self.permit
@@ -698,21 +713,60 @@ impl CheckResult {
             .unwrap_or_default()
     }
 
-    /// A denial with nothing filled in, in `state`.
-    fn empty(state: State) -> Self {
-        CheckResult {
-            allowed: false,
-            denied: None,
-            passed: None,
-            probe: false,
-            generation: 0,
-            state,
-            failure_count: 0,
-            permit: None,
-            reason: String::new(),
-            mode: Mode::Enforce,
-            tripped_by: Vec::new(),
+    /// Why the check was denied; in shadow mode, why it would have been (with `allowed`).
+    pub fn denied(&self) -> Option<&Denied> {
+        self.explanation.as_ref()?.denied.as_ref()
+    }
+
+    /// Allowed without a permit: a cancel, or a reduce-only order past a breaker that is not
+    /// CLOSED.
+    pub fn passed(&self) -> Option<Pass> {
+        self.explanation.as_ref()?.passed
+    }
+
+    /// Why the check was (or would have been) denied, or why it passed without a permit; empty
+    /// for a plain permit.
+    pub fn reason(&self) -> &str {
+        self.explanation.as_ref().map_or("", |e| &e.reason)
+    }
+
+    /// [`CheckResult::reason`], owned.
+    pub fn into_reason(self) -> String {
+        self.explanation.map(|e| e.reason).unwrap_or_default()
+    }
+
+    /// When an OPEN breaker denied: the outcomes that opened it.
+    pub fn tripped_by(&self) -> &[Failure] {
+        self.explanation.as_ref().map_or(&[], |e| &e.tripped_by)
+    }
+}
+
+impl Explanation {
+    fn reason(reason: String) -> Self {
+        Explanation {
+            reason,
+            ..Explanation::default()
         }
+    }
+
+    fn passed(pass: Pass) -> Self {
+        Explanation {
+            passed: Some(pass),
+            reason: reasons::pass(pass),
+            ..Explanation::default()
+        }
+    }
+}
+
+const DISABLED: &str =
+    "breaker disabled for this account: every order is allowed and nothing is recorded";
+
+/// `reason`, marked as what shadow mode would have denied.
+fn shadowed(mode: Mode, reason: String) -> String {
+    if mode == Mode::Shadow {
+        format!("shadow mode, would deny: {reason}")
+    } else {
+        reason
     }
 }
 

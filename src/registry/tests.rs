@@ -130,8 +130,12 @@ async fn a_firm_halt_denies_every_order_but_cancels_and_leaves_breakers_alone() 
     for intent in [Intent::New, Intent::ReduceOnly] {
         let denied = registry.check("ACC", intent).await.expect("check");
         assert!(!denied.allowed);
-        assert_eq!(denied.denied.as_ref().map(Denied::layer), Some(Layer::Firm));
-        assert!(denied.reason.contains("venue outage"), "{}", denied.reason);
+        assert_eq!(denied.denied().map(Denied::layer), Some(Layer::Firm));
+        assert!(
+            denied.reason().contains("venue outage"),
+            "{}",
+            denied.reason()
+        );
     }
     let cancel = registry.check("ACC", Intent::Cancel).await.expect("check");
     assert!(cancel.allowed && cancel.permit.is_none());
@@ -179,7 +183,7 @@ async fn a_group_halt_denies_its_accounts_only_and_names_the_group() {
         .await
         .expect("check");
     assert_eq!(
-        denied.denied.as_ref().map(Denied::layer),
+        denied.denied().map(Denied::layer),
         Some(Layer::Group("desk-a".into()))
     );
     assert!(
@@ -217,13 +221,13 @@ async fn shadow_mode_never_denies_but_says_what_it_would_do() {
         let result = registry.check("ACC", Intent::New).await.expect("check");
         assert!(result.allowed);
         assert!(matches!(
-            result.denied,
+            result.denied(),
             Some(Denied::Breaker(crate::core::Denial::Open { .. }))
         ));
         assert!(
-            result.reason.starts_with("shadow mode, would deny"),
+            result.reason().starts_with("shadow mode, would deny"),
             "{}",
-            result.reason
+            result.reason()
         );
     }
     // The opening was recorded as an event, as in enforce mode.
@@ -244,7 +248,7 @@ async fn disabled_mode_allows_everything_and_records_nothing() {
     for _ in 0..5 {
         fail(&registry, "ACC").await;
         let result = registry.check("ACC", Intent::New).await.expect("check");
-        assert!(result.allowed && result.denied.is_none());
+        assert!(result.allowed && result.denied().is_none());
     }
     assert_eq!(registry.get("ACC").expect("breaker"), before);
     // The operator's mode survives a restart, and back to the configured mode it enforces.

@@ -245,16 +245,22 @@ impl StoreSignals {
 #[derive(Debug)]
 pub struct Commit(CommitState);
 
+/// Small (two words), since a commit travels with every answer that changed something: the
+/// rare error is boxed.
 #[derive(Debug)]
 enum CommitState {
-    Done(Result<(), StoreError>),
+    Durable,
+    Failed(Box<StoreError>),
     Pending(oneshot::Receiver<Result<(), StoreError>>),
 }
 
 impl Commit {
     /// A batch that is already as durable as it will be.
     pub fn done(result: Result<(), StoreError>) -> Self {
-        Commit(CommitState::Done(result))
+        Commit(match result {
+            Ok(()) => CommitState::Durable,
+            Err(error) => CommitState::Failed(Box::new(error)),
+        })
     }
 
     /// A batch whose writer answers on `receiver`.
@@ -264,7 +270,8 @@ impl Commit {
 
     pub async fn durable(self) -> Result<(), StoreError> {
         match self.0 {
-            CommitState::Done(result) => result,
+            CommitState::Durable => Ok(()),
+            CommitState::Failed(error) => Err(*error),
             CommitState::Pending(receiver) => receiver.await.unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(
                     "the store writer stopped before confirming the write".into(),
