@@ -389,7 +389,7 @@ fn the_record_keeps_every_new_field() {
         &failure(FailureKind::MarginExhausted, "o-9"),
         at(1.0),
     );
-    let restored = Breaker::from_record(&b.to_record());
+    let restored = Breaker::from_record(b.to_record());
     assert_eq!(restored, b);
     assert_eq!(restored.opened_by(), Some(Cause::FailureKindTrip));
 }
@@ -553,7 +553,7 @@ mod hostile {
                     prop_assert_eq!(b.state(), State::Open);
                 }
                 prop_assert!(b.failures(&s, now).count() <= 2 * crate::core::breaker::FAILURE_MEMORY.max(s.failure_threshold as usize) + 64);
-                prop_assert_eq!(Breaker::from_record(&b.to_record()), b.clone());
+                prop_assert_eq!(Breaker::from_record(b.to_record()), b.clone());
             }
         }
     }

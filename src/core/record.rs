@@ -81,7 +81,7 @@ impl Breaker {
     }
 
     /// A breaker brought back from its record.
-    pub fn from_record(record: &BreakerRecord) -> Self {
+    pub fn from_record(record: BreakerRecord) -> Self {
         Breaker {
             state: record.state,
             tripped: record.tripped,
@@ -90,20 +90,20 @@ impl Breaker {
             cold: History::of(Cold {
                 failures: record
                     .failures
-                    .iter()
+                    .into_iter()
                     .map(|f| Failure {
                         at: f.at,
                         sequence: f.permit_sequence.unwrap_or(NO_PERMIT),
                         kind: f.kind,
-                        order_id: f.order_id.clone(),
-                        detail: f.detail.clone(),
+                        order_id: f.order_id,
+                        detail: f.detail,
                     })
                     .collect(),
                 opened_at: record.opened_at,
                 recovery_at: record.recovery_at,
                 probes: record
                     .probes
-                    .iter()
+                    .into_iter()
                     .map(|p| Probe {
                         sequence: p.sequence,
                         expires_at: p.expires_at,
@@ -113,7 +113,7 @@ impl Breaker {
                 opened_by: record.opened_by,
                 open_streak: record.open_streak,
                 closed_at: record.closed_at,
-                window: record.window.clone().map(Box::new),
+                window: record.window.map(Box::new),
             }),
         }
     }

@@ -401,6 +401,6 @@ fn a_breaker_survives_its_record() {
     allow(&mut breaker, at(305.0));
     let permit = allow(&mut breaker, at(306.0));
     succeed(&mut breaker, Some(permit), at(307.0));
-    let restored = Breaker::from_record(&breaker.to_record());
+    let restored = Breaker::from_record(breaker.to_record());
     assert_eq!(restored, breaker);
 }

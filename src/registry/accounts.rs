@@ -35,6 +35,32 @@ impl Accounts {
         self.table.reserve(additional, |(id, _)| hash(hasher, id));
     }
 
+    /// Puts `slot` in for `account_id`, whose hash is `hash`; true when the account was not
+    /// there before.
+    pub(super) fn insert(
+        &mut self,
+        hash: u64,
+        account_id: Box<str>,
+        slot: Slot,
+        hasher: &DefaultHashBuilder,
+    ) -> bool {
+        match self.table.find_mut(hash, |(id, _)| **id == *account_id) {
+            Some(existing) => {
+                existing.1 = slot;
+                false
+            }
+            None => {
+                self.table
+                    .insert_unique(hash, (account_id, slot), |(id, _)| self::hash(hasher, id));
+                true
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &Slot)> {
         self.table.iter().map(|(id, slot)| (&**id, slot))
     }
@@ -83,23 +109,6 @@ impl Locked<'_> {
             Entry::Vacant(entry) => {
                 let slot = create()?;
                 Ok(&mut entry.insert((account_id.into(), slot)).into_mut().1)
-            }
-        }
-    }
-
-    /// Puts `slot` in for `account_id`; true when the account was not there before.
-    pub(super) fn insert(&mut self, account_id: Box<str>, slot: Slot) -> bool {
-        match self.get_mut(&account_id) {
-            Some(existing) => {
-                *existing = slot;
-                false
-            }
-            None => {
-                let hasher = self.hasher;
-                self.accounts
-                    .table
-                    .insert_unique(self.hash, (account_id, slot), |(id, _)| hash(hasher, id));
-                true
             }
         }
     }

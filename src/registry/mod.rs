@@ -30,7 +30,8 @@ use crate::clock::Clock;
 use crate::core::{permit, Breaker, Mode, Settings, State, Timestamp, Transitions};
 use crate::error::{Error, Result};
 use crate::store::{
-    AuditQuery, AuditRecord, Batch, Commit, Halt, Store, StoreSignals, StoredBreaker,
+    AuditQuery, AuditRecord, Batch, Commit, Halt, Loading, Recovered, Store, StoreError,
+    StoreSignals, StoredBreaker,
 };
 
 pub use account_id::validate as validate_account_id;
@@ -91,6 +92,18 @@ struct Slot {
     scheduled: Option<Timestamp>,
     /// The mode an operator set, which takes precedence over the configured one.
     mode: Option<Mode>,
+}
+
+/// Breakers read from the store, prepared on the reading thread.
+enum Prepared {
+    Expect(usize),
+    Breakers(Vec<Restored>),
+}
+
+struct Restored {
+    hash: u64,
+    account_id: Box<str>,
+    slot: Slot,
 }
 
 /// Firm-wide and group halts in force.
@@ -160,7 +173,51 @@ impl Registry {
     /// deadline passed while the service was down are due at once (time spent down counts).
     pub fn load(&self) -> Result<()> {
         let started = std::time::Instant::now();
-        let recovered = self.store.load()?;
+        // Read once, not per breaker.
+        let policy = self.policy();
+        let mut by_state = [0usize; 3];
+        let mut count = 0usize;
+        let prepare = |loading: Loading| match loading {
+            Loading::Expect(expected) => Prepared::Expect(expected),
+            Loading::Breakers(chunk) => Prepared::Breakers(
+                chunk
+                    .into_iter()
+                    .map(|stored| self.restore(stored, &policy))
+                    .collect(),
+            ),
+        };
+        let mut put = |prepared: Prepared| match prepared {
+            Prepared::Expect(expected) => {
+                // Each shard sized for its share up front, rather than grown by doubling.
+                let per_shard = expected / SHARDS;
+                for shard in self.shards.iter() {
+                    lock(shard).reserve(per_shard + per_shard / 8, &self.hasher);
+                }
+            }
+            Prepared::Breakers(restored) => {
+                for Restored {
+                    hash,
+                    account_id,
+                    mut slot,
+                } in restored
+                {
+                    by_state[match slot.breaker.state() {
+                        State::Closed => 0,
+                        State::Open => 1,
+                        State::HalfOpen => 2,
+                    }] += 1;
+                    count += 1;
+                    self.schedule(&account_id, &mut slot);
+                    lock(&self.shards[accounts::shard_index(hash, SHARDS)]).insert(
+                        hash,
+                        account_id,
+                        slot,
+                        &self.hasher,
+                    );
+                }
+            }
+        };
+        let recovered = self.read_store(&prepare, &mut put)?;
         let read = started.elapsed();
         self.events
             .restore(recovered.events, recovered.last_sequence);
@@ -170,7 +227,7 @@ impl Registry {
                 match layer {
                     Layer::Firm => halts.firm = Some(halt),
                     Layer::Group(name) => {
-                        if !self.policy().has_group(&name) {
+                        if !policy.has_group(&name) {
                             tracing::warn!(group = %name, "a halt is in force for a group the configuration does not define; it applies to no account until the group is defined again or resumed");
                         }
                         halts.groups.insert(name, halt);
@@ -184,43 +241,8 @@ impl Registry {
             );
             crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
         }
-        let mut by_state = [0usize; 3];
-        // Read once, not per breaker; and each shard sized for its share up front, rather than
-        // grown by doubling.
-        let policy = self.policy();
-        let per_shard = recovered.breakers.len() / SHARDS;
-        for shard in self.shards.iter() {
-            lock(shard).reserve(per_shard + per_shard / 8, &self.hasher);
-        }
-        let count = recovered.breakers.len();
-        for mut stored in recovered.breakers {
-            // Checks in CLOSED issue permits without writing anything, so permits may have been
-            // issued past the stored counter before the restart. Numbering resumes well beyond
-            // it, so a permit issued now never looks like one issued then.
-            stored.record.next_sequence = stored
-                .record
-                .next_sequence
-                .saturating_add(PERMITS_BETWEEN_WRITES);
-            by_state[match stored.record.state {
-                State::Closed => 0,
-                State::Open => 1,
-                State::HalfOpen => 2,
-            }] += 1;
-            let account_id = stored.account_id;
-            let mut slot = Slot {
-                breaker: Breaker::from_record(&stored.record),
-                tag: permit::account_tag(&account_id),
-                settings: policy.settings_for(&account_id),
-                last_sequence: stored.last_sequence,
-                scheduled: None,
-                mode: stored.mode,
-            };
-            self.schedule(&account_id, &mut slot);
-            let mut shard = self.shard(&account_id);
-            if shard.insert(account_id.into_boxed_str(), slot) {
-                self.accounts.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let accounts: usize = self.shards.iter().map(|shard| lock(shard).len()).sum();
+        self.accounts.store(accounts, Ordering::Relaxed);
         crate::metrics::breakers_loaded(by_state[0], by_state[1], by_state[2]);
         tracing::info!(
             breakers = count,
@@ -230,6 +252,66 @@ impl Registry {
         );
         self.ready.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Reads the store and prepares its breakers on a thread of its own, and hands them to
+    /// `put` on this one as they arrive, so that reading and putting them in place overlap.
+    /// Each thread frees what it allocated, so neither waits on the other's allocator.
+    fn read_store(
+        &self,
+        prepare: &(dyn Fn(Loading) -> Prepared + Sync),
+        put: &mut dyn FnMut(Prepared),
+    ) -> Result<Recovered> {
+        std::thread::scope(|scope| {
+            let (sender, receiver) = std::sync::mpsc::sync_channel(8);
+            let reader = std::thread::Builder::new()
+                .name("riskgate-load".into())
+                .spawn_scoped(scope, move || {
+                    self.store.load_streaming(&mut |loading| {
+                        // The receiver goes only when this scope ends, after this thread.
+                        let _ = sender.send(prepare(loading));
+                    })
+                });
+            let Ok(reader) = reader else {
+                // No thread to spare: read on this one.
+                return Ok(self
+                    .store
+                    .load_streaming(&mut |loading| put(prepare(loading)))?);
+            };
+            for prepared in receiver {
+                put(prepared);
+            }
+            match reader.join() {
+                Ok(recovered) => Ok(recovered?),
+                Err(_) => Err(Error::Store(StoreError::Unavailable(
+                    "reading the store stopped unexpectedly".into(),
+                ))),
+            }
+        })
+    }
+
+    /// A breaker read from the store, ready to be put in place.
+    fn restore(&self, mut stored: StoredBreaker, policy: &Policy) -> Restored {
+        // Checks in CLOSED issue permits without writing anything, so permits may have been
+        // issued past the stored counter before the restart. Numbering resumes well beyond
+        // it, so a permit issued now never looks like one issued then.
+        stored.record.next_sequence = stored
+            .record
+            .next_sequence
+            .saturating_add(PERMITS_BETWEEN_WRITES);
+        let account_id = stored.account_id.into_boxed_str();
+        Restored {
+            hash: accounts::hash(&self.hasher, &account_id),
+            slot: Slot {
+                breaker: Breaker::from_record(stored.record),
+                tag: permit::account_tag(&account_id),
+                settings: policy.settings_for(&account_id),
+                last_sequence: stored.last_sequence,
+                scheduled: None,
+                mode: stored.mode,
+            },
+            account_id,
+        }
     }
 
     /// Whether the registry is loaded and its store accepts writes.

@@ -296,3 +296,90 @@ async fn a_reload_applies_to_the_next_decision_and_keeps_every_breaker() {
     let feed = registry.subscribe(&[], Some(0)).expect("subscribe");
     assert_eq!(&*feed.replay[0].config_version, "v2");
 }
+
+/// More accounts than one load chunk holds, so the restore goes through the reading thread
+/// several times: every breaker comes back in its state, and permits issued before the
+/// restart are still taken.
+#[tokio::test]
+async fn a_restart_restores_every_breaker_across_load_chunks() {
+    use crate::store::{SqliteOptions, SqliteStore, LOAD_CHUNK};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open = |clock: Arc<ManualClock>| {
+        let store = SqliteStore::open(SqliteOptions {
+            path: dir.path().join("data"),
+            retained_events: 100,
+            retained_age: Duration::from_secs(3600),
+        })
+        .expect("store");
+        let options = RegistryOptions {
+            policy: Policy {
+                defaults: Arc::new(Settings {
+                    failure_threshold: 2,
+                    ..Settings::default()
+                }),
+                ..Policy::default()
+            },
+            max_accounts: 10 * LOAD_CHUNK,
+            ..RegistryOptions::default()
+        };
+        let registry = Registry::new(options, Arc::new(store), clock);
+        registry.load().expect("the store loads");
+        registry
+    };
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(
+        1_700_000_000_000_000_000,
+    )));
+    let accounts = 3 * LOAD_CHUNK + 17;
+    let mut permits = Vec::new();
+    {
+        let registry = open(clock.clone());
+        for i in 0..accounts {
+            let account = format!("acct-{i}");
+            registry.check(&account, Intent::New).await.expect("check");
+            // Every tenth account opens; every other one keeps one failure.
+            let failures = if i % 10 == 0 { 2 } else { 1 };
+            for _ in 0..failures {
+                registry
+                    .report(&account, "", Report::failure(FailureKind::Unspecified))
+                    .await
+                    .expect("report");
+            }
+            if i % 10 != 0 {
+                permits.push((
+                    account,
+                    registry
+                        .check(&format!("acct-{i}"), Intent::New)
+                        .await
+                        .expect("check")
+                        .permit_id(),
+                ));
+            }
+        }
+    }
+    let registry = open(clock);
+    assert_eq!(registry.account_count(), accounts);
+    let (all, more) = registry.list(None, None, usize::MAX);
+    assert!(!more);
+    assert_eq!(all.len(), accounts);
+    for view in &all {
+        let i: usize = view.account_id["acct-".len()..].parse().expect("index");
+        let (state, failures) = if i % 10 == 0 {
+            (State::Open, 2)
+        } else {
+            (State::Closed, 1)
+        };
+        assert_eq!(
+            (view.state, view.failure_count),
+            (state, failures),
+            "{}",
+            view.account_id
+        );
+    }
+    for (account, permit) in permits.iter().step_by(50) {
+        let answer = registry
+            .report(account, permit, Report::success())
+            .await
+            .expect("a permit from before the restart is taken");
+        assert_eq!(answer.state, State::Closed);
+    }
+}

@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{
-    AuditQuery, AuditRecord, Batch, Commit, Halt, Recovered, Store, StoreError, StoreSignals,
-    StoredBreaker,
+    AuditQuery, AuditRecord, Batch, Commit, Halt, Loading, Recovered, Store, StoreError,
+    StoreSignals, StoredBreaker,
 };
 use crate::registry::{Event, Layer};
 
@@ -44,10 +44,14 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn load(&self) -> Result<Recovered, StoreError> {
+    fn load_streaming(&self, breakers: &mut dyn FnMut(Loading)) -> Result<Recovered, StoreError> {
         let inner = self.lock();
+        breakers(Loading::Expect(inner.breakers.len()));
+        breakers(Loading::Breakers(
+            inner.breakers.values().cloned().collect(),
+        ));
         Ok(Recovered {
-            breakers: inner.breakers.values().cloned().collect(),
+            breakers: Vec::new(),
             events: inner.events.iter().cloned().collect(),
             last_sequence: inner.last_sequence,
             halts: inner.halts.clone(),

@@ -148,6 +148,8 @@ pub struct Batch {
 /// Everything a store holds, read back at start-up.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// Filled by [`Store::load`]; [`Store::load_streaming`] hands the breakers over as it reads
+    /// them instead.
     pub breakers: Vec<StoredBreaker>,
     /// Retained events, oldest first.
     pub events: Vec<Arc<Event>>,
@@ -157,8 +159,36 @@ pub struct Recovered {
     pub halts: Vec<(Layer, Halt)>,
 }
 
+/// Breakers as a store reads them at start-up.
+#[derive(Debug)]
+pub enum Loading {
+    /// How many breakers follow (sent first).
+    Expect(usize),
+    /// The next breakers read.
+    Breakers(Vec<StoredBreaker>),
+}
+
+/// How many breakers a store hands over at a time while loading: few enough that a chunk is
+/// recycled by the allocator (kept in cache, no fresh pages) rather than mapped anew.
+pub const LOAD_CHUNK: usize = 256;
+
 pub trait Store: Send + Sync + 'static {
-    fn load(&self) -> Result<Recovered, StoreError>;
+    /// Reads everything the store holds. The breakers go to `breakers` as they are read, in
+    /// chunks, so that the caller can put them in place while the rest is still being read;
+    /// everything else is returned. May block on I/O.
+    fn load_streaming(&self, breakers: &mut dyn FnMut(Loading)) -> Result<Recovered, StoreError>;
+
+    /// Reads everything the store holds at once.
+    fn load(&self) -> Result<Recovered, StoreError> {
+        let mut all = Vec::new();
+        let mut recovered = self.load_streaming(&mut |loading| match loading {
+            Loading::Expect(count) => all.reserve(count),
+            Loading::Breakers(chunk) => all.extend(chunk),
+        })?;
+        recovered.breakers = all;
+        Ok(recovered)
+    }
+
     fn submit(&self, batch: Batch) -> Commit;
     fn signals(&self) -> Arc<StoreSignals>;
     /// Reads the audit trail. May block on I/O: call from a blocking context.

@@ -22,8 +22,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    AuditAction, AuditQuery, AuditRecord, Batch, Commit, Recovered, Store, StoreError,
-    StoreSignals, StoredBreaker,
+    AuditAction, AuditQuery, AuditRecord, Batch, Commit, Loading, Recovered, Store, StoreError,
+    StoreSignals, StoredBreaker, LOAD_CHUNK,
 };
 use crate::core::Timestamp;
 use writer::{Reply, Retention};
@@ -64,6 +64,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating on first start) the store in `options.path`.
     pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
         let dir = options.path.clone();
         let shown = dir.display().to_string();
         let unusable = |detail: String, advice: &'static str| StoreError::Unusable {
@@ -149,7 +150,12 @@ impl SqliteStore {
                 move || writer::run(conn, receiver, signals, retention, shown)
             })
             .map_err(|e| unusable(format!("cannot start the writer thread: {e}"), ADVICE_IO))?;
-        tracing::info!(path = %shown, last_sequence, "store opened");
+        tracing::info!(
+            path = %shown,
+            last_sequence,
+            took_ms = started.elapsed().as_millis() as u64,
+            "store opened and checked"
+        );
         Ok(SqliteStore {
             path: dir,
             jobs: Some(jobs),
@@ -187,22 +193,28 @@ impl Drop for SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn load(&self) -> Result<Recovered, StoreError> {
+    fn load_streaming(&self, sink: &mut dyn FnMut(Loading)) -> Result<Recovered, StoreError> {
         let guard = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let reader = guard
             .as_ref()
             .ok_or_else(|| self.unusable("the store is closed".into()))?;
         let fail = |e: rusqlite::Error| self.unusable(format!("reading it failed: {e}"));
-        let mut breakers = Vec::new();
+        let count: i64 = reader
+            .query_row("SELECT count(*) FROM breakers", [], |row| row.get(0))
+            .map_err(fail)?;
+        sink(Loading::Expect(usize::try_from(count).unwrap_or(0)));
+        let mut breakers = Vec::with_capacity(LOAD_CHUNK);
         let mut rows = reader
             .prepare("SELECT account_id, record, last_sequence FROM breakers")
             .map_err(fail)?;
         let mut cursor = rows.query([]).map_err(fail)?;
         while let Some(row) = cursor.next().map_err(fail)? {
             let account_id: String = row.get(0).map_err(fail)?;
-            let bytes: Vec<u8> = row.get(1).map_err(fail)?;
+            let bytes = row.get_ref(1).map_err(fail)?.as_blob().map_err(|e| {
+                self.unusable(format!("the breaker of {account_id} is not a blob: {e}"))
+            })?;
             let last_sequence: i64 = row.get(2).map_err(fail)?;
-            let (record, mode) = codec::decode_breaker(&bytes).map_err(|e| {
+            let (record, mode) = codec::decode_breaker(bytes).map_err(|e| {
                 self.unusable(format!("the breaker of {account_id} does not decode: {e}"))
             })?;
             breakers.push(StoredBreaker {
@@ -211,6 +223,15 @@ impl Store for SqliteStore {
                 last_sequence: u64::try_from(last_sequence).unwrap_or(0),
                 mode,
             });
+            if breakers.len() == LOAD_CHUNK {
+                sink(Loading::Breakers(std::mem::replace(
+                    &mut breakers,
+                    Vec::with_capacity(LOAD_CHUNK),
+                )));
+            }
+        }
+        if !breakers.is_empty() {
+            sink(Loading::Breakers(breakers));
         }
         let mut halts = Vec::new();
         let mut rows = reader
@@ -243,7 +264,7 @@ impl Store for SqliteStore {
         events.reverse();
         let last_sequence = read_last_sequence(reader).map_err(fail)?;
         Ok(Recovered {
-            breakers,
+            breakers: Vec::new(),
             events,
             last_sequence,
             halts,
