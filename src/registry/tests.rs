@@ -337,14 +337,14 @@ async fn a_restart_restores_every_breaker_across_load_chunks() {
             let account = format!("acct-{i}");
             registry.check(&account, Intent::New).await.expect("check");
             // Every tenth account opens; every other one keeps one failure.
-            let failures = if i % 10 == 0 { 2 } else { 1 };
+            let failures = if i.is_multiple_of(10) { 2 } else { 1 };
             for _ in 0..failures {
                 registry
                     .report(&account, "", Report::failure(FailureKind::Unspecified))
                     .await
                     .expect("report");
             }
-            if i % 10 != 0 {
+            if !i.is_multiple_of(10) {
                 permits.push((
                     account,
                     registry
@@ -363,7 +363,7 @@ async fn a_restart_restores_every_breaker_across_load_chunks() {
     assert_eq!(all.len(), accounts);
     for view in &all {
         let i: usize = view.account_id["acct-".len()..].parse().expect("index");
-        let (state, failures) = if i % 10 == 0 {
+        let (state, failures) = if i.is_multiple_of(10) {
             (State::Open, 2)
         } else {
             (State::Closed, 1)
