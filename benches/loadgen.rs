@@ -11,7 +11,8 @@
 //!   cargo bench --bench loadgen -- --mode unary --in-flight 1  # latency at one call in flight
 //!   cargo bench --bench loadgen -- --addr http://host:50051 --mode session
 //!
-//! Options: --mode unary|unary-report|session|all, --connections N (1), --in-flight M (64),
+//! Options: --mode unary|unary-report|session|batch|all, --connections N (1), --in-flight M
+//! (64; for `batch`, batches), --batch B (32: checks per batch message of a trade session),
 //! --seconds S (5), --warmup S (1), --accounts K (1000).
 
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ enum Mode {
     Unary,
     UnaryReport,
     Session,
+    /// Trade session messages that each carry a batch of checks.
+    SessionBatch,
 }
 
 impl Mode {
@@ -51,6 +54,7 @@ impl Mode {
             Mode::Unary => "unary CheckTrade",
             Mode::UnaryReport => "unary Check+Report",
             Mode::Session => "TradeSession checks",
+            Mode::SessionBatch => "TradeSession batched",
         }
     }
 }
@@ -62,6 +66,8 @@ struct Load {
     warmup: Duration,
     measure: Duration,
     accounts: usize,
+    /// Checks per message in `Mode::SessionBatch`.
+    batch: usize,
 }
 
 struct Result_ {
@@ -186,10 +192,15 @@ async fn run(addr: &str, mode: Mode, load: &Load) -> Result_ {
                     }));
                 }
             }
-            Mode::Session => {
+            Mode::Session | Mode::SessionBatch => {
                 let mut gate = GateServiceClient::new(channel.clone());
                 let window = load.in_flight;
                 let accounts = load.accounts;
+                let batch = if mode == Mode::SessionBatch {
+                    load.batch.max(1)
+                } else {
+                    1
+                };
                 tasks.push(tokio::spawn(async move {
                     let (send, receive) = mpsc::channel::<TradeSessionRequest>(window);
                     let mut answers = gate
@@ -217,12 +228,24 @@ async fn run(addr: &str, mode: Mode, load: &Load) -> Result_ {
                                 }
                                 sent_at.lock().expect("lock")[(id % window as u64) as usize] =
                                     Some(now);
-                                let message = TradeSessionRequest {
-                                    correlation_id: id,
+                                let check = |n: u64| TradeSessionRequest {
+                                    correlation_id: n,
                                     kind: Some(In::Check(CheckTradeRequest {
-                                        account_id: format!("acct-{}", (id as usize) % accounts),
+                                        account_id: format!("acct-{}", (n as usize) % accounts),
                                         ..Default::default()
                                     })),
+                                };
+                                let message = if batch == 1 {
+                                    check(id)
+                                } else {
+                                    TradeSessionRequest {
+                                        correlation_id: id,
+                                        kind: Some(In::Batch(TradeSessionBatch {
+                                            messages: (0..batch as u64)
+                                                .map(|n| check(id * batch as u64 + n))
+                                                .collect(),
+                                        })),
+                                    }
                                 };
                                 id += 1;
                                 if send.send(message).await.is_err() {
@@ -237,10 +260,20 @@ async fn run(addr: &str, mode: Mode, load: &Load) -> Result_ {
                         let sent = sent_at.lock().expect("lock")
                             [(answer.correlation_id % window as u64) as usize];
                         credits.add_permits(1);
-                        if let (Some(sent), Some(Out::Check(_))) = (sent, &answer.kind) {
-                            if sent >= measure_from && sent < end {
-                                calls += 1;
-                                let _ = h.record(sent.elapsed().as_nanos() as u64);
+                        let checks = match &answer.kind {
+                            Some(Out::Check(_)) => 1,
+                            Some(Out::Batch(b)) => b
+                                .messages
+                                .iter()
+                                .filter(|m| matches!(m.kind, Some(Out::Check(_))))
+                                .count() as u64,
+                            _ => 0,
+                        };
+                        if let Some(sent) = sent {
+                            if checks > 0 && sent >= measure_from && sent < end {
+                                calls += checks;
+                                // Each check of a batch waited as long as the batch.
+                                let _ = h.record_n(sent.elapsed().as_nanos() as u64, checks);
                             }
                         }
                         if Instant::now() >= end + Duration::from_millis(200) {
@@ -378,18 +411,29 @@ impl GateService for Trivial {
         let (send, receive) = mpsc::channel(1024);
         let accounts = self.accounts.clone();
         tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
+            let answer = |message: &TradeSessionRequest| {
                 let generation = match &message.kind {
                     Some(In::Check(c)) => accounts.get(&c.account_id).copied().unwrap_or(0),
                     _ => 0,
                 };
-                let answer = TradeSessionResponse {
+                TradeSessionResponse {
                     correlation_id: message.correlation_id,
                     kind: Some(Out::Check(CheckTradeResponse {
                         allowed: true,
                         generation,
                         ..Default::default()
                     })),
+                }
+            };
+            while let Ok(Some(message)) = inbound.message().await {
+                let answer = match &message.kind {
+                    Some(In::Batch(batch)) => TradeSessionResponse {
+                        correlation_id: message.correlation_id,
+                        kind: Some(Out::Batch(TradeSessionBatchResponse {
+                            messages: batch.messages.iter().map(answer).collect(),
+                        })),
+                    },
+                    _ => answer(&message),
                 };
                 if send.send(Ok(answer)).await.is_err() {
                     return;
@@ -463,12 +507,19 @@ fn main() {
         warmup: Duration::from_secs_f64(num("--warmup", 1.0)),
         measure: Duration::from_secs_f64(num("--seconds", 5.0)),
         accounts: num("--accounts", 1000),
+        batch: num("--batch", 32),
     };
     let modes: Vec<Mode> = match arg("--mode").as_deref() {
         Some("unary") => vec![Mode::Unary],
         Some("unary-report") => vec![Mode::UnaryReport],
         Some("session") => vec![Mode::Session],
-        _ => vec![Mode::Unary, Mode::UnaryReport, Mode::Session],
+        Some("batch") => vec![Mode::SessionBatch],
+        _ => vec![
+            Mode::Unary,
+            Mode::UnaryReport,
+            Mode::Session,
+            Mode::SessionBatch,
+        ],
     };
     // The load on the first core; servers on the last (counted before pinning).
     let _ = last_core();
@@ -482,8 +533,8 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "load: {} connection(s) x {} in flight, {:?} warm-up, {:?} measured, {} accounts",
-        load.connections, load.in_flight, load.warmup, load.measure, load.accounts
+        "load: {} connection(s) x {} in flight, {:?} warm-up, {:?} measured, {} accounts, batches of {} checks",
+        load.connections, load.in_flight, load.warmup, load.measure, load.accounts, load.batch
     );
     println!(
         "{:<22} {:<9} {:>12} {:>10} {:>10} {:>10}",

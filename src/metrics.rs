@@ -8,7 +8,8 @@
 //! every call here is a no-op.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -22,6 +23,23 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0,
 ];
 
+/// Whether a recorder is installed: without one, handling times are not even measured.
+static RECORDING: AtomicBool = AtomicBool::new(false);
+
+/// Measures how long a call is handled, for its histogram. Reads no clock when nothing
+/// records (a clock read costs a tenth of a check).
+pub struct Timer(Option<Instant>);
+
+impl Timer {
+    pub fn start() -> Self {
+        Timer(RECORDING.load(Ordering::Relaxed).then(Instant::now))
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.0.map_or(Duration::ZERO, |started| started.elapsed())
+    }
+}
+
 /// Installs the recorder and serves `/metrics` on `listen`. Returns the exporter's task.
 pub fn serve(listen: SocketAddr) -> Result<tokio::task::JoinHandle<()>, String> {
     let (recorder, exporter) = PrometheusBuilder::new()
@@ -31,6 +49,7 @@ pub fn serve(listen: SocketAddr) -> Result<tokio::task::JoinHandle<()>, String> 
         .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
     metrics::set_global_recorder(recorder)
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    RECORDING.store(true, Ordering::Relaxed);
     describe();
     Ok(tokio::spawn(async move {
         if let Err(error) = exporter.await {

@@ -174,3 +174,90 @@ async fn a_broken_stream_loses_no_acknowledged_outcome() {
     );
     server.stop().await;
 }
+
+fn batch(id: u64, messages: Vec<TradeSessionRequest>) -> TradeSessionRequest {
+    TradeSessionRequest {
+        correlation_id: id,
+        kind: Some(In::Batch(TradeSessionBatch { messages })),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_handled_in_order_and_answered_message_by_message() {
+    let server = TestServer::start("[breaker]\nfailure_threshold = 2\n").await;
+    let mut session = Session::open(&server).await;
+    // Two checks, then failures reported with the permits the empty ids stand for (the
+    // current generation), then a check that meets the opened breaker; and among them a bad
+    // id, an empty message and a nested batch, each refused alone.
+    session
+        .send(batch(
+            1,
+            vec![
+                check(10, "ACC"),
+                check(11, "ACC"),
+                check(12, "bad id!"),
+                failure(13, "ACC", ""),
+                TradeSessionRequest {
+                    correlation_id: 14,
+                    kind: None,
+                },
+                batch(15, vec![check(150, "ACC")]),
+                failure(16, "ACC", ""),
+                check(17, "ACC"),
+            ],
+        ))
+        .await;
+    let answer = session.answer().await;
+    assert_eq!(answer.correlation_id, 1);
+    let Some(Out::Batch(answers)) = answer.kind else {
+        panic!("{answer:?}")
+    };
+    let ids: Vec<u64> = answers.messages.iter().map(|a| a.correlation_id).collect();
+    assert_eq!(ids, [10, 11, 12, 13, 14, 15, 16, 17]);
+    let kinds: Vec<_> = answers.messages.into_iter().map(|a| a.kind).collect();
+    assert!(matches!(&kinds[0], Some(Out::Check(c)) if c.allowed && !c.permit_id.is_empty()));
+    assert!(matches!(&kinds[1], Some(Out::Check(c)) if c.allowed));
+    assert!(
+        matches!(&kinds[2], Some(Out::Error(e)) if e.code == tonic::Code::InvalidArgument as i32 && e.message.contains("account_id"))
+    );
+    assert!(
+        matches!(&kinds[3], Some(Out::Report(r)) if r.disposition == OutcomeDisposition::Recorded as i32 && r.state == BreakerState::Closed as i32)
+    );
+    assert!(
+        matches!(&kinds[4], Some(Out::Error(e)) if e.code == tonic::Code::InvalidArgument as i32)
+    );
+    assert!(
+        matches!(&kinds[5], Some(Out::Error(e)) if e.code == tonic::Code::InvalidArgument as i32 && e.message.contains("batch"))
+    );
+    assert!(matches!(&kinds[6], Some(Out::Report(r)) if r.state == BreakerState::Open as i32));
+    assert!(
+        matches!(&kinds[7], Some(Out::Check(c)) if !c.allowed && c.denial == Denial::BreakerOpen as i32)
+    );
+    // What the batch did is what unary calls see.
+    assert_eq!(server.check("ACC").await.denial, Denial::BreakerOpen as i32);
+
+    // Too large a batch is refused whole, and the stream goes on.
+    let oversized: Vec<_> = (0..1025).map(|i| check(i, "OTHER")).collect();
+    session.send(batch(2, oversized)).await;
+    let answer = session.answer().await;
+    assert_eq!(answer.correlation_id, 2);
+    assert!(
+        matches!(&answer.kind, Some(Out::Error(e)) if e.code == tonic::Code::InvalidArgument as i32 && e.message.contains("1024")),
+        "{answer:?}"
+    );
+    assert_eq!(
+        server
+            .monitor()
+            .get_breaker(GetBreakerRequest {
+                account_id: "OTHER".into(),
+            })
+            .await
+            .map(drop)
+            .map_err(|s| s.code()),
+        Err(tonic::Code::NotFound),
+        "nothing of a refused batch was done"
+    );
+    session.send(check(3, "OTHER")).await;
+    assert!(matches!(session.answer().await.kind, Some(Out::Check(c)) if c.allowed));
+    server.stop().await;
+}

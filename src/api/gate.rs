@@ -16,12 +16,15 @@ use crate::proto::trade_session_request::Kind as In;
 use crate::proto::trade_session_response::Kind as Out;
 use crate::proto::{
     CheckTradeRequest, CheckTradeResponse, ReportOutcomeRequest, ReportOutcomeResponse,
-    SessionError, TradeSessionRequest, TradeSessionResponse,
+    SessionError, TradeSessionBatchResponse, TradeSessionRequest, TradeSessionResponse,
 };
 use crate::registry::Registry;
 
 /// Messages of one trade session in progress at once; past it the stream is not read.
 pub const SESSION_WINDOW: usize = 1024;
+
+/// Messages in one batch of a trade session, at most.
+pub const MAX_BATCH: usize = 1024;
 
 pub struct Gate {
     registry: Arc<Registry>,
@@ -42,10 +45,10 @@ async fn check(
     request: CheckTradeRequest,
 ) -> Result<CheckTradeResponse, Status> {
     crate::auth::authorize(principal, &request.account_id)?;
-    let started = std::time::Instant::now();
+    let timer = crate::metrics::Timer::start();
     let intent = convert::intent(request.intent)?;
     let result = registry.check(&request.account_id, intent).await?;
-    crate::metrics::checked(&result, started.elapsed());
+    crate::metrics::checked(&result, timer.elapsed());
     Ok(convert::check_response(result))
 }
 
@@ -55,49 +58,93 @@ async fn report(
     request: ReportOutcomeRequest,
 ) -> Result<ReportOutcomeResponse, Status> {
     crate::auth::authorize(principal, &request.account_id)?;
-    let started = std::time::Instant::now();
+    let timer = crate::metrics::Timer::start();
     let report = convert::report(&request)?;
     let (failed, kind) = (report.failed, report.kind);
     let result = registry
         .report(&request.account_id, &request.permit_id, report)
         .await?;
-    crate::metrics::reported(failed, kind, &result, started.elapsed());
+    crate::metrics::reported(failed, kind, &result, timer.elapsed());
     Ok(convert::report_response(result))
 }
 
-/// Answers one message of a trade session.
+/// Answers one message of a trade session: a check, a report or a batch of them.
 async fn session_message(
     registry: Arc<Registry>,
     principal: Option<Arc<Principal>>,
     message: TradeSessionRequest,
 ) -> TradeSessionResponse {
-    let principal = principal.as_deref();
+    let kind = match message.kind {
+        Some(In::Batch(batch)) if batch.messages.len() > MAX_BATCH => {
+            Err(Status::invalid_argument(format!(
+                "a batch holds at most {MAX_BATCH} messages, not {}",
+                batch.messages.len()
+            )))
+        }
+        Some(In::Batch(batch)) => {
+            // In the order given: a report follows the check it answers.
+            let mut answers = Vec::with_capacity(batch.messages.len());
+            for message in batch.messages {
+                answers.push(single_message(&registry, principal.as_deref(), message).await);
+            }
+            Ok(Out::Batch(TradeSessionBatchResponse { messages: answers }))
+        }
+        kind => {
+            return single_message(
+                &registry,
+                principal.as_deref(),
+                TradeSessionRequest {
+                    correlation_id: message.correlation_id,
+                    kind,
+                },
+            )
+            .await
+        }
+    };
+    TradeSessionResponse {
+        correlation_id: message.correlation_id,
+        kind: Some(kind.unwrap_or_else(session_error)),
+    }
+}
+
+/// Answers a check or a report of a trade session, as the unary call would.
+async fn single_message(
+    registry: &Registry,
+    principal: Option<&Principal>,
+    message: TradeSessionRequest,
+) -> TradeSessionResponse {
     // Every message of a session is a gate call, under the principal's rate.
     let kind = match principal.map_or(Ok(()), Principal::admit_gate_call) {
         Err(status) => Err(status),
         Ok(()) => match message.kind {
-            Some(In::Check(request)) => check(&registry, principal, request).await.map(Out::Check),
+            Some(In::Check(request)) => check(registry, principal, request).await.map(Out::Check),
             Some(In::Report(request)) => {
-                report(&registry, principal, request).await.map(Out::Report)
+                report(registry, principal, request).await.map(Out::Report)
             }
+            Some(In::Batch(_)) => Err(Status::invalid_argument(
+                "a batch cannot hold another batch",
+            )),
             None => Err(Status::invalid_argument(
-                "a trade session message holds a check or a report",
+                "a trade session message holds a check, a report or a batch",
             )),
         },
     };
     TradeSessionResponse {
         correlation_id: message.correlation_id,
-        kind: Some(kind.unwrap_or_else(|status| {
-            Out::Error(SessionError {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
-            })
-        })),
+        kind: Some(kind.unwrap_or_else(session_error)),
     }
 }
 
-/// Reads a session's messages and answers each, at most `SESSION_WINDOW` in progress. A message
-/// whose answer is ready at once (a check in CLOSED) is answered without a task of its own.
+fn session_error(status: Status) -> Out {
+    Out::Error(SessionError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    })
+}
+
+/// Reads a session's messages and answers each, reading no more while `SESSION_WINDOW` are in
+/// progress (so at most `SESSION_WINDOW + MAX_BATCH`). A message whose answer is ready at once
+/// (a check in CLOSED, or a batch of them) is answered without a task of its own.
 async fn run_session(
     registry: Arc<Registry>,
     principal: Option<Arc<Principal>>,
@@ -106,6 +153,8 @@ async fn run_session(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut pending = FuturesUnordered::new();
+    // Messages in `pending`, a batch counting each of its own: reading stops at the window.
+    let mut in_progress = 0usize;
     let mut stopping = *shutdown.borrow();
     let mut reading = !stopping;
     loop {
@@ -117,9 +166,13 @@ async fn run_session(
                     reading = false;
                 }
             }
-            message = inbound.message(), if reading && pending.len() < SESSION_WINDOW => {
+            message = inbound.message(), if reading && in_progress < SESSION_WINDOW => {
                 match message {
                     Ok(Some(message)) => {
+                        let weight = match &message.kind {
+                            Some(In::Batch(batch)) => batch.messages.len().max(1),
+                            _ => 1,
+                        };
                         let mut answer =
                             Box::pin(session_message(registry.clone(), principal.clone(), message));
                         match (&mut answer).now_or_never() {
@@ -128,7 +181,10 @@ async fn run_session(
                                     return;
                                 }
                             }
-                            None => pending.push(answer),
+                            None => {
+                                in_progress += weight;
+                                pending.push(answer.map(move |done| (weight, done)));
+                            }
                         }
                     }
                     // The client closed its side: answer what is in progress, then end.
@@ -139,7 +195,8 @@ async fn run_session(
                     }
                 }
             }
-            Some(done) = pending.next(), if !pending.is_empty() => {
+            Some((weight, done)) = pending.next(), if !pending.is_empty() => {
+                in_progress -= weight;
                 if answers.send(Ok(done)).await.is_err() {
                     // Nobody listens any more. What is in progress is already submitted to the
                     // store; only the answers are lost.
