@@ -267,16 +267,19 @@ impl Registry {
             let reader = std::thread::Builder::new()
                 .name("riskgate-load".into())
                 .spawn_scoped(scope, move || {
-                    self.store.load_streaming(&mut |loading| {
+                    self.store.load_streaming(&|loading| {
                         // The receiver goes only when this scope ends, after this thread.
                         let _ = sender.send(prepare(loading));
                     })
                 });
             let Ok(reader) = reader else {
-                // No thread to spare: read on this one.
-                return Ok(self
-                    .store
-                    .load_streaming(&mut |loading| put(prepare(loading)))?);
+                // No thread to spare: read on this one, then put everything in place.
+                let (sender, receiver) = std::sync::mpsc::channel();
+                let recovered = self.store.load_streaming(&|loading| {
+                    let _ = sender.send(prepare(loading));
+                });
+                receiver.try_iter().for_each(&mut *put);
+                return Ok(recovered?);
             };
             for prepared in receiver {
                 put(prepared);

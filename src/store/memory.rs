@@ -44,7 +44,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn load_streaming(&self, breakers: &mut dyn FnMut(Loading)) -> Result<Recovered, StoreError> {
+    fn load_streaming(&self, breakers: &(dyn Fn(Loading) + Sync)) -> Result<Recovered, StoreError> {
         let inner = self.lock();
         breakers(Loading::Expect(inner.breakers.len()));
         breakers(Loading::Breakers(

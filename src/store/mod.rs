@@ -174,18 +174,22 @@ pub const LOAD_CHUNK: usize = 256;
 
 pub trait Store: Send + Sync + 'static {
     /// Reads everything the store holds. The breakers go to `breakers` as they are read, in
-    /// chunks, so that the caller can put them in place while the rest is still being read;
-    /// everything else is returned. May block on I/O.
-    fn load_streaming(&self, breakers: &mut dyn FnMut(Loading)) -> Result<Recovered, StoreError>;
+    /// chunks, so that the caller can put them in place while the rest is still being read
+    /// (`Expect` first; then chunks, possibly from several threads at once); everything else
+    /// is returned. May block on I/O.
+    fn load_streaming(&self, breakers: &(dyn Fn(Loading) + Sync)) -> Result<Recovered, StoreError>;
 
     /// Reads everything the store holds at once.
     fn load(&self) -> Result<Recovered, StoreError> {
-        let mut all = Vec::new();
-        let mut recovered = self.load_streaming(&mut |loading| match loading {
-            Loading::Expect(count) => all.reserve(count),
-            Loading::Breakers(chunk) => all.extend(chunk),
+        let all = Mutex::new(Vec::new());
+        let mut recovered = self.load_streaming(&|loading| {
+            let mut all = all.lock().unwrap_or_else(PoisonError::into_inner);
+            match loading {
+                Loading::Expect(count) => all.reserve(count),
+                Loading::Breakers(chunk) => all.extend(chunk),
+            }
         })?;
-        recovered.breakers = all;
+        recovered.breakers = all.into_inner().unwrap_or_else(PoisonError::into_inner);
         Ok(recovered)
     }
 

@@ -47,6 +47,13 @@ pub struct SqliteOptions {
     pub retained_age: Duration,
 }
 
+/// One half of the breakers' key range, split at a middle key.
+#[derive(Clone, Copy)]
+enum Half {
+    Below,
+    From,
+}
+
 pub struct SqliteStore {
     path: PathBuf,
     /// `None` once closing, which lets the writer finish and stop.
@@ -167,6 +174,66 @@ impl SqliteStore {
         })
     }
 
+    /// Reads the breakers (those of one half of the key range, if given) and hands them to
+    /// `sink` in chunks.
+    fn read_breakers(
+        &self,
+        conn: &Connection,
+        half: Option<(Half, &str)>,
+        sink: &(dyn Fn(Loading) + Sync),
+    ) -> Result<(), StoreError> {
+        let fail = |e: rusqlite::Error| self.unusable(format!("reading it failed: {e}"));
+        let mut rows = conn
+            .prepare(match half {
+                None => "SELECT account_id, record, last_sequence FROM breakers",
+                Some((Half::Below, _)) => {
+                    "SELECT account_id, record, last_sequence FROM breakers WHERE account_id < ?1"
+                }
+                Some((Half::From, _)) => {
+                    "SELECT account_id, record, last_sequence FROM breakers WHERE account_id >= ?1"
+                }
+            })
+            .map_err(fail)?;
+        let mut cursor = match half {
+            None => rows.query([]),
+            Some((_, middle)) => rows.query([middle]),
+        }
+        .map_err(fail)?;
+        let mut breakers = Vec::with_capacity(LOAD_CHUNK);
+        while let Some(row) = cursor.next().map_err(fail)? {
+            // Owned at its exact length: it becomes the account's key as it is.
+            let account_id = row
+                .get_ref(0)
+                .map_err(fail)?
+                .as_str()
+                .map_err(|e| self.unusable(format!("an account id is not text: {e}")))?
+                .to_owned();
+            let bytes = row.get_ref(1).map_err(fail)?.as_blob().map_err(|e| {
+                self.unusable(format!("the breaker of {account_id} is not a blob: {e}"))
+            })?;
+            let last_sequence: i64 = row.get(2).map_err(fail)?;
+            let (record, mode) = codec::decode_breaker(bytes).map_err(|e| {
+                self.unusable(format!("the breaker of {account_id} does not decode: {e}"))
+            })?;
+            breakers.push(StoredBreaker {
+                account_id,
+                record,
+                last_sequence: u64::try_from(last_sequence).unwrap_or(0),
+                mode,
+            });
+            if breakers.len() == LOAD_CHUNK {
+                sink(Loading::Breakers(std::mem::replace(
+                    &mut breakers,
+                    Vec::with_capacity(LOAD_CHUNK),
+                )));
+            }
+        }
+        if !breakers.is_empty() {
+            sink(Loading::Breakers(breakers));
+        }
+        Ok(())
+    }
+
     fn unusable(&self, detail: String) -> StoreError {
         StoreError::Unusable {
             path: self.path.display().to_string(),
@@ -193,7 +260,7 @@ impl Drop for SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn load_streaming(&self, sink: &mut dyn FnMut(Loading)) -> Result<Recovered, StoreError> {
+    fn load_streaming(&self, sink: &(dyn Fn(Loading) + Sync)) -> Result<Recovered, StoreError> {
         let guard = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let reader = guard
             .as_ref()
@@ -203,35 +270,45 @@ impl Store for SqliteStore {
             .query_row("SELECT count(*) FROM breakers", [], |row| row.get(0))
             .map_err(fail)?;
         sink(Loading::Expect(usize::try_from(count).unwrap_or(0)));
-        let mut breakers = Vec::with_capacity(LOAD_CHUNK);
-        let mut rows = reader
-            .prepare("SELECT account_id, record, last_sequence FROM breakers")
-            .map_err(fail)?;
-        let mut cursor = rows.query([]).map_err(fail)?;
-        while let Some(row) = cursor.next().map_err(fail)? {
-            let account_id: String = row.get(0).map_err(fail)?;
-            let bytes = row.get_ref(1).map_err(fail)?.as_blob().map_err(|e| {
-                self.unusable(format!("the breaker of {account_id} is not a blob: {e}"))
-            })?;
-            let last_sequence: i64 = row.get(2).map_err(fail)?;
-            let (record, mode) = codec::decode_breaker(bytes).map_err(|e| {
-                self.unusable(format!("the breaker of {account_id} does not decode: {e}"))
-            })?;
-            breakers.push(StoredBreaker {
-                account_id,
-                record,
-                last_sequence: u64::try_from(last_sequence).unwrap_or(0),
-                mode,
-            });
-            if breakers.len() == LOAD_CHUNK {
-                sink(Loading::Breakers(std::mem::replace(
-                    &mut breakers,
-                    Vec::with_capacity(LOAD_CHUNK),
-                )));
+        // A large store is read in two halves of its key range at once, each on a connection
+        // of its own (WAL readers run side by side).
+        let middle: Option<String> = if count >= 2 * LOAD_CHUNK as i64 {
+            reader
+                .query_row(
+                    "SELECT account_id FROM breakers ORDER BY account_id LIMIT 1 OFFSET ?1",
+                    [count / 2],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(fail)?
+        } else {
+            None
+        };
+        match middle {
+            None => self.read_breakers(reader, None, sink)?,
+            Some(middle) => {
+                let second = Connection::open_with_flags(
+                    self.path.join(DATABASE),
+                    OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .map_err(fail)?;
+                let middle = middle.as_str();
+                std::thread::scope(|scope| {
+                    let upper = std::thread::Builder::new()
+                        .name("riskgate-load".into())
+                        .spawn_scoped(scope, move || {
+                            self.read_breakers(&second, Some((Half::From, middle)), sink)
+                        });
+                    self.read_breakers(reader, Some((Half::Below, middle)), sink)?;
+                    match upper {
+                        Ok(upper) => upper.join().unwrap_or_else(|_| {
+                            Err(self.unusable("reading it stopped unexpectedly".into()))
+                        }),
+                        // No thread to spare: this one reads both halves.
+                        Err(_) => self.read_breakers(reader, Some((Half::From, middle)), sink),
+                    }
+                })?;
             }
-        }
-        if !breakers.is_empty() {
-            sink(Loading::Breakers(breakers));
         }
         let mut halts = Vec::new();
         let mut rows = reader
