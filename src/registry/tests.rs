@@ -10,15 +10,20 @@ use crate::core::Mode;
 use crate::core::{FailureKind, Intent, Report, Timestamp};
 use crate::store::MemoryStore;
 
+/// Breakers that open at the second failure.
+fn opening_at_two() -> Policy {
+    Policy {
+        defaults: Arc::new(Settings {
+            failure_threshold: 2,
+            ..Settings::default()
+        }),
+        ..Policy::default()
+    }
+}
+
 fn registry(clock: Arc<ManualClock>) -> Registry {
     let options = RegistryOptions {
-        policy: Policy {
-            defaults: Arc::new(Settings {
-                failure_threshold: 2,
-                ..Settings::default()
-            }),
-            ..Policy::default()
-        },
+        policy: opening_at_two(),
         ..RegistryOptions::default()
     };
     let registry = Registry::new(options, Arc::new(MemoryStore::new(100)), clock);
@@ -312,13 +317,7 @@ async fn a_restart_restores_every_breaker_across_load_chunks() {
         })
         .expect("store");
         let options = RegistryOptions {
-            policy: Policy {
-                defaults: Arc::new(Settings {
-                    failure_threshold: 2,
-                    ..Settings::default()
-                }),
-                ..Policy::default()
-            },
+            policy: opening_at_two(),
             max_accounts: 10 * LOAD_CHUNK,
             ..RegistryOptions::default()
         };
