@@ -5,18 +5,17 @@
 //!
 //!   cargo bench --bench core
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use futures_util::FutureExt;
-use riskgate::clock::SystemClock;
 use riskgate::core::{Breaker, Decision, Intent, Outcome, Settings, Timestamp};
-use riskgate::registry::{OperatorAction, Registry, RegistryOptions};
-use riskgate::store::MemoryStore;
+use riskgate::registry::{OperatorAction, Registry};
 
 /// Counts allocations, so a bench can say how many one operation makes.
 struct Counting;
@@ -41,16 +40,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn registry(accounts: usize) -> Registry {
-    let options = RegistryOptions {
-        max_accounts: accounts + 10,
-        ..RegistryOptions::default()
-    };
-    let registry = Registry::new(
-        options,
-        Arc::new(MemoryStore::new(1000)),
-        Arc::new(SystemClock::new()),
-    );
-    registry.load().expect("load");
+    let registry = common::in_memory_registry(accounts);
     for i in 0..accounts {
         check(&registry, &format!("acct-{i}"));
     }

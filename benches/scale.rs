@@ -4,19 +4,18 @@
 //!   cargo bench --bench scale                 # all three, 1,000,000 accounts
 //!   cargo bench --bench scale -- --accounts 100000
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use hdrhistogram::Histogram;
-use riskgate::clock::SystemClock;
 use riskgate::core::{Breaker, Intent, Outcome, Settings, Timestamp};
 use riskgate::proto::admin_service_client::AdminServiceClient;
 use riskgate::proto::monitor_service_client::MonitorServiceClient;
 use riskgate::proto::watch_events_response::Kind;
 use riskgate::proto::*;
-use riskgate::registry::{Registry, RegistryOptions};
-use riskgate::store::{Batch, MemoryStore, SqliteOptions, SqliteStore, Store, StoredBreaker};
+use riskgate::store::{Batch, SqliteOptions, SqliteStore, Store, StoredBreaker};
 
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
@@ -35,17 +34,8 @@ fn rss_bytes() -> u64 {
 }
 
 fn memory(accounts: usize) {
-    let options = RegistryOptions {
-        max_accounts: accounts + 10,
-        ..RegistryOptions::default()
-    };
     let before = rss_bytes();
-    let registry = Registry::new(
-        options,
-        Arc::new(MemoryStore::new(1000)),
-        Arc::new(SystemClock::new()),
-    );
-    registry.load().expect("load");
+    let registry = common::in_memory_registry(accounts);
     for i in 0..accounts {
         registry
             .check(&format!("acct-{i:07}"), Intent::New)

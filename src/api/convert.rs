@@ -262,7 +262,7 @@ pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
         failure_count: result.failure_count,
         denial: denial.into(),
         probe: result.probe,
-        generation: result.generation,
+        generation: result.generation(),
         would_deny,
         layer: layer.into(),
         group,

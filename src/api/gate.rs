@@ -85,7 +85,15 @@ async fn session_message(
             // In the order given: a report follows the check it answers.
             let mut answers = Vec::with_capacity(batch.messages.len());
             for message in batch.messages {
-                answers.push(single_message(&registry, principal.as_deref(), message).await);
+                answers.push(
+                    single_message(
+                        &registry,
+                        principal.as_deref(),
+                        message.correlation_id,
+                        message.kind,
+                    )
+                    .await,
+                );
             }
             Ok(Out::Batch(TradeSessionBatchResponse { messages: answers }))
         }
@@ -93,10 +101,8 @@ async fn session_message(
             return single_message(
                 &registry,
                 principal.as_deref(),
-                TradeSessionRequest {
-                    correlation_id: message.correlation_id,
-                    kind,
-                },
+                message.correlation_id,
+                kind,
             )
             .await
         }
@@ -111,12 +117,13 @@ async fn session_message(
 async fn single_message(
     registry: &Registry,
     principal: Option<&Principal>,
-    message: TradeSessionRequest,
+    correlation_id: u64,
+    kind: Option<In>,
 ) -> TradeSessionResponse {
     // Every message of a session is a gate call, under the principal's rate.
-    let kind = match principal.map_or(Ok(()), Principal::admit_gate_call) {
+    let answer = match principal.map_or(Ok(()), Principal::admit_gate_call) {
         Err(status) => Err(status),
-        Ok(()) => match message.kind {
+        Ok(()) => match kind {
             Some(In::Check(request)) => check(registry, principal, request).await.map(Out::Check),
             Some(In::Report(request)) => {
                 report(registry, principal, request).await.map(Out::Report)
@@ -130,8 +137,8 @@ async fn single_message(
         },
     };
     TradeSessionResponse {
-        correlation_id: message.correlation_id,
-        kind: Some(kind.unwrap_or_else(session_error)),
+        correlation_id,
+        kind: Some(answer.unwrap_or_else(session_error)),
     }
 }
 
@@ -218,8 +225,11 @@ async fn run_session(
     }
 }
 
-fn principal_of<T>(request: &Request<T>) -> Option<Arc<Principal>> {
-    request.extensions().get::<Arc<Principal>>().cloned()
+/// The authenticated caller the auth layer put in the request, if any.
+fn principal_in(extensions: &tonic::Extensions) -> Option<&Principal> {
+    extensions
+        .get::<Arc<Principal>>()
+        .map(|principal| &**principal)
 }
 
 #[tonic::async_trait]
@@ -228,8 +238,8 @@ impl GateService for Gate {
         &self,
         request: Request<CheckTradeRequest>,
     ) -> Result<Response<CheckTradeResponse>, Status> {
-        let principal = principal_of(&request);
-        check(&self.registry, principal.as_deref(), request.into_inner())
+        let (_, extensions, request) = request.into_parts();
+        check(&self.registry, principal_in(&extensions), request)
             .await
             .map(Response::new)
     }
@@ -238,8 +248,8 @@ impl GateService for Gate {
         &self,
         request: Request<ReportOutcomeRequest>,
     ) -> Result<Response<ReportOutcomeResponse>, Status> {
-        let principal = principal_of(&request);
-        report(&self.registry, principal.as_deref(), request.into_inner())
+        let (_, extensions, request) = request.into_parts();
+        report(&self.registry, principal_in(&extensions), request)
             .await
             .map(Response::new)
     }
@@ -250,7 +260,7 @@ impl GateService for Gate {
         &self,
         request: Request<Streaming<TradeSessionRequest>>,
     ) -> Result<Response<Self::TradeSessionStream>, Status> {
-        let principal = principal_of(&request);
+        let principal = request.extensions().get::<Arc<Principal>>().cloned();
         let (answers, stream) = mpsc::channel(SESSION_WINDOW);
         tokio::spawn(run_session(
             self.registry.clone(),

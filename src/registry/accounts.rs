@@ -35,24 +35,19 @@ impl Accounts {
         self.table.reserve(additional, |(id, _)| hash(hasher, id));
     }
 
-    /// Puts `slot` in for `account_id`, whose hash is `hash`; true when the account was not
-    /// there before.
+    /// Puts `slot` in for `account_id`, whose hash is `hash`, in place of any it had.
     pub(super) fn insert(
         &mut self,
         hash: u64,
         account_id: Box<str>,
         slot: Slot,
         hasher: &DefaultHashBuilder,
-    ) -> bool {
+    ) {
         match self.table.find_mut(hash, |(id, _)| **id == *account_id) {
-            Some(existing) => {
-                existing.1 = slot;
-                false
-            }
+            Some(existing) => existing.1 = slot,
             None => {
                 self.table
                     .insert_unique(hash, (account_id, slot), |(id, _)| self::hash(hasher, id));
-                true
             }
         }
     }

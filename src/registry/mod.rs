@@ -176,7 +176,6 @@ impl Registry {
         // Read once, not per breaker.
         let policy = self.policy();
         let mut by_state = [0usize; 3];
-        let mut count = 0usize;
         let prepare = |loading: Loading| match loading {
             Loading::Expect(expected) => Prepared::Expect(expected),
             Loading::Breakers(chunk) => Prepared::Breakers(
@@ -206,7 +205,6 @@ impl Registry {
                         State::Open => 1,
                         State::HalfOpen => 2,
                     }] += 1;
-                    count += 1;
                     self.schedule(&account_id, &mut slot);
                     lock(&self.shards[accounts::shard_index(hash, SHARDS)]).insert(
                         hash,
@@ -218,7 +216,6 @@ impl Registry {
             }
         };
         let recovered = self.read_store(&prepare, &mut put)?;
-        let read = started.elapsed();
         self.events
             .restore(recovered.events, recovered.last_sequence);
         {
@@ -245,8 +242,7 @@ impl Registry {
         self.accounts.store(accounts, Ordering::Relaxed);
         crate::metrics::breakers_loaded(by_state[0], by_state[1], by_state[2]);
         tracing::info!(
-            breakers = count,
-            read_ms = read.as_millis() as u64,
+            breakers = by_state.iter().sum::<usize>(),
             total_ms = started.elapsed().as_millis() as u64,
             "store loaded"
         );

@@ -54,8 +54,6 @@ pub struct CheckResult {
     pub state: State,
     pub mode: Mode,
     pub failure_count: u32,
-    /// The generation that issued the permit (0 without one).
-    pub generation: u64,
     /// The permit, with the account tag that its text form carries; `None` without one.
     pub permit: Option<(u64, Permit)>,
     /// Why the answer is not a plain permit; `None` for one.
@@ -200,7 +198,6 @@ impl Registry {
                         result.allowed = true;
                         result.probe = probe;
                         probe_granted = probe;
-                        result.generation = permit.generation;
                         result.permit = Some((*tag, permit));
                     }
                     Decision::Passed(pass) => {
@@ -693,7 +690,6 @@ impl CheckResult {
             state,
             mode,
             failure_count,
-            generation: 0,
             permit: None,
             explanation: None,
         }
@@ -704,6 +700,11 @@ impl CheckResult {
             explanation: Some(Box::new(explanation)),
             ..self
         }
+    }
+
+    /// The generation that issued the permit (0 without one).
+    pub fn generation(&self) -> u64 {
+        self.permit.map_or(0, |(_, permit)| permit.generation)
     }
 
     /// The permit's text form (what the bot carries back); empty without a permit.
