@@ -2,7 +2,8 @@
 //! and 64 concurrent callers, over real gRPC on loopback (server and callers in this process).
 //!
 //! Every call reports a failure, so every call changes durable state and waits for its write.
-//! Run: `cargo bench --bench outcome_durability` (optionally `-- --seconds 5`).
+//! Run: `cargo bench --bench outcome_durability` (optionally `-- --seconds 5 --rounds 3`); the
+//! stores are measured in alternating rounds and compared by their means.
 //!
 //! `-- --split` runs the server as a separate `riskgate serve` process pinned to the last core
 //! and the callers pinned to the first, so the two do not compete for CPU; without it, server
@@ -32,6 +33,10 @@ struct Run {
 }
 
 impl Run {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn percentile(&self, p: f64) -> Duration {
         let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
         self.latencies.get(index).copied().unwrap_or_default()
@@ -260,7 +265,6 @@ fn main() {
         .expect("runtime");
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs_f64(seconds);
-    let mut runs = Vec::new();
     let split = std::env::args().any(|a| a == "--split");
     if split {
         // The callers (this process) on the first core; the server gets the last (counted
@@ -271,35 +275,60 @@ fn main() {
             .stdout(std::process::Stdio::null())
             .status();
     }
-    for callers in caller_counts {
-        for store in ["memory", "sqlite"] {
-            if wanted(store) {
-                runs.push(runtime.block_on(run(store, split, callers, warmup, measure)));
-            }
-        }
-    }
+    // Rounds in the order memory, sqlite, sqlite, memory, ...: drift of the machine during the
+    // run weighs on both alike. The ratio is of the means over the rounds.
+    let rounds: usize = arg("--rounds").and_then(|s| s.parse().ok()).unwrap_or(3);
     println!(
         "{:<8} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}",
         "store", "callers", "calls", "calls/s", "p50", "p99", "p99.9"
     );
-    for r in &runs {
+    let print = |r: &Run| {
         println!(
             "{:<8} {:>7} {:>10} {:>12.0} {:>10.3?} {:>10.3?} {:>10.3?}",
             r.store,
             r.callers,
             r.calls,
-            r.calls as f64 / r.elapsed.as_secs_f64(),
+            r.rate(),
             r.percentile(0.50),
             r.percentile(0.99),
             r.percentile(0.999)
         );
+    };
+    let mut summary = Vec::new();
+    for callers in caller_counts {
+        let mut by_store: Vec<(&'static str, Vec<Run>)> = Vec::new();
+        for round in 0..rounds {
+            let mut order = ["memory", "sqlite"];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for store in order.into_iter().filter(|s| wanted(s)) {
+                let run = runtime.block_on(run(store, split, callers, warmup, measure));
+                print(&run);
+                match by_store.iter_mut().find(|(name, _)| *name == store) {
+                    Some((_, runs)) => runs.push(run),
+                    None => by_store.push((store, vec![run])),
+                }
+            }
+        }
+        let mean = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
+            runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64
+        };
+        let find = |name: &str| by_store.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
+        if let (Some(memory), Some(sqlite)) = (find("memory"), find("sqlite")) {
+            let p99 = |r: &Run| r.percentile(0.99).as_secs_f64() * 1e3;
+            summary.push(format!(
+                "{callers} callers: sqlite/memory throughput = {:.2} ({:.0} vs {:.0} calls/s), \
+                 p99 {:.2} ms vs {:.2} ms, means of {rounds} rounds",
+                mean(sqlite, &Run::rate) / mean(memory, &Run::rate),
+                mean(sqlite, &Run::rate),
+                mean(memory, &Run::rate),
+                mean(sqlite, &p99),
+                mean(memory, &p99),
+            ));
+        }
     }
-    for pair in runs.chunks(2).filter(|pair| pair.len() == 2) {
-        let rate = |r: &Run| r.calls as f64 / r.elapsed.as_secs_f64();
-        println!(
-            "{} callers: sqlite/memory throughput = {:.2}",
-            pair[0].callers,
-            rate(&pair[1]) / rate(&pair[0])
-        );
+    for line in summary {
+        println!("{line}");
     }
 }

@@ -609,5 +609,55 @@ fn a_store_of_the_first_schema_is_migrated_in_place() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    let logged: i64 = conn
+        .query_row("SELECT count(*) FROM breaker_log", [], |row| row.get(0))
+        .expect("the breaker log of schema 3");
+    assert_eq!(logged, 0);
+}
+
+fn logged_changes(dir: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("riskgate.db")).expect("sqlite");
+    conn.query_row("SELECT count(*) FROM breaker_log", [], |row| row.get(0))
+        .expect("count the log")
+}
+
+#[tokio::test]
+async fn breaker_changes_left_in_the_log_are_folded_at_start_up_latest_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(dir.path()).await;
+    server.fail("WOBBLY", 2).await;
+    server.trip("HALTED", "runaway algo").await;
+    let wobbly = server.breaker("WOBBLY").await;
+    let halted = server.breaker("HALTED").await;
+    server.stop().await;
+    assert_eq!(logged_changes(dir.path()), 0, "a clean stop folds the log");
+
+    // What a crash between folds leaves: changes in the log, newest last. WOBBLY's latest
+    // change is HALTED's record; NEW was first WOBBLY-like, then HALTED-like.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("riskgate.db")).expect("sqlite");
+        conn.execute_batch(
+            "INSERT INTO breaker_log (account_id, record, last_sequence)
+               SELECT 'WOBBLY', record, last_sequence FROM breakers WHERE account_id = 'HALTED';
+             INSERT INTO breaker_log (account_id, record, last_sequence)
+               SELECT 'NEW', record, last_sequence FROM breakers WHERE account_id = 'WOBBLY';
+             INSERT INTO breaker_log (account_id, record, last_sequence)
+               SELECT 'NEW', record, last_sequence FROM breakers WHERE account_id = 'HALTED';",
+        )
+        .expect("log changes");
+    }
+    assert_eq!(logged_changes(dir.path()), 3);
+
+    let server = start(dir.path()).await;
+    let as_halted = |account: &str| Breaker {
+        account_id: account.into(),
+        ..halted.clone()
+    };
+    assert_eq!(server.breaker("WOBBLY").await, as_halted("WOBBLY"));
+    assert_eq!(server.breaker("NEW").await, as_halted("NEW"));
+    assert_eq!(server.breaker("HALTED").await, halted);
+    assert_ne!(wobbly.state, halted.state);
+    assert_eq!(logged_changes(dir.path()), 0, "start-up folds the log");
+    server.stop().await;
 }

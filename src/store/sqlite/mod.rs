@@ -133,6 +133,10 @@ impl SqliteStore {
                 schema::migrate(&mut conn, 0).map_err(|e| unusable(format!("creating the schema failed: {e}"), ADVICE_IO))?
             }
         }
+        // Changes logged before the last stop (a crash leaves them there) join `breakers`, which
+        // is then all start-up has to read.
+        let folded = writer::fold(&mut conn)
+            .map_err(|e| unusable(format!("folding the breaker log failed: {e}"), ADVICE_IO))?;
         let reader =
             Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
                 unusable(
@@ -160,6 +164,7 @@ impl SqliteStore {
         tracing::info!(
             path = %shown,
             last_sequence,
+            folded,
             took_ms = started.elapsed().as_millis() as u64,
             "store opened and checked"
         );

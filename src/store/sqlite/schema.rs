@@ -47,6 +47,14 @@ pub const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      ALTER TABLE audit ADD COLUMN group_name TEXT NOT NULL DEFAULT '';
      ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT '';",
+    // 2 -> 3: each breaker change is appended to a log, which is folded into `breakers` in
+    // bulk (a group commit then writes one or two pages, not one per account it touches).
+    "CREATE TABLE breaker_log (
+         seq           INTEGER PRIMARY KEY,
+         account_id    TEXT NOT NULL,
+         record        BLOB NOT NULL,
+         last_sequence INTEGER NOT NULL
+     );",
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -5,6 +5,13 @@
 //! collapsing to one fsync per call. Callers are answered only after their transaction is
 //! durable. A failed transaction is answered with `Unavailable` but kept, and retried (with
 //! whatever arrives meanwhile, in order) until it succeeds: a failure never drops a change.
+//!
+//! A breaker change is appended to `breaker_log` rather than written over the account's row in
+//! `breakers`: appends land on the log's last page, so a transaction of many changes writes one
+//! or two pages instead of one per account it touches (each page is a 4 KiB WAL frame to write
+//! and sync). The log is folded into `breakers` (the latest change of each account wins) once it
+//! holds [`FOLD_AT`] changes, when the writer has been idle for [`FOLD_WHEN_IDLE`], when the
+//! store closes, and when it opens (so start-up reads `breakers` alone).
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
@@ -24,6 +31,11 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Attempts left for pending batches once the store is closing.
 const ATTEMPTS_WHEN_CLOSING: u32 = 5;
+/// Logged breaker changes that trigger a fold: bounds the log, and so the time one fold (or a
+/// start-up after a crash) spends on it.
+const FOLD_AT: usize = 16_384;
+/// A writer idle this long folds whatever the log holds.
+const FOLD_WHEN_IDLE: Duration = Duration::from_secs(1);
 
 pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -43,15 +55,26 @@ pub(super) fn run(
     let mut last_prune = Instant::now();
     let mut closing = false;
     let mut attempts_left = ATTEMPTS_WHEN_CLOSING;
+    // Changes in the log since the last fold (the log is folded when the store opens).
+    let mut logged = 0usize;
     loop {
         if pending.is_empty() {
             if closing {
+                fold_logged(&mut conn, &mut logged);
                 return;
             }
-            match jobs.recv_timeout(PRUNE_EVERY) {
+            let wait = if logged > 0 {
+                FOLD_WHEN_IDLE
+            } else {
+                PRUNE_EVERY
+            };
+            match jobs.recv_timeout(wait) {
                 Ok((batch, reply)) => pending.push((batch, Some(reply))),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => fold_logged(&mut conn, &mut logged),
+                Err(RecvTimeoutError::Disconnected) => {
+                    fold_logged(&mut conn, &mut logged);
+                    return;
+                }
             }
         }
         while pending.len() < MAX_GROUP {
@@ -67,14 +90,18 @@ pub(super) fn run(
         if !pending.is_empty() {
             let started = Instant::now();
             match write(&mut conn, &pending) {
-                Ok(durable) => {
+                Ok(written) => {
                     crate::metrics::store_commit(started.elapsed());
                     for (_, reply) in pending.drain(..) {
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(()));
                         }
                     }
-                    signals.wrote(durable);
+                    signals.wrote(written.durable);
+                    logged += written.logged;
+                    if logged >= FOLD_AT {
+                        fold_logged(&mut conn, &mut logged);
+                    }
                 }
                 Err(error) => {
                     crate::metrics::store_error();
@@ -110,18 +137,22 @@ fn nanos(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Writes every pending batch in one transaction; returns the highest event sequence written.
-fn write(
-    conn: &mut Connection,
-    pending: &[(Batch, Option<Reply>)],
-) -> rusqlite::Result<Option<u64>> {
+/// What one transaction wrote.
+struct Written {
+    /// The highest event sequence written.
+    durable: Option<u64>,
+    /// Breaker changes appended to the log.
+    logged: usize,
+}
+
+/// Writes every pending batch in one transaction.
+fn write(conn: &mut Connection, pending: &[(Batch, Option<Reply>)]) -> rusqlite::Result<Written> {
     let tx = conn.transaction()?;
     let mut durable = None;
+    let mut logged = 0;
     {
-        let mut upsert_breaker = tx.prepare_cached(
-            "INSERT INTO breakers (account_id, record, last_sequence) VALUES (?1, ?2, ?3)
-             ON CONFLICT (account_id) DO UPDATE
-             SET record = excluded.record, last_sequence = excluded.last_sequence",
+        let mut log_breaker = tx.prepare_cached(
+            "INSERT INTO breaker_log (account_id, record, last_sequence) VALUES (?1, ?2, ?3)",
         )?;
         let mut insert_event = tx.prepare_cached(
             "INSERT OR REPLACE INTO events (sequence, at, account_id, event) VALUES (?1, ?2, ?3, ?4)",
@@ -133,11 +164,12 @@ fn write(
         )?;
         for (batch, _) in pending {
             if let Some(breaker) = &batch.breaker {
-                upsert_breaker.execute(params![
+                log_breaker.execute(params![
                     breaker.account_id,
                     codec::encode_breaker(&breaker.record, breaker.mode),
                     nanos(breaker.last_sequence),
                 ])?;
+                logged += 1;
             }
             for event in &batch.events {
                 insert_event.execute(params![
@@ -186,7 +218,44 @@ fn write(
         }
     }
     tx.commit()?;
-    Ok(durable)
+    Ok(Written { durable, logged })
+}
+
+/// Folds the log if it holds anything. A failure leaves it for the next attempt: nothing is
+/// lost, since the log is durable and a fold at start-up reads whatever it still holds.
+fn fold_logged(conn: &mut Connection, logged: &mut usize) {
+    if *logged == 0 {
+        return;
+    }
+    let started = Instant::now();
+    match fold(conn) {
+        Ok(changes) => {
+            tracing::debug!(
+                changes,
+                took_ms = started.elapsed().as_millis() as u64,
+                "folded the breaker log"
+            );
+            *logged = 0;
+        }
+        Err(error) => tracing::warn!(%error, "folding the breaker log failed; retrying later"),
+    }
+}
+
+/// Moves the latest logged change of each account into `breakers` and empties the log, in one
+/// transaction; returns how many changes the log held.
+pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO breakers (account_id, record, last_sequence)
+         SELECT account_id, record, last_sequence FROM breaker_log
+         WHERE seq IN (SELECT max(seq) FROM breaker_log GROUP BY account_id)
+         ON CONFLICT (account_id) DO UPDATE
+         SET record = excluded.record, last_sequence = excluded.last_sequence",
+        [],
+    )?;
+    let changes = tx.execute("DELETE FROM breaker_log", [])?;
+    tx.commit()?;
+    Ok(changes)
 }
 
 /// Drops events beyond the retained count or older than the retained age.
