@@ -5,7 +5,9 @@
 //! Without `--addr`, it measures side by side, in one run: riskgate (`riskgate serve`, in-memory
 //! store) and a trivial tonic server built into this binary that answers `CheckTrade` with one
 //! map lookup, each as its own process pinned to the last core, with the load pinned to the
-//! first; and prints every figure with riskgate's ratio to the trivial server.
+//! first; and prints every figure with riskgate's ratio to the trivial server. The two are
+//! measured in alternating short rounds and compared by their means: this machine's speed drifts
+//! by a third within seconds, and many short rounds average that out where two long ones do not.
 //!
 //!   cargo bench --bench loadgen                                # side by side, every mode
 //!   cargo bench --bench loadgen -- --mode unary --in-flight 1  # latency at one call in flight
@@ -13,7 +15,9 @@
 //!
 //! Options: --mode unary|unary-report|session|batch|all, --connections N (1), --in-flight M
 //! (64; for `batch`, batches), --batch B (32: checks per batch message of a trade session),
-//! --seconds S (5), --warmup S (1), --accounts K (1000).
+//! --seconds S (1), --warmup S (0.5), --rounds R (20), --accounts K (1000), --riskgate PATH (the
+//! riskgate binary to measure: another build, for an A/B comparison; default the one built with
+//! this bench).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -504,8 +508,8 @@ fn main() {
     let load = Load {
         connections: num("--connections", 1),
         in_flight: num("--in-flight", 64),
-        warmup: Duration::from_secs_f64(num("--warmup", 1.0)),
-        measure: Duration::from_secs_f64(num("--seconds", 5.0)),
+        warmup: Duration::from_secs_f64(num("--warmup", 0.5)),
+        measure: Duration::from_secs_f64(num("--seconds", 1.0)),
         accounts: num("--accounts", 1000),
         batch: num("--batch", 32),
     };
@@ -560,7 +564,7 @@ fn main() {
     }
     // Rounds in the order trivial, riskgate, riskgate, trivial, ...: drift of the machine
     // during the run weighs on both alike.
-    let rounds: usize = num("--rounds", 2);
+    let rounds: usize = num("--rounds", 20);
     for mode in modes {
         let mut trivial = Vec::new();
         let mut riskgate = Vec::new();
@@ -622,8 +626,9 @@ fn measure_trivial(runtime: &tokio::runtime::Runtime, mode: Mode, load: &Load) -
 
 fn measure_riskgate(runtime: &tokio::runtime::Runtime, mode: Mode, load: &Load) -> Result_ {
     let addr = free_addr();
+    let bin = arg("--riskgate").unwrap_or_else(|| env!("CARGO_BIN_EXE_riskgate").to_owned());
     let mut server = spawn_pinned(
-        env!("CARGO_BIN_EXE_riskgate"),
+        &bin,
         &["serve"],
         &[
             ("RISKGATE__SERVER__LISTEN", addr.to_string()),

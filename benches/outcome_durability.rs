@@ -2,7 +2,7 @@
 //! and 64 concurrent callers, over real gRPC on loopback (server and callers in this process).
 //!
 //! Every call reports a failure, so every call changes durable state and waits for its write.
-//! Run: `cargo bench --bench outcome_durability` (optionally `-- --seconds 5 --rounds 3`); the
+//! Run: `cargo bench --bench outcome_durability` (optionally `-- --seconds 2 --rounds 6`); the
 //! stores are measured in alternating rounds and compared by their means.
 //!
 //! `-- --split` runs the server as a separate `riskgate serve` process pinned to the last core
@@ -247,7 +247,7 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn main() {
-    let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let only_store = arg("--store");
     let caller_counts: Vec<usize> = match arg("--callers").and_then(|s| s.parse().ok()) {
         Some(n) => vec![n],
@@ -277,7 +277,7 @@ fn main() {
     }
     // Rounds in the order memory, sqlite, sqlite, memory, ...: drift of the machine during the
     // run weighs on both alike. The ratio is of the means over the rounds.
-    let rounds: usize = arg("--rounds").and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rounds: usize = arg("--rounds").and_then(|s| s.parse().ok()).unwrap_or(6);
     println!(
         "{:<8} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}",
         "store", "callers", "calls", "calls/s", "p50", "p99", "p99.9"

@@ -35,8 +35,10 @@ impl Timer {
         Timer(RECORDING.load(Ordering::Relaxed).then(Instant::now))
     }
 
-    pub fn elapsed(&self) -> Duration {
-        self.0.map_or(Duration::ZERO, |started| started.elapsed())
+    /// The time since the start, or `None` when nothing records (the call's metrics are then
+    /// not even looked up).
+    fn elapsed(&self) -> Option<Duration> {
+        self.0.map(|started| started.elapsed())
     }
 }
 
@@ -142,7 +144,10 @@ fn denial(denied: &Denied) -> &'static str {
 /// Called on every `CheckTrade`. The answers that are not denials name their series with
 /// literal labels, so the key is a static: the `metrics` macros build a key with runtime label
 /// values in a fresh `Vec` on every call, recorder or not.
-pub fn checked(result: &CheckResult, took: Duration) {
+pub fn checked(result: &CheckResult, timer: &Timer) {
+    let Some(took) = timer.elapsed() else {
+        return;
+    };
     match (result.denied(), result.allowed) {
         (None, _) if result.passed().is_some() => counter!(
             "riskgate_checks_total", "decision" => "passed", "layer" => "none", "reason" => "none"
@@ -163,7 +168,10 @@ pub fn checked(result: &CheckResult, took: Duration) {
     histogram!("riskgate_check_seconds").record(took.as_secs_f64());
 }
 
-pub fn reported(failed: bool, kind: FailureKind, result: &ReportResult, took: Duration) {
+pub fn reported(failed: bool, kind: FailureKind, result: &ReportResult, timer: &Timer) {
+    let Some(took) = timer.elapsed() else {
+        return;
+    };
     let disposition = match result.disposition {
         Disposition::Recorded => "recorded",
         Disposition::Stale => "stale",

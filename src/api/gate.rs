@@ -48,7 +48,7 @@ async fn check(
     let timer = crate::metrics::Timer::start();
     let intent = convert::intent(request.intent)?;
     let result = registry.check(&request.account_id, intent).await?;
-    crate::metrics::checked(&result, timer.elapsed());
+    crate::metrics::checked(&result, &timer);
     Ok(convert::check_response(result))
 }
 
@@ -64,7 +64,7 @@ async fn report(
     let result = registry
         .report(&request.account_id, &request.permit_id, report)
         .await?;
-    crate::metrics::reported(failed, kind, &result, timer.elapsed());
+    crate::metrics::reported(failed, kind, &result, &timer);
     Ok(convert::report_response(result))
 }
 
