@@ -296,7 +296,7 @@ fn main() {
     };
     let mut summary = Vec::new();
     for callers in caller_counts {
-        let mut by_store: Vec<(&'static str, Vec<Run>)> = Vec::new();
+        let (mut memory, mut sqlite) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let mut order = ["memory", "sqlite"];
             if round % 2 == 1 {
@@ -305,26 +305,25 @@ fn main() {
             for store in order.into_iter().filter(|s| wanted(s)) {
                 let run = runtime.block_on(run(store, split, callers, warmup, measure));
                 print(&run);
-                match by_store.iter_mut().find(|(name, _)| *name == store) {
-                    Some((_, runs)) => runs.push(run),
-                    None => by_store.push((store, vec![run])),
+                match store {
+                    "memory" => memory.push(run),
+                    _ => sqlite.push(run),
                 }
             }
         }
         let mean = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
             runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64
         };
-        let find = |name: &str| by_store.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
-        if let (Some(memory), Some(sqlite)) = (find("memory"), find("sqlite")) {
+        if !memory.is_empty() && !sqlite.is_empty() {
             let p99 = |r: &Run| r.percentile(0.99).as_secs_f64() * 1e3;
             summary.push(format!(
                 "{callers} callers: sqlite/memory throughput = {:.2} ({:.0} vs {:.0} calls/s), \
                  p99 {:.2} ms vs {:.2} ms, means of {rounds} rounds",
-                mean(sqlite, &Run::rate) / mean(memory, &Run::rate),
-                mean(sqlite, &Run::rate),
-                mean(memory, &Run::rate),
-                mean(sqlite, &p99),
-                mean(memory, &p99),
+                mean(&sqlite, &Run::rate) / mean(&memory, &Run::rate),
+                mean(&sqlite, &Run::rate),
+                mean(&memory, &Run::rate),
+                mean(&sqlite, &p99),
+                mean(&memory, &p99),
             ));
         }
     }

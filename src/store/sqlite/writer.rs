@@ -36,6 +36,9 @@ const ATTEMPTS_WHEN_CLOSING: u32 = 5;
 const FOLD_AT: usize = 16_384;
 /// A writer idle this long folds whatever the log holds.
 const FOLD_WHEN_IDLE: Duration = Duration::from_secs(1);
+/// After a failed fold, the next waits this long: the log keeps every change meanwhile, and a
+/// fold that cannot succeed must not be retried (and logged) after every commit.
+const FOLD_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -55,24 +58,27 @@ pub(super) fn run(
     let mut last_prune = Instant::now();
     let mut closing = false;
     let mut attempts_left = ATTEMPTS_WHEN_CLOSING;
-    // Changes in the log since the last fold (the log is folded when the store opens).
-    let mut logged = 0usize;
+    let mut log = Log::default();
     loop {
         if pending.is_empty() {
             if closing {
-                fold_logged(&mut conn, &mut logged);
+                log.fold(&mut conn);
                 return;
             }
-            let wait = if logged > 0 {
+            let wait = if log.changes > 0 {
                 FOLD_WHEN_IDLE
             } else {
                 PRUNE_EVERY
             };
             match jobs.recv_timeout(wait) {
                 Ok((batch, reply)) => pending.push((batch, Some(reply))),
-                Err(RecvTimeoutError::Timeout) => fold_logged(&mut conn, &mut logged),
+                Err(RecvTimeoutError::Timeout) => {
+                    if log.may_fold() {
+                        log.fold(&mut conn);
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => {
-                    fold_logged(&mut conn, &mut logged);
+                    log.fold(&mut conn);
                     return;
                 }
             }
@@ -98,9 +104,9 @@ pub(super) fn run(
                         }
                     }
                     signals.wrote(written.durable);
-                    logged += written.logged;
-                    if logged >= FOLD_AT {
-                        fold_logged(&mut conn, &mut logged);
+                    log.changes += written.logged;
+                    if log.changes >= FOLD_AT && log.may_fold() {
+                        log.fold(&mut conn);
                     }
                 }
                 Err(error) => {
@@ -221,23 +227,41 @@ fn write(conn: &mut Connection, pending: &[(Batch, Option<Reply>)]) -> rusqlite:
     Ok(Written { durable, logged })
 }
 
-/// Folds the log if it holds anything. A failure leaves it for the next attempt: nothing is
-/// lost, since the log is durable and a fold at start-up reads whatever it still holds.
-fn fold_logged(conn: &mut Connection, logged: &mut usize) {
-    if *logged == 0 {
-        return;
+/// The writer's view of the breaker log (which the store folded when it opened).
+#[derive(Default)]
+struct Log {
+    /// Changes appended since the last fold.
+    changes: usize,
+    /// When a failed fold may be tried again.
+    retry_at: Option<Instant>,
+}
+
+impl Log {
+    fn may_fold(&self) -> bool {
+        self.retry_at.is_none_or(|at| Instant::now() >= at)
     }
-    let started = Instant::now();
-    match fold(conn) {
-        Ok(changes) => {
-            tracing::debug!(
-                changes,
-                took_ms = started.elapsed().as_millis() as u64,
-                "folded the breaker log"
-            );
-            *logged = 0;
+
+    /// Folds the log if it holds anything. A failure leaves it for a later attempt: nothing is
+    /// lost, since the log is durable and a fold at start-up reads whatever it still holds.
+    fn fold(&mut self, conn: &mut Connection) {
+        if self.changes == 0 {
+            return;
         }
-        Err(error) => tracing::warn!(%error, "folding the breaker log failed; retrying later"),
+        let started = Instant::now();
+        match fold(conn) {
+            Ok(changes) => {
+                tracing::debug!(
+                    changes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "folded the breaker log"
+                );
+                *self = Log::default();
+            }
+            Err(error) => {
+                tracing::warn!(%error, changes = self.changes, "folding the breaker log failed; retrying later");
+                self.retry_at = Some(started + FOLD_RETRY_AFTER);
+            }
+        }
     }
 }
 
