@@ -3,6 +3,11 @@
 //!
 //!   cargo bench --bench scale                 # all three, 1,000,000 accounts
 //!   cargo bench --bench scale -- --accounts 100000
+//!   cargo bench --bench scale -- --only restart --restarts 5 --store /tmp/rg-1m
+//!
+//! `--restarts N` starts the server N times on the same store and reports each start and the
+//! median; `--store DIR` writes the store there (or reuses what an earlier run left there) and
+//! keeps it, for profiling a start-up, e.g. `riskgate serve` under `perf record`.
 
 mod common;
 
@@ -52,10 +57,12 @@ fn memory(accounts: usize) {
     drop(registry);
 }
 
-fn restart(accounts: usize) {
+fn restart(accounts: usize, restarts: usize, keep: Option<std::path::PathBuf>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("data");
-    {
+    let path = keep.unwrap_or_else(|| dir.path().join("data"));
+    if path.join("riskgate.db").exists() {
+        println!("restart: using the store in {}", path.display());
+    } else {
         let store = SqliteStore::open(SqliteOptions {
             path: path.clone(),
             retained_events: 10_000,
@@ -96,6 +103,29 @@ fn restart(accounts: usize) {
             started.elapsed().as_secs_f64()
         );
     }
+    let mut times: Vec<f64> = (0..restarts.max(1))
+        .map(|_| {
+            let took = serve_until_serving(&path, accounts).as_secs_f64();
+            println!(
+                "restart: {accounts} persisted accounts, process start until SERVING: {took:.2} s"
+            );
+            took
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    if times.len() > 1 {
+        println!(
+            "restart: {} starts, min {:.2} s, median {:.2} s, max {:.2} s",
+            times.len(),
+            times[0],
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
+}
+
+/// Starts `riskgate serve` on the store in `path` and waits until health says SERVING; stops it.
+fn serve_until_serving(path: &std::path::Path, accounts: usize) -> Duration {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -105,7 +135,7 @@ fn restart(accounts: usize) {
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_riskgate"))
         .arg("serve")
         .env("RISKGATE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("RISKGATE__STORE__PATH", &path)
+        .env("RISKGATE__STORE__PATH", path)
         .env("RISKGATE__SERVER__MAX_ACCOUNTS", (accounts * 2).to_string())
         .env("RISKGATE__LOG__LEVEL", "info")
         .env("RISKGATE__LOG__FORMAT", "json")
@@ -137,12 +167,13 @@ fn restart(accounts: usize) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    println!(
-        "restart: {accounts} persisted accounts, process start until SERVING: {:.2} s",
-        serving.as_secs_f64()
-    );
-    let _ = server.kill();
+    // SIGTERM, as an operator would stop it, so the next start finds the store as a clean
+    // stop leaves it.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
     let _ = server.wait();
+    serving
 }
 
 fn fan_out(watchers: usize, changes: usize) {
@@ -282,7 +313,8 @@ fn main() {
         memory(accounts);
     }
     if wanted("restart") {
-        restart(accounts);
+        let restarts = arg("--restarts").and_then(|n| n.parse().ok()).unwrap_or(1);
+        restart(accounts, restarts, arg("--store").map(Into::into));
     }
     if wanted("fan-out") {
         fan_out(100, 200);
