@@ -92,7 +92,11 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let registry = Arc::new(Registry::new(config.registry_options(), store, clock));
+    let registry = Arc::new(Registry::new(
+        config.registry_options(),
+        store.clone(),
+        clock,
+    ));
     let auth = Auth::new(config);
     let tls = if config.tls.enabled() {
         Some(Tls::load(&config.tls).map_err(ServeError::Tls)?)
@@ -244,7 +248,16 @@ pub async fn serve(
         task.abort();
         let _ = task.await;
     }
+    // What was acknowledged is durable already; this writes the rest and leaves the store as
+    // a clean stop leaves it, whoever still holds the registry (a stream past its grace).
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("riskgate stopped");
+    // A million accounts take seconds to free one by one, which a process that exits next
+    // gets back at once: the registry goes on a thread of its own, so that stopping does not
+    // wait for it.
+    let _ = std::thread::Builder::new()
+        .name("riskgate-free".into())
+        .spawn(move || drop(registry));
     result
 }
 

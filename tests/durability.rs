@@ -341,6 +341,55 @@ async fn one_store_serves_one_server_at_a_time() {
     open(dir.path()).expect("free again once the first is closed");
 }
 
+#[tokio::test]
+async fn closing_a_store_writes_what_was_submitted_refuses_more_and_frees_the_directory() {
+    use riskgate::core::{Breaker, Outcome, Settings, Timestamp};
+    use riskgate::store::{Batch, StoredBreaker};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let batch = |account: &str| {
+        let mut breaker = Breaker::new();
+        breaker.record(
+            &Settings::default(),
+            None,
+            Outcome::Failure,
+            Timestamp::from_unix_nanos(1_000_000_000),
+        );
+        Batch {
+            breaker: Some(StoredBreaker {
+                account_id: account.into(),
+                record: breaker.to_record(),
+                last_sequence: 0,
+                mode: None,
+            }),
+            ..Batch::default()
+        }
+    };
+    let first = open(dir.path()).expect("open");
+    // Submitted, not yet awaited: closing writes it before it returns.
+    let pending = first.submit(batch("BEFORE"));
+    first.close();
+    pending
+        .durable()
+        .await
+        .expect("what was submitted before closing is written");
+    let refused = first.submit(batch("AFTER")).durable().await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(message)) if message.contains("closed")),
+        "{refused:?}"
+    );
+    // The first is still held, yet the directory is free and holds what it wrote.
+    let second = open(dir.path()).expect("a closed store leaves its directory to the next");
+    let loaded: Vec<String> = second
+        .load()
+        .expect("load")
+        .breakers
+        .into_iter()
+        .map(|b| b.account_id)
+        .collect();
+    assert_eq!(loaded, ["BEFORE"]);
+    drop(first);
+}
+
 /// A small tmpfs of the test's own, unmounted when dropped.
 struct Tmpfs(PathBuf);
 

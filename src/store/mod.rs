@@ -194,6 +194,13 @@ pub trait Store: Send + Sync + 'static {
     }
 
     fn submit(&self, batch: Batch) -> Commit;
+
+    /// Writes what was submitted and stops: returns once it is durable and the store is left
+    /// as a clean stop leaves it. Later submits fail with `Unavailable`. Dropping a store
+    /// closes it too; this lets a server close it while others still hold it. May block on
+    /// I/O.
+    fn close(&self) {}
+
     fn signals(&self) -> Arc<StoreSignals>;
     /// Reads the audit trail. May block on I/O: call from a blocking context.
     fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;

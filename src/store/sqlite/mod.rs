@@ -62,15 +62,15 @@ enum Half {
 pub struct SqliteStore {
     path: PathBuf,
     /// `None` once closing, which lets the writer finish and stop.
-    jobs: Option<Sender<(Batch, Reply)>>,
-    writer: Option<JoinHandle<()>>,
+    jobs: Mutex<Option<Sender<(Batch, Reply)>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     /// Reads (start-up load, audit queries) run beside the writer: WAL readers do not block it.
     /// `None` once closing.
     reader: Mutex<Option<Connection>>,
     signals: Arc<StoreSignals>,
     retained_events: usize,
-    /// Held for the store's lifetime: the exclusive lock on `riskgate.lock`.
-    _lock: File,
+    /// Held until the store closes: the exclusive lock on `riskgate.lock`.
+    lock_file: Mutex<Option<File>>,
 }
 
 impl SqliteStore {
@@ -174,12 +174,12 @@ impl SqliteStore {
         );
         Ok(SqliteStore {
             path: dir,
-            jobs: Some(jobs),
-            writer: Some(writer),
+            jobs: Mutex::new(Some(jobs)),
+            writer: Mutex::new(Some(writer)),
             reader: Mutex::new(Some(reader)),
             signals,
             retained_events: options.retained_events,
-            _lock: lock,
+            lock_file: Mutex::new(Some(lock)),
         })
     }
 
@@ -254,17 +254,7 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // The reader closes first, so that the writer's connection is the last one: closing it
-        // checkpoints the WAL into the database file and removes it.
-        self.reader
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        // Closing the queue lets the writer finish what is pending and stop.
-        self.jobs.take();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
+        self.close();
     }
 }
 
@@ -356,10 +346,39 @@ impl Store for SqliteStore {
 
     fn submit(&self, batch: Batch) -> Commit {
         let (reply, receiver) = oneshot::channel();
-        match &self.jobs {
+        // Held only while the batch is queued; the write itself happens on the writer.
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*jobs {
             Some(jobs) if jobs.send((batch, reply)).is_ok() => Commit::pending(receiver),
             _ => Commit::done(Err(StoreError::Unavailable("the store is closed".into()))),
         }
+    }
+
+    fn close(&self) {
+        // The reader closes first, so that the writer's connection is the last one: closing it
+        // checkpoints the WAL into the database file and removes it.
+        self.reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // Closing the queue lets the writer finish what is pending and stop.
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+        // Another server may use the directory from now on.
+        self.lock_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     fn signals(&self) -> Arc<StoreSignals> {
