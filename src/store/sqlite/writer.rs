@@ -301,3 +301,62 @@ fn prune(conn: &Connection, retention: &Retention) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM breaker_log", [], |row| row.get(0))
+            .expect("count the log")
+    }
+
+    #[test]
+    fn a_failed_fold_keeps_the_log_and_waits_before_the_next_attempt() {
+        let mut conn = Connection::open_in_memory().expect("database");
+        super::super::schema::migrate(&mut conn, 0).expect("schema");
+        conn.execute(
+            "INSERT INTO breaker_log (account_id, record, last_sequence) VALUES ('A', x'00', 7)",
+            [],
+        )
+        .expect("append");
+        // Appends still succeed but a fold cannot: its target is gone.
+        conn.execute_batch("ALTER TABLE breakers RENAME TO breakers_away")
+            .expect("rename");
+        let mut log = Log {
+            changes: 1,
+            retry_at: None,
+        };
+        assert!(log.may_fold());
+        let before = Instant::now();
+        log.fold(&mut conn);
+        assert_eq!(log.changes, 1, "a failed fold forgets no change");
+        assert_eq!(logged(&conn), 1, "the log still holds the change");
+        assert!(!log.may_fold(), "the next attempt waits");
+        assert!(
+            log.retry_at
+                .is_some_and(|at| at >= before + FOLD_RETRY_AFTER),
+            "{:?}",
+            log.retry_at
+        );
+
+        // The disk recovers and the wait is over: the next fold moves the change and clears
+        // the wait.
+        conn.execute_batch("ALTER TABLE breakers_away RENAME TO breakers")
+            .expect("rename back");
+        log.retry_at = Some(Instant::now());
+        assert!(log.may_fold());
+        log.fold(&mut conn);
+        assert_eq!(log.changes, 0);
+        assert_eq!(log.retry_at, None);
+        assert_eq!(logged(&conn), 0);
+        let folded: i64 = conn
+            .query_row(
+                "SELECT last_sequence FROM breakers WHERE account_id = 'A'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("the change is in breakers");
+        assert_eq!(folded, 7);
+    }
+}
