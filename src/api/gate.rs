@@ -18,7 +18,8 @@ use crate::proto::{
     CheckTradeRequest, CheckTradeResponse, ReportOutcomeRequest, ReportOutcomeResponse,
     SessionError, TradeSessionBatchResponse, TradeSessionRequest, TradeSessionResponse,
 };
-use crate::registry::Registry;
+use crate::registry::{CheckResult, Registry};
+use crate::store::Commit;
 
 /// Messages of one trade session in progress at once; past it the stream is not read.
 pub const SESSION_WINDOW: usize = 1024;
@@ -39,17 +40,55 @@ impl Gate {
     }
 }
 
+/// A check's answer, ready at once unless the check granted a probe, whose answer is given only
+/// once the probe is durable.
+enum Checked {
+    Ready(CheckTradeResponse),
+    Durable(CheckResult, Commit, crate::metrics::Timer),
+}
+
+/// Decides a check without waiting: every check but one that grants a probe is answered here, so
+/// the trade session answers them without building a future.
+fn check_now(
+    registry: &Registry,
+    principal: Option<&Principal>,
+    request: &CheckTradeRequest,
+) -> Result<Checked, Status> {
+    crate::auth::authorize(principal, &request.account_id)?;
+    let timer = crate::metrics::Timer::start();
+    let intent = convert::intent(request.intent)?;
+    Ok(match registry.decide(&request.account_id, intent)? {
+        (result, None) => {
+            crate::metrics::checked(&result, &timer);
+            Checked::Ready(convert::check_response(result))
+        }
+        (result, Some(commit)) => Checked::Durable(result, commit, timer),
+    })
+}
+
+/// Answers a check that granted a probe, once the probe is durable.
+async fn check_durable(
+    registry: &Registry,
+    result: CheckResult,
+    commit: Commit,
+    timer: crate::metrics::Timer,
+) -> Result<CheckTradeResponse, Status> {
+    registry.wait_durable(Some(commit)).await?;
+    crate::metrics::checked(&result, &timer);
+    Ok(convert::check_response(result))
+}
+
 async fn check(
     registry: &Registry,
     principal: Option<&Principal>,
     request: CheckTradeRequest,
 ) -> Result<CheckTradeResponse, Status> {
-    crate::auth::authorize(principal, &request.account_id)?;
-    let timer = crate::metrics::Timer::start();
-    let intent = convert::intent(request.intent)?;
-    let result = registry.check(&request.account_id, intent).await?;
-    crate::metrics::checked(&result, &timer);
-    Ok(convert::check_response(result))
+    match check_now(registry, principal, &request)? {
+        Checked::Ready(answer) => Ok(answer),
+        Checked::Durable(result, commit, timer) => {
+            check_durable(registry, result, commit, timer).await
+        }
+    }
 }
 
 async fn report(
@@ -68,66 +107,117 @@ async fn report(
     Ok(convert::report_response(result))
 }
 
-/// Answers one message of a trade session: a check, a report or a batch of them.
-async fn session_message(
-    registry: Arc<Registry>,
-    principal: Option<Arc<Principal>>,
+/// A session message that could not be answered at once: the message waiting for a write and,
+/// in a batch, the answers before it and the messages after it.
+struct Unfinished {
+    correlation_id: u64,
+    waiting: (u64, Later),
+    batch: Option<(
+        Vec<TradeSessionResponse>,
+        std::vec::IntoIter<TradeSessionRequest>,
+    )>,
+}
+
+/// Answers one message of a trade session (a check, a report or a batch of them) at once if
+/// nothing in it waits for a write; otherwise returns what is left, for [`finish`].
+fn session_message_now(
+    registry: &Registry,
+    principal: Option<&Principal>,
     message: TradeSessionRequest,
-) -> TradeSessionResponse {
-    let kind = match message.kind {
-        Some(In::Batch(batch)) if batch.messages.len() > MAX_BATCH => {
-            Err(Status::invalid_argument(format!(
+) -> Result<TradeSessionResponse, Box<Unfinished>> {
+    let correlation_id = message.correlation_id;
+    match message.kind {
+        Some(In::Batch(batch)) if batch.messages.len() > MAX_BATCH => Ok(TradeSessionResponse {
+            correlation_id,
+            kind: Some(session_error(Status::invalid_argument(format!(
                 "a batch holds at most {MAX_BATCH} messages, not {}",
                 batch.messages.len()
-            )))
-        }
+            )))),
+        }),
         Some(In::Batch(batch)) => {
             // In the order given: a report follows the check it answers.
             let mut answers = Vec::with_capacity(batch.messages.len());
-            for message in batch.messages {
-                answers.push(
-                    single_message(
-                        &registry,
-                        principal.as_deref(),
-                        message.correlation_id,
-                        message.kind,
-                    )
-                    .await,
-                );
+            let mut rest = batch.messages.into_iter();
+            while let Some(message) = rest.next() {
+                let id = message.correlation_id;
+                match answer_now(registry, principal, id, message.kind) {
+                    Ok(answer) => answers.push(answer),
+                    Err(later) => {
+                        return Err(Box::new(Unfinished {
+                            correlation_id,
+                            waiting: (id, later),
+                            batch: Some((answers, rest)),
+                        }))
+                    }
+                }
             }
-            Ok(Out::Batch(TradeSessionBatchResponse { messages: answers }))
+            Ok(TradeSessionResponse {
+                correlation_id,
+                kind: Some(Out::Batch(TradeSessionBatchResponse { messages: answers })),
+            })
         }
-        kind => {
-            return single_message(
-                &registry,
-                principal.as_deref(),
-                message.correlation_id,
-                kind,
-            )
-            .await
-        }
-    };
-    TradeSessionResponse {
-        correlation_id: message.correlation_id,
-        kind: Some(kind.unwrap_or_else(session_error)),
+        kind => answer_now(registry, principal, correlation_id, kind).map_err(|later| {
+            Box::new(Unfinished {
+                correlation_id,
+                waiting: (correlation_id, later),
+                batch: None,
+            })
+        }),
     }
 }
 
-/// Answers a check or a report of a trade session, as the unary call would.
-async fn single_message(
+/// Answers what [`session_message_now`] left: the message waiting, then the rest of its batch.
+async fn finish(
+    registry: Arc<Registry>,
+    principal: Option<Arc<Principal>>,
+    unfinished: Box<Unfinished>,
+) -> TradeSessionResponse {
+    let principal = principal.as_deref();
+    let (id, later) = unfinished.waiting;
+    let answer = answer_later(&registry, principal, id, later).await;
+    let Some((mut answers, rest)) = unfinished.batch else {
+        return answer;
+    };
+    answers.push(answer);
+    for message in rest {
+        let id = message.correlation_id;
+        answers.push(match answer_now(&registry, principal, id, message.kind) {
+            Ok(answer) => answer,
+            Err(later) => answer_later(&registry, principal, id, later).await,
+        });
+    }
+    TradeSessionResponse {
+        correlation_id: unfinished.correlation_id,
+        kind: Some(Out::Batch(TradeSessionBatchResponse { messages: answers })),
+    }
+}
+
+/// What a session message needs to be answered once it cannot be answered at once.
+enum Later {
+    Check(CheckResult, Commit, crate::metrics::Timer),
+    Report(Box<ReportOutcomeRequest>),
+}
+
+/// Answers a message at once if it can: everything but a report (which waits for its write)
+/// and a check that granted a probe.
+fn answer_now(
     registry: &Registry,
     principal: Option<&Principal>,
     correlation_id: u64,
     kind: Option<In>,
-) -> TradeSessionResponse {
+) -> Result<TradeSessionResponse, Later> {
     // Every message of a session is a gate call, under the principal's rate.
     let answer = match principal.map_or(Ok(()), Principal::admit_gate_call) {
         Err(status) => Err(status),
         Ok(()) => match kind {
-            Some(In::Check(request)) => check(registry, principal, request).await.map(Out::Check),
-            Some(In::Report(request)) => {
-                report(registry, principal, request).await.map(Out::Report)
-            }
+            Some(In::Check(request)) => match check_now(registry, principal, &request) {
+                Ok(Checked::Ready(answer)) => Ok(Out::Check(answer)),
+                Ok(Checked::Durable(result, commit, timer)) => {
+                    return Err(Later::Check(result, commit, timer))
+                }
+                Err(status) => Err(status),
+            },
+            Some(In::Report(request)) => return Err(Later::Report(Box::new(request))),
             Some(In::Batch(_)) => Err(Status::invalid_argument(
                 "a batch cannot hold another batch",
             )),
@@ -135,6 +225,24 @@ async fn single_message(
                 "a trade session message holds a check, a report or a batch",
             )),
         },
+    };
+    Ok(TradeSessionResponse {
+        correlation_id,
+        kind: Some(answer.unwrap_or_else(session_error)),
+    })
+}
+
+async fn answer_later(
+    registry: &Registry,
+    principal: Option<&Principal>,
+    correlation_id: u64,
+    later: Later,
+) -> TradeSessionResponse {
+    let answer = match later {
+        Later::Check(result, commit, timer) => check_durable(registry, result, commit, timer)
+            .await
+            .map(Out::Check),
+        Later::Report(request) => report(registry, principal, *request).await.map(Out::Report),
     };
     TradeSessionResponse {
         correlation_id,
@@ -151,7 +259,7 @@ fn session_error(status: Status) -> Out {
 
 /// Reads a session's messages and answers each, reading no more while `SESSION_WINDOW` are in
 /// progress (so at most `SESSION_WINDOW + MAX_BATCH`). A message whose answer is ready at once
-/// (a check in CLOSED, or a batch of them) is answered without a task of its own.
+/// (a check that grants no probe, or a batch of them) is answered without building a future.
 async fn run_session(
     registry: Arc<Registry>,
     principal: Option<Arc<Principal>>,
@@ -180,17 +288,17 @@ async fn run_session(
                             Some(In::Batch(batch)) => batch.messages.len().max(1),
                             _ => 1,
                         };
-                        let mut answer =
-                            Box::pin(session_message(registry.clone(), principal.clone(), message));
-                        match (&mut answer).now_or_never() {
-                            Some(done) => {
+                        match session_message_now(&registry, principal.as_deref(), message) {
+                            Ok(done) => {
                                 if answers.send(Ok(done)).await.is_err() {
                                     return;
                                 }
                             }
-                            None => {
+                            Err(unfinished) => {
                                 in_progress += weight;
-                                pending.push(answer.map(move |done| (weight, done)));
+                                let answer =
+                                    finish(registry.clone(), principal.clone(), unfinished);
+                                pending.push(Box::pin(answer).map(move |done| (weight, done)));
                             }
                         }
                     }

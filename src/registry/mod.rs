@@ -573,7 +573,7 @@ impl Registry {
     }
 
     /// Waits until `commit` is durable, then shows watchers what became durable with it.
-    async fn wait_durable(&self, commit: Option<Commit>) -> Result<()> {
+    pub(crate) async fn wait_durable(&self, commit: Option<Commit>) -> Result<()> {
         if let Some(commit) = commit {
             commit.durable().await?;
             self.events.publish_through(self.signals.durable_sequence());
