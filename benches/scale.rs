@@ -7,7 +7,8 @@
 //!
 //! `--restarts N` starts the server N times on the same store and reports each start and the
 //! median; `--store DIR` writes the store there (or reuses what an earlier run left there) and
-//! keeps it, for profiling a start-up, e.g. `riskgate serve` under `perf record`.
+//! keeps it, for profiling a start-up, e.g. `riskgate serve` under `perf record`. A reused store
+//! needs the `--accounts` it was written with: the server is started with room for twice that.
 
 mod common;
 

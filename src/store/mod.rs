@@ -196,9 +196,11 @@ pub trait Store: Send + Sync + 'static {
     fn submit(&self, batch: Batch) -> Commit;
 
     /// Writes what was submitted and stops: returns once it is durable and the store is left
-    /// as a clean stop leaves it. Later submits fail with `Unavailable`. Dropping a store
-    /// closes it too; this lets a server close it while others still hold it. May block on
-    /// I/O.
+    /// as a clean stop leaves it (the SQLite store: checkpointed, its directory free for the
+    /// next server); later submits fail with `Unavailable`. Dropping a store closes it too;
+    /// this lets a server close it while others still hold it. May block on I/O. A store
+    /// with nothing on disk (the default; the in-memory store) has nothing to do and keeps
+    /// accepting submits.
     fn close(&self) {}
 
     fn signals(&self) -> Arc<StoreSignals>;
