@@ -40,10 +40,8 @@ pub struct AuthService<S> {
     auth: Arc<Auth>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
 /// Counts a call in flight until dropped.
-struct InFlight(Arc<Auth>);
+pub struct InFlight(Arc<Auth>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -51,17 +49,89 @@ impl Drop for InFlight {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The answer to a call: a refusal made at once, or the inner service's answer, with the
+    /// call counted in flight until it is dropped.
+    #[project = AnswerProjection]
+    pub enum Answer<F> {
+        Refused { response: Option<http::Response<Body>> },
+        Served { #[pin] future: F, in_flight: InFlight },
+    }
+}
+
+impl<F> Answer<F> {
+    fn refused(status: Status) -> Self {
+        Answer::Refused {
+            response: Some(status.into_http()),
+        }
+    }
+}
+
+impl<F, E> Future for Answer<F>
+where
+    F: Future<Output = Result<http::Response<Body>, E>>,
+{
+    type Output = Result<http::Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AnswerProjection::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| Status::internal("answer polled again").into_http()))),
+            AnswerProjection::Served { future, .. } => future.poll(cx),
+        }
+    }
+}
+
+type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+type TlsConnectInfo = tonic::transport::server::TlsConnectInfo<ConnectInfo>;
+
+/// The certificates the client presented over mutual TLS, if any: its own first.
+fn client_certs<B>(
+    request: &http::Request<B>,
+) -> Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>> {
+    request
+        .extensions()
+        .get::<TlsConnectInfo>()
+        .and_then(|info| info.peer_certs())
+}
+
+/// The client's address, for the log line of a refusal.
+fn peer<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<TlsConnectInfo>()
+        .and_then(|info| info.get_ref().remote_addr())
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo>()
+                .and_then(|info| info.remote_addr())
+        })
+}
+
+impl<S> AuthService<S>
+where
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>> + Clone,
+{
+    /// Hands the call to the inner service. The clone is the one polled ready by this
+    /// service's caller: use it, keep the clone.
+    fn serve(&mut self, request: http::Request<Body>, in_flight: InFlight) -> Answer<S::Future> {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Answer::Served {
+            future: inner.call(request),
+            in_flight,
+        }
+    }
+}
+
 impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
 where
-    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>> + Clone,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = Answer<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -69,53 +139,29 @@ where
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let auth = self.auth.clone();
-        let refuse =
-            |status: Status| -> Self::Future { Box::pin(async move { Ok(status.into_http()) }) };
         let service = Service::of_path(request.uri().path());
         // Shed at once rather than queue without bound; health answers even then.
-        let in_flight = auth.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        let guard = InFlight(auth.clone());
-        if in_flight > auth.max_in_flight && service != Service::Health {
+        let in_flight = InFlight(auth.clone());
+        let count = auth.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if count > auth.max_in_flight && service != Service::Health {
             auth.count(&auth.counters.shed);
             crate::metrics::auth_refused("shed");
-            return refuse(Status::unavailable(format!(
+            return Answer::refused(Status::unavailable(format!(
                 "overloaded: more than {} calls in flight; retry with backoff",
                 auth.max_in_flight
             )));
         }
-        let policy = auth.policy();
-        let client_cert = request
-            .extensions()
-            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs())
-            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
-        let peer = request
-            .extensions()
-            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
-            .and_then(|info| info.get_ref().remote_addr())
-            .or_else(|| {
-                request
-                    .extensions()
-                    .get::<tonic::transport::server::TcpConnectInfo>()
-                    .and_then(|info| info.remote_addr())
-            });
-        let principal = match policy.authenticate(request.headers(), client_cert.as_deref()) {
+        let certs = client_certs(&request);
+        let client_cert = certs.as_deref().and_then(|c| c.first()).map(|c| c.as_ref());
+        let principal = match auth.policy().authenticate(request.headers(), client_cert) {
             Ok(principal) => principal,
-            Err(_) if service == Service::Health => {
-                // Orchestrator probes carry no credentials; health reveals nothing.
-                let inner = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, inner);
-                return Box::pin(async move {
-                    let response = inner.call(request).await;
-                    drop(guard);
-                    response
-                });
-            }
+            // Orchestrator probes carry no credentials; health reveals nothing.
+            Err(_) if service == Service::Health => return self.serve(request, in_flight),
             Err(why) => {
                 auth.count(&auth.counters.unauthenticated);
                 crate::metrics::auth_refused("unauthenticated");
-                tracing::warn!(peer = ?peer, path = request.uri().path(), why, "unauthenticated call refused");
-                return refuse(Status::unauthenticated(format!(
+                tracing::warn!(peer = ?peer(&request), path = request.uri().path(), why, "unauthenticated call refused");
+                return Answer::refused(Status::unauthenticated(format!(
                     "authentication required: {why}"
                 )));
             }
@@ -123,13 +169,13 @@ where
         if !service.allows(principal.roles) {
             auth.count(&auth.counters.permission_denied);
             crate::metrics::auth_refused("permission_denied");
-            tracing::warn!(principal = %principal.name, peer = ?peer, path = request.uri().path(), "permission denied: role");
+            tracing::warn!(principal = %principal.name, peer = ?peer(&request), path = request.uri().path(), "permission denied: role");
             let needs = match service {
                 Service::Gate => "bot",
                 Service::Monitor => "monitor or operator",
                 _ => "operator",
             };
-            return refuse(Status::permission_denied(format!(
+            return Answer::refused(Status::permission_denied(format!(
                 "{} may not call {}: it needs the {needs} role",
                 principal.name,
                 request.uri().path()
@@ -138,18 +184,11 @@ where
         if service == Service::Gate {
             if let Err(status) = principal.admit_gate_call() {
                 auth.count(&auth.counters.rate_limited);
-                return refuse(status);
+                return Answer::refused(status);
             }
         }
         request.extensions_mut().insert(principal);
-        // The clone is the one polled ready by this service's caller: use it, keep the clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = inner.call(request).await;
-            drop(guard);
-            response
-        })
+        self.serve(request, in_flight)
     }
 }
 
