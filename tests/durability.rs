@@ -710,3 +710,47 @@ async fn breaker_changes_left_in_the_log_are_folded_at_start_up_latest_first() {
     assert_eq!(logged_changes(dir.path()), 0, "start-up folds the log");
     server.stop().await;
 }
+
+/// The scheduling policy (field 41 of `/proc/self/task/TID/stat`) of each of this process's
+/// threads named `name`.
+#[cfg(target_os = "linux")]
+fn policies_of_threads_named(name: &str) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+        let Ok(task) = task else { continue };
+        // A thread that ends meanwhile is skipped.
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command, which is in parentheses and may hold spaces.
+        let after = &stat[stat.rfind(')').expect("stat has a command") + 2..];
+        let policy = after
+            .split(' ')
+            .nth(41 - 3)
+            .and_then(|field| field.parse().ok())
+            .expect("policy field");
+        policies.push(policy);
+    }
+    policies
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_writer_runs_as_batch_work_so_its_wake_ups_do_not_preempt_the_callers() {
+    const SCHED_BATCH: u32 = 3;
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir.path().join("data")).expect("open");
+    let policies = policies_of_threads_named("riskgate-store");
+    assert!(!policies.is_empty(), "the writer thread is running");
+    assert!(
+        policies.iter().all(|&policy| policy == SCHED_BATCH),
+        "{policies:?}"
+    );
+    store.close();
+}

@@ -54,6 +54,7 @@ pub(super) fn run(
     retention: Retention,
     path: String,
 ) {
+    run_as_batch_work();
     let mut pending: Vec<(Batch, Option<Reply>)> = Vec::new();
     let mut last_prune = Instant::now();
     let mut closing = false;
@@ -135,6 +136,25 @@ pub(super) fn run(
             if let Err(error) = prune(&conn, &retention) {
                 tracing::warn!(%error, "pruning old events failed; retrying later");
             }
+        }
+    }
+}
+
+/// Puts the writer in Linux's `SCHED_BATCH` policy: same share of the CPU, but its wake-ups (a
+/// sync done, a change submitted) do not preempt a runtime thread that is handling calls; the
+/// writer runs when that thread waits or its time slice ends. Changes submitted meanwhile join
+/// the next commit, so a busy core makes fewer, larger commits and switches threads less.
+/// Measured with the server on one core at 64 callers: 12.8k durable outcomes/s against 11.3k
+/// (six alternating runs each). Where the policy cannot be set, the writer keeps the default.
+fn run_as_batch_work() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `sched_setscheduler` reads `param`, which outlives the call, and changes only
+        // the calling thread's policy (pid 0).
+        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "the store's writer keeps the default scheduling policy");
         }
     }
 }
