@@ -35,6 +35,9 @@ use crate::proto::monitor_service_server::MonitorServiceServer;
 use crate::registry::Registry;
 use crate::store::{MemoryStore, SqliteOptions, SqliteStore, Store, StoreError};
 
+/// HTTP/2 flow-control window the server grants each stream and each connection.
+const RECEIVE_WINDOW: u32 = 1 << 20;
+
 /// The encoded descriptors of `riskgate.v1`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/riskgate_descriptor.bin"));
@@ -146,6 +149,10 @@ pub async fn serve(
     let max_message = limits.max_message_bytes;
     let router = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // What a client may send before the server has read it: 1 MiB a stream and a
+        // connection (hyper's defaults, stated here because docs/clients.md promises them).
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs_f64(
             limits.keepalive_interval_secs,
         )))
