@@ -658,11 +658,19 @@ fn a_store_of_the_first_schema_is_migrated_in_place() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .expect("version");
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let logged: i64 = conn
         .query_row("SELECT count(*) FROM breaker_log", [], |row| row.get(0))
         .expect("the breaker log of schema 3");
     assert_eq!(logged, 0);
+    let format: i64 = conn
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'breaker_record_format'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("schema 4 names the breaker record format");
+    assert_eq!(format, 2);
 }
 
 fn logged_changes(dir: &Path) -> i64 {

@@ -10,6 +10,10 @@ use crate::core::{
 use crate::registry::{Event, Layer, OperatorAction};
 use crate::store::Halt;
 
+/// A breaker. Its failures (up to 32 per account, and written again with every change of a
+/// failing account) are stored as packed columns: each time as the difference from the one
+/// before, so a failure costs about four bytes instead of the fourteen of a `FailureRow`.
+/// `failures` is how releases before schema 4 stored them; it is still read.
 #[derive(Clone, PartialEq, Message)]
 struct BreakerRow {
     #[prost(uint32, tag = "1")]
@@ -41,6 +45,31 @@ struct BreakerRow {
     /// The mode an operator set for the account, if any.
     #[prost(uint32, optional, tag = "14")]
     mode: Option<u32>,
+    /// The failures' times in Unix nanoseconds: the first as it is, each next one as the
+    /// (wrapping) difference from the one before.
+    #[prost(sint64, repeated, tag = "15")]
+    failure_at: Vec<i64>,
+    /// The failures' kinds, one per time.
+    #[prost(uint32, repeated, tag = "16")]
+    failure_kind: Vec<u32>,
+    /// The failures' permit sequences plus one (0: reported without a permit), one per time;
+    /// empty when no failure had a permit.
+    #[prost(uint64, repeated, tag = "17")]
+    failure_permit: Vec<u64>,
+    /// The order ids and details of the failures that have them.
+    #[prost(message, repeated, tag = "18")]
+    failure_text: Vec<FailureText>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct FailureText {
+    /// The failure's position in `failure_at`.
+    #[prost(uint32, tag = "1")]
+    index: u32,
+    #[prost(string, optional, tag = "2")]
+    order_id: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    detail: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -239,22 +268,42 @@ fn at(nanos: u64) -> Timestamp {
 }
 
 pub fn encode_breaker(record: &BreakerRecord, mode: Option<Mode>) -> Vec<u8> {
+    let failures = &record.failures;
+    let mut previous = 0u64;
+    let failure_at = failures
+        .iter()
+        .map(|f| {
+            let nanos = f.at.as_unix_nanos();
+            let delta = nanos.wrapping_sub(previous) as i64;
+            previous = nanos;
+            delta
+        })
+        .collect();
+    let failure_permit = if failures.iter().any(|f| f.permit_sequence.is_some()) {
+        failures
+            .iter()
+            // The core's "no permit" is u64::MAX, which wraps to 0 here, as it should.
+            .map(|f| f.permit_sequence.map_or(0, |s| s.wrapping_add(1)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let failure_text = failures
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.order_id.is_some() || f.detail.is_some())
+        .map(|(index, f)| FailureText {
+            index: index as u32,
+            order_id: f.order_id.as_deref().map(str::to_owned),
+            detail: f.detail.as_deref().map(str::to_owned),
+        })
+        .collect();
     BreakerRow {
         state: state_code(record.state),
         tripped: record.tripped,
         generation: record.generation,
         next_sequence: record.next_sequence,
-        failures: record
-            .failures
-            .iter()
-            .map(|f| FailureRow {
-                at: f.at.as_unix_nanos(),
-                permit_sequence: f.permit_sequence,
-                kind: kind_code(f.kind),
-                order_id: f.order_id.as_deref().map(str::to_owned),
-                detail: f.detail.as_deref().map(str::to_owned),
-            })
-            .collect(),
+        failures: Vec::new(),
         opened_at: record.opened_at.map(Timestamp::as_unix_nanos),
         recovery_at: record.recovery_at.map(Timestamp::as_unix_nanos),
         probes: record
@@ -283,13 +332,69 @@ pub fn encode_breaker(record: &BreakerRecord, mode: Option<Mode>) -> Vec<u8> {
                 .collect(),
         }),
         mode: mode.map(mode_code),
+        failure_at,
+        failure_kind: failures.iter().map(|f| kind_code(f.kind)).collect(),
+        failure_permit,
+        failure_text,
     }
     .encode_to_vec()
 }
 
+/// The failures of a row, whichever way it stores them.
+fn decode_failures(row: &mut BreakerRow) -> Result<Vec<FailureRecord>, String> {
+    if !row.failures.is_empty() {
+        return Ok(std::mem::take(&mut row.failures)
+            .into_iter()
+            .map(|f| FailureRecord {
+                at: at(f.at),
+                permit_sequence: f.permit_sequence,
+                kind: kind_from_code(f.kind),
+                order_id: f.order_id.map(String::into_boxed_str),
+                detail: f.detail.map(String::into_boxed_str),
+            })
+            .collect());
+    }
+    let count = row.failure_at.len();
+    if row.failure_kind.len() != count
+        || !(row.failure_permit.is_empty() || row.failure_permit.len() == count)
+    {
+        return Err(format!(
+            "its failure columns disagree: {count} times, {} kinds, {} permits",
+            row.failure_kind.len(),
+            row.failure_permit.len()
+        ));
+    }
+    let mut nanos = 0u64;
+    let mut failures: Vec<FailureRecord> = row
+        .failure_at
+        .iter()
+        .zip(&row.failure_kind)
+        .enumerate()
+        .map(|(index, (delta, kind))| {
+            nanos = nanos.wrapping_add(*delta as u64);
+            FailureRecord {
+                at: at(nanos),
+                permit_sequence: row.failure_permit.get(index).and_then(|s| s.checked_sub(1)),
+                kind: kind_from_code(*kind),
+                order_id: None,
+                detail: None,
+            }
+        })
+        .collect();
+    for text in std::mem::take(&mut row.failure_text) {
+        let failure = failures
+            .get_mut(text.index as usize)
+            .ok_or_else(|| format!("the text of failure {} has no failure", text.index))?;
+        failure.order_id = text.order_id.map(String::into_boxed_str);
+        failure.detail = text.detail.map(String::into_boxed_str);
+    }
+    Ok(failures)
+}
+
 /// A breaker record and the mode an operator set for the account.
 pub fn decode_breaker(bytes: &[u8]) -> Result<(BreakerRecord, Option<Mode>), String> {
-    let row = BreakerRow::decode(bytes).map_err(|e| e.to_string())?;
+    let mut row = BreakerRow::decode(bytes).map_err(|e| e.to_string())?;
+    let failures = decode_failures(&mut row)?;
     let mode = match row.mode {
         Some(code) => Some(mode_from_code(code).ok_or_else(|| format!("unknown mode {code}"))?),
         None => None,
@@ -318,17 +423,7 @@ pub fn decode_breaker(bytes: &[u8]) -> Result<(BreakerRecord, Option<Mode>), Str
         tripped: row.tripped,
         generation: row.generation,
         next_sequence: row.next_sequence,
-        failures: row
-            .failures
-            .into_iter()
-            .map(|f| FailureRecord {
-                at: at(f.at),
-                permit_sequence: f.permit_sequence,
-                kind: kind_from_code(f.kind),
-                order_id: f.order_id.map(String::into_boxed_str),
-                detail: f.detail.map(String::into_boxed_str),
-            })
-            .collect(),
+        failures,
         opened_at: row.opened_at.map(at),
         recovery_at: row.recovery_at.map(at),
         probes: row
@@ -439,4 +534,128 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, String> {
         failure_kind: row.failure_kind.map(kind_from_code),
         config_version: row.config_version.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::State;
+
+    fn failure(at_nanos: u64, permit: Option<u64>, kind: FailureKind) -> FailureRecord {
+        FailureRecord {
+            at: at(at_nanos),
+            permit_sequence: permit,
+            kind,
+            order_id: None,
+            detail: None,
+        }
+    }
+
+    fn record(failures: Vec<FailureRecord>) -> BreakerRecord {
+        BreakerRecord {
+            state: State::Closed,
+            tripped: false,
+            generation: 3,
+            next_sequence: 41,
+            failures,
+            opened_at: None,
+            recovery_at: None,
+            probes: Vec::new(),
+            probe_successes: 0,
+            opened_by: None,
+            open_streak: 0,
+            closed_at: None,
+            window: None,
+        }
+    }
+
+    /// Thirty-two failures reported without a permit, 30 µs apart, as a failing account has.
+    fn failing() -> BreakerRecord {
+        let start = 1_795_000_000_000_000_000u64;
+        record(
+            (0..32)
+                .map(|i| failure(start + i * 30_000, None, FailureKind::ALL[i as usize % 3]))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn failures_round_trip_with_their_permits_texts_and_out_of_order_times() {
+        let mut failures = vec![
+            failure(2_000, Some(7), FailureKind::ALL[1]),
+            // A clock that went backwards between two failures.
+            failure(1_000, None, FailureKind::ALL[0]),
+            failure(u64::MAX, Some(0), FailureKind::ALL[2]),
+            failure(0, None, FailureKind::ALL[0]),
+        ];
+        failures[1].order_id = Some("ord-1".into());
+        failures[3].detail = Some("venue said no".into());
+        let record = record(failures);
+        let (decoded, mode) =
+            decode_breaker(&encode_breaker(&record, Some(Mode::Shadow))).expect("decodes");
+        assert_eq!(decoded, record);
+        assert_eq!(mode, Some(Mode::Shadow));
+    }
+
+    #[test]
+    fn a_failing_account_is_written_in_under_half_the_bytes_of_failure_rows() {
+        let record = failing();
+        let compact = encode_breaker(&record, None);
+        let legacy = legacy_encoding(&record);
+        assert!(
+            compact.len() * 2 < legacy.len(),
+            "{} bytes against {}",
+            compact.len(),
+            legacy.len()
+        );
+        assert_eq!(decode_breaker(&compact).expect("decodes").0, record);
+    }
+
+    /// How releases before schema 4 wrote a breaker.
+    fn legacy_encoding(record: &BreakerRecord) -> Vec<u8> {
+        let mut row = BreakerRow::decode(encode_breaker(record, None).as_slice()).expect("row");
+        row.failure_at.clear();
+        row.failure_kind.clear();
+        row.failure_permit.clear();
+        row.failure_text.clear();
+        row.failures = record
+            .failures
+            .iter()
+            .map(|f| FailureRow {
+                at: f.at.as_unix_nanos(),
+                permit_sequence: f.permit_sequence,
+                kind: kind_code(f.kind),
+                order_id: f.order_id.as_deref().map(str::to_owned),
+                detail: f.detail.as_deref().map(str::to_owned),
+            })
+            .collect();
+        row.encode_to_vec()
+    }
+
+    #[test]
+    fn rows_written_by_earlier_releases_still_decode() {
+        let mut record = failing();
+        record.failures[5].permit_sequence = Some(12);
+        record.failures[9].order_id = Some("ord-9".into());
+        let (decoded, _) = decode_breaker(&legacy_encoding(&record)).expect("decodes");
+        assert_eq!(decoded, record);
+    }
+
+    #[test]
+    fn failure_columns_that_disagree_are_refused() {
+        let bytes = encode_breaker(&failing(), None);
+        let mut row = BreakerRow::decode(bytes.as_slice()).expect("row");
+        row.failure_kind.pop();
+        let error = decode_breaker(&row.encode_to_vec()).expect_err("refused");
+        assert!(error.contains("32 times, 31 kinds"), "{error}");
+
+        let mut row = BreakerRow::decode(bytes.as_slice()).expect("row");
+        row.failure_text.push(FailureText {
+            index: 32,
+            order_id: Some("x".into()),
+            detail: None,
+        });
+        let error = decode_breaker(&row.encode_to_vec()).expect_err("refused");
+        assert!(error.contains("failure 32 has no failure"), "{error}");
+    }
 }

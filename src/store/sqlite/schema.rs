@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[&str] = &[
          record        BLOB NOT NULL,
          last_sequence INTEGER NOT NULL
      );",
+    // 3 -> 4: breaker records keep their failures in packed columns, which earlier releases
+    // would read as no failures at all: the version bump makes them refuse the store instead.
+    // Rows already written keep decoding. Nothing in the tables changes.
+    "INSERT INTO counters (name, value) VALUES ('breaker_record_format', 2)
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value;",
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
