@@ -111,7 +111,7 @@ async fn bad_outcomes_and_permits_are_refused_and_change_nothing() {
     );
     assert_invalid(
         report(permit.to_uppercase(), Outcome::Failure as i32).await,
-        "permit must be 50 characters",
+        "permit is not one that CheckTrade returned",
     );
     assert_invalid(
         report(foreign, Outcome::Failure as i32).await,
