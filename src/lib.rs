@@ -25,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod core;
 pub mod error;
