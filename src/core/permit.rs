@@ -60,10 +60,17 @@ pub fn encode(account_tag: u64, permit: Permit) -> String {
     for value in [permit.generation, permit.sequence] {
         len += put_varint(value, &mut raw[len..]);
     }
-    let mut text = String::with_capacity(PREFIX.len() + MAX_BODY);
-    text.push_str(PREFIX);
-    URL_SAFE_NO_PAD.encode_string(&raw[..len], &mut text);
-    text
+    // Into a buffer on the stack, then one allocation of the exact length.
+    let mut text = [0u8; PREFIX.len() + MAX_BODY];
+    text[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+    // The buffer has room for the longest body, so this cannot fail.
+    let written = URL_SAFE_NO_PAD
+        .encode_slice(&raw[..len], &mut text[PREFIX.len()..])
+        .unwrap_or(0);
+    // Only ASCII was written.
+    std::str::from_utf8(&text[..PREFIX.len() + written])
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// Writes `value` as a LEB128 varint at the start of `out` (which has room for ten bytes);
