@@ -18,7 +18,7 @@ use tonic_prost::ProstCodec;
 
 /// Bytes of encoded messages after which a stream's buffer is handed to HTTP/2 (tonic's own
 /// default is 32 KiB).
-pub const YIELD_THRESHOLD: usize = 4 * 1024;
+const YIELD_THRESHOLD: usize = 4 * 1024;
 /// A call's first buffer, as tonic's default.
 const BUFFER_SIZE: usize = 8 * 1024;
 
