@@ -157,14 +157,19 @@ impl SqliteStore {
             events: options.retained_events,
             max_age: options.retained_age,
         };
+        let (started_tx, started_rx) = mpsc::sync_channel(1);
         let writer = std::thread::Builder::new()
             .name("riskgate-store".into())
             .spawn({
                 let signals = signals.clone();
                 let shown = shown.clone();
-                move || writer::run(conn, receiver, signals, retention, shown)
+                move || writer::run(conn, receiver, signals, retention, shown, started_tx)
             })
             .map_err(|e| unusable(format!("cannot start the writer thread: {e}"), ADVICE_IO))?;
+        // The store is open once its writer runs, named and scheduled as it will stay.
+        started_rx
+            .recv()
+            .map_err(|_| unusable("the writer thread stopped as it started".into(), ADVICE_IO))?;
         tracing::info!(
             path = %shown,
             last_sequence,

@@ -12,8 +12,14 @@
 //! and sync). The log is folded into `breakers` (the latest change of each account wins) once it
 //! holds [`FOLD_AT`] changes, when the writer has been idle for [`FOLD_WHEN_IDLE`], when the
 //! store closes, and when it opens (so start-up reads `breakers` alone).
+//!
+//! The writer keeps, for each account in the log, the latest record it logged, so a fold while
+//! running writes those records and empties the log without reading it back. Its cost follows
+//! the accounts that changed, not the changes: a log of 16k changes to 64 accounts took 16-23 ms
+//! to fold by querying it, a stall every commit queued behind.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,8 +59,11 @@ pub(super) fn run(
     signals: Arc<StoreSignals>,
     retention: Retention,
     path: String,
+    started: SyncSender<()>,
 ) {
     run_as_batch_work();
+    let _ = started.send(());
+    drop(started);
     let mut pending: Vec<(Batch, Option<Reply>)> = Vec::new();
     let mut last_prune = Instant::now();
     let mut closing = false;
@@ -96,7 +105,7 @@ pub(super) fn run(
         }
         if !pending.is_empty() {
             let started = Instant::now();
-            match write(&mut conn, &pending) {
+            match log.write(&mut conn, &pending) {
                 Ok(written) => {
                     crate::metrics::store_commit(started.elapsed());
                     for (_, reply) in pending.drain(..) {
@@ -105,7 +114,6 @@ pub(super) fn run(
                         }
                     }
                     signals.wrote(written.durable);
-                    log.changes += written.logged;
                     if log.changes >= FOLD_AT && log.may_fold() {
                         log.fold(&mut conn);
                     }
@@ -171,8 +179,13 @@ struct Written {
     logged: usize,
 }
 
-/// Writes every pending batch in one transaction.
-fn write(conn: &mut Connection, pending: &[(Batch, Option<Reply>)]) -> rusqlite::Result<Written> {
+/// Writes every pending batch in one transaction. The breaker records logged go to `staged`,
+/// with the index of their batch.
+fn write(
+    conn: &mut Connection,
+    pending: &[(Batch, Option<Reply>)],
+    staged: &mut Vec<(usize, Vec<u8>)>,
+) -> rusqlite::Result<Written> {
     let tx = conn.transaction()?;
     let mut durable = None;
     let mut logged = 0;
@@ -188,13 +201,15 @@ fn write(conn: &mut Connection, pending: &[(Batch, Option<Reply>)]) -> rusqlite:
                                 group_name, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        for (batch, _) in pending {
+        for (index, (batch, _)) in pending.iter().enumerate() {
             if let Some(breaker) = &batch.breaker {
+                let record = codec::encode_breaker(&breaker.record, breaker.mode);
                 log_breaker.execute(params![
                     breaker.account_id,
-                    codec::encode_breaker(&breaker.record, breaker.mode),
+                    record,
                     nanos(breaker.last_sequence),
                 ])?;
+                staged.push((index, record));
                 logged += 1;
             }
             for event in &batch.events {
@@ -254,11 +269,63 @@ struct Log {
     changes: usize,
     /// When a failed fold may be tried again.
     retry_at: Option<Instant>,
+    /// The latest record logged for each account in the log: what a fold writes to `breakers`.
+    latest: HashMap<String, Logged>,
+    /// The records of the transaction being written, with the index of their batch; they move
+    /// to `latest` once it commits.
+    staged: Vec<(usize, Vec<u8>)>,
+}
+
+/// A breaker record as the log holds it.
+struct Logged {
+    record: Vec<u8>,
+    last_sequence: i64,
 }
 
 impl Log {
     fn may_fold(&self) -> bool {
         self.retry_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Writes every pending batch in one transaction, and once it commits, counts the changes
+    /// it logged and keeps their records as the latest.
+    fn write(
+        &mut self,
+        conn: &mut Connection,
+        pending: &[(Batch, Option<Reply>)],
+    ) -> rusqlite::Result<Written> {
+        match write(conn, pending, &mut self.staged) {
+            Ok(written) => {
+                self.changes += written.logged;
+                self.committed(pending);
+                Ok(written)
+            }
+            Err(error) => {
+                self.staged.clear();
+                Err(error)
+            }
+        }
+    }
+
+    fn committed(&mut self, pending: &[(Batch, Option<Reply>)]) {
+        for (index, record) in self.staged.drain(..) {
+            let Some(breaker) = pending
+                .get(index)
+                .and_then(|(batch, _)| batch.breaker.as_ref())
+            else {
+                continue;
+            };
+            let logged = Logged {
+                record,
+                last_sequence: nanos(breaker.last_sequence),
+            };
+            match self.latest.get_mut(breaker.account_id.as_str()) {
+                Some(entry) => *entry = logged,
+                None => {
+                    self.latest.insert(breaker.account_id.clone(), logged);
+                }
+            }
+        }
     }
 
     /// Folds the log if it holds anything. A failure leaves it for a later attempt: nothing is
@@ -268,14 +335,17 @@ impl Log {
             return;
         }
         let started = Instant::now();
-        match fold(conn) {
+        match fold_latest(conn, &self.latest) {
             Ok(changes) => {
                 tracing::debug!(
                     changes,
+                    accounts = self.latest.len(),
                     took_ms = started.elapsed().as_millis() as u64,
                     "folded the breaker log"
                 );
-                *self = Log::default();
+                self.changes = 0;
+                self.retry_at = None;
+                self.latest.clear();
             }
             Err(error) => {
                 tracing::warn!(%error, changes = self.changes, "folding the breaker log failed; retrying later");
@@ -285,8 +355,28 @@ impl Log {
     }
 }
 
+/// Writes the latest record of each account the log holds into `breakers` and empties the log,
+/// in one transaction; returns how many changes the log held. Every change in the log was
+/// logged by this writer since the last fold, so `latest` has the last of each account's.
+fn fold_latest(conn: &mut Connection, latest: &HashMap<String, Logged>) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO breakers (account_id, record, last_sequence) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account_id) DO UPDATE
+             SET record = excluded.record, last_sequence = excluded.last_sequence",
+        )?;
+        for (account_id, logged) in latest {
+            upsert.execute(params![account_id, logged.record, logged.last_sequence])?;
+        }
+    }
+    let changes = tx.execute("DELETE FROM breaker_log", [])?;
+    tx.commit()?;
+    Ok(changes)
+}
+
 /// Moves the latest logged change of each account into `breakers` and empties the log, in one
-/// transaction; returns how many changes the log held.
+/// transaction, reading the log; returns how many changes it held. The store opens with this.
 pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
     tx.execute(
@@ -325,32 +415,121 @@ fn prune(conn: &Connection, retention: &Retention) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{BreakerRecord, State};
+    use crate::store::StoredBreaker;
 
     fn logged(conn: &Connection) -> i64 {
         conn.query_row("SELECT count(*) FROM breaker_log", [], |row| row.get(0))
             .expect("count the log")
     }
 
-    #[test]
-    fn a_failed_fold_keeps_the_log_and_waits_before_the_next_attempt() {
+    fn breaker(account_id: &str, last_sequence: u64, generation: u64) -> Batch {
+        let record = BreakerRecord {
+            state: State::Closed,
+            tripped: false,
+            generation,
+            next_sequence: last_sequence + 1,
+            failures: Vec::new(),
+            opened_at: None,
+            recovery_at: None,
+            probes: Vec::new(),
+            probe_successes: 0,
+            opened_by: None,
+            open_streak: 0,
+            closed_at: None,
+            window: None,
+        };
+        Batch {
+            breaker: Some(StoredBreaker {
+                account_id: account_id.to_string(),
+                record,
+                last_sequence,
+                mode: None,
+            }),
+            ..Batch::default()
+        }
+    }
+
+    fn pending(batches: Vec<Batch>) -> Vec<(Batch, Option<Reply>)> {
+        batches.into_iter().map(|batch| (batch, None)).collect()
+    }
+
+    fn store() -> Connection {
         let mut conn = Connection::open_in_memory().expect("database");
         super::super::schema::migrate(&mut conn, 0).expect("schema");
-        conn.execute(
-            "INSERT INTO breaker_log (account_id, record, last_sequence) VALUES ('A', x'00', 7)",
-            [],
-        )
-        .expect("append");
+        conn
+    }
+
+    fn breakers(conn: &Connection) -> Vec<(String, Vec<u8>, i64)> {
+        conn.prepare("SELECT account_id, record, last_sequence FROM breakers ORDER BY account_id")
+            .expect("query")
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("read")
+    }
+
+    #[test]
+    fn a_fold_from_memory_leaves_what_a_fold_of_the_log_leaves() {
+        let transactions = [
+            vec![breaker("A", 1, 1), breaker("B", 2, 1), breaker("A", 3, 2)],
+            vec![breaker("C", 4, 1)],
+            vec![breaker("B", 5, 2), breaker("C", 6, 2), breaker("B", 7, 3)],
+        ];
+        let mut from_memory = store();
+        let mut from_log = store();
+        let mut log = Log::default();
+        let mut unused = Log::default();
+        for (round, batches) in transactions.iter().enumerate() {
+            log.write(&mut from_memory, &pending(batches.clone()))
+                .expect("write");
+            unused
+                .write(&mut from_log, &pending(batches.clone()))
+                .expect("write");
+            if round == 0 {
+                // A transaction that fails is not the latest of anything.
+                from_memory
+                    .execute_batch("ALTER TABLE breaker_log RENAME TO log_away")
+                    .expect("rename");
+                assert!(log
+                    .write(&mut from_memory, &pending(vec![breaker("A", 99, 9)]))
+                    .is_err());
+                from_memory
+                    .execute_batch("ALTER TABLE log_away RENAME TO breaker_log")
+                    .expect("rename back");
+            }
+        }
+        assert_eq!(log.changes, 7);
+        assert_eq!(log.latest.len(), 3);
+        assert!(log.staged.is_empty());
+
+        log.fold(&mut from_memory);
+        assert_eq!(fold(&mut from_log).expect("fold the log"), 7);
+        assert_eq!(logged(&from_memory), 0);
+        assert_eq!((log.changes, log.latest.len()), (0, 0));
+        let folded = breakers(&from_memory);
+        assert_eq!(folded, breakers(&from_log));
+        let sequences: Vec<(&str, i64)> = folded
+            .iter()
+            .map(|(account, _, sequence)| (account.as_str(), *sequence))
+            .collect();
+        assert_eq!(sequences, [("A", 3), ("B", 7), ("C", 6)]);
+    }
+
+    #[test]
+    fn a_failed_fold_keeps_the_log_and_waits_before_the_next_attempt() {
+        let mut conn = store();
+        let mut log = Log::default();
+        log.write(&mut conn, &pending(vec![breaker("A", 7, 1)]))
+            .expect("append");
         // Appends still succeed but a fold cannot: its target is gone.
         conn.execute_batch("ALTER TABLE breakers RENAME TO breakers_away")
             .expect("rename");
-        let mut log = Log {
-            changes: 1,
-            retry_at: None,
-        };
         assert!(log.may_fold());
         let before = Instant::now();
         log.fold(&mut conn);
         assert_eq!(log.changes, 1, "a failed fold forgets no change");
+        assert_eq!(log.latest.len(), 1);
         assert_eq!(logged(&conn), 1, "the log still holds the change");
         assert!(!log.may_fold(), "the next attempt waits");
         assert!(
