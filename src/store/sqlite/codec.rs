@@ -537,7 +537,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::core::State;
 
@@ -551,7 +551,8 @@ mod tests {
         }
     }
 
-    fn record(failures: Vec<FailureRecord>) -> BreakerRecord {
+    /// A CLOSED breaker's record with `failures` (the writer's tests use it too).
+    pub(in crate::store::sqlite) fn record(failures: Vec<FailureRecord>) -> BreakerRecord {
         BreakerRecord {
             state: State::Closed,
             tripped: false,

@@ -415,7 +415,6 @@ fn prune(conn: &Connection, retention: &Retention) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{BreakerRecord, State};
     use crate::store::StoredBreaker;
 
     fn logged(conn: &Connection) -> i64 {
@@ -424,21 +423,9 @@ mod tests {
     }
 
     fn breaker(account_id: &str, last_sequence: u64, generation: u64) -> Batch {
-        let record = BreakerRecord {
-            state: State::Closed,
-            tripped: false,
-            generation,
-            next_sequence: last_sequence + 1,
-            failures: Vec::new(),
-            opened_at: None,
-            recovery_at: None,
-            probes: Vec::new(),
-            probe_successes: 0,
-            opened_by: None,
-            open_streak: 0,
-            closed_at: None,
-            window: None,
-        };
+        let mut record = codec::tests::record(Vec::new());
+        record.generation = generation;
+        record.next_sequence = last_sequence + 1;
         Batch {
             breaker: Some(StoredBreaker {
                 account_id: account_id.to_string(),
