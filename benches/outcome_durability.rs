@@ -21,6 +21,10 @@ use riskgate::store::{MemoryStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
+/// The allocator the `riskgate` binary ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Connections the callers share (HTTP/2 multiplexes the rest).
 const CONNECTIONS: usize = 4;
 

@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use riskgate::cli::{self, Cli};
 
+/// mimalloc rather than the system allocator: a durable change is allocated on a runtime worker
+/// and freed on the store's writer thread, which glibc's malloc handles on its slow path (arena
+/// locks, consolidation), and its huge pages are left off (`no_thp`) so that a million idle accounts
+/// stay within their memory budget. Measured figures are in docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
