@@ -14,10 +14,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // Without the LIFO slot, a task woken by a running task waits its turn in the queue instead
+    // of running next. So the connection's task, woken by each finished answer, runs once after
+    // the ready requests and writes their answers together instead of one `writev` per answer
+    // (unary CheckTrade: +20% calls/s on one core), and no woken task is kept from the other
+    // workers' reach. `tokio_unstable` is set in .cargo/config.toml.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("riskgate: cannot start the async runtime: {error}");
