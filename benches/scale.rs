@@ -12,10 +12,6 @@
 
 mod common;
 
-/// The allocator the `riskgate` binary ships with, so that memory is measured as served.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
@@ -26,6 +22,10 @@ use riskgate::proto::monitor_service_client::MonitorServiceClient;
 use riskgate::proto::watch_events_response::Kind;
 use riskgate::proto::*;
 use riskgate::store::{Batch, SqliteOptions, SqliteStore, Store, StoredBreaker};
+
+/// The allocator the `riskgate` binary ships with, so that memory is measured as served.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)

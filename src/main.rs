@@ -6,9 +6,9 @@ use clap::Parser;
 use riskgate::cli::{self, Cli};
 
 /// mimalloc rather than the system allocator: a durable change is allocated on a runtime worker
-/// and freed on the store's writer thread, which glibc's malloc handles on its slow path (arena
-/// locks, consolidation), and its huge pages are left off (`no_thp`) so that a million idle accounts
-/// stay within their memory budget. Measured figures are in docs/benchmarks.md.
+/// and freed on the store's writer thread, and glibc's malloc takes such frees on its slow path
+/// (arena locks, consolidation). mimalloc's transparent huge pages are built out (`no_thp`), so
+/// that a million idle accounts stay within their memory budget. Figures: docs/benchmarks.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
