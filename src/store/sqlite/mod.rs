@@ -158,12 +158,18 @@ impl SqliteStore {
             max_age: options.retained_age,
         };
         let (started_tx, started_rx) = mpsc::sync_channel(1);
+        // The runtime the store is opened from, if any, is the one its callers wait on.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let writer = std::thread::Builder::new()
             .name("riskgate-store".into())
             .spawn({
                 let signals = signals.clone();
                 let shown = shown.clone();
-                move || writer::run(conn, receiver, signals, retention, shown, started_tx)
+                move || {
+                    writer::run(
+                        conn, receiver, signals, retention, shown, runtime, started_tx,
+                    )
+                }
             })
             .map_err(|e| unusable(format!("cannot start the writer thread: {e}"), ADVICE_IO))?;
         // The store is open once its writer runs, named and scheduled as it will stay.

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::codec;
@@ -59,6 +60,7 @@ pub(super) fn run(
     signals: Arc<StoreSignals>,
     retention: Retention,
     path: String,
+    runtime: Option<Handle>,
     started: SyncSender<()>,
 ) {
     run_as_batch_work();
@@ -107,11 +109,8 @@ pub(super) fn run(
             match log.write(&mut conn, &pending) {
                 Ok(written) => {
                     crate::metrics::store_commit(started.elapsed());
-                    for (_, reply) in pending.drain(..) {
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Ok(()));
-                        }
-                    }
+                    let replies = pending.drain(..).filter_map(|(_, reply)| reply).collect();
+                    answer(runtime.as_ref(), replies, Ok(()));
                     signals.wrote(written.durable);
                     if log.changes >= FOLD_AT && log.may_fold() {
                         log.fold(&mut conn);
@@ -121,11 +120,9 @@ pub(super) fn run(
                     crate::metrics::store_error();
                     let message = format!("writing to {path} failed: {error}");
                     signals.failed(&message);
-                    for (_, reply) in pending.iter_mut() {
-                        if let Some(reply) = reply.take() {
-                            let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
-                        }
-                    }
+                    let replies = pending.iter_mut().filter_map(|(_, reply)| reply.take());
+                    let failed = Err(StoreError::Unavailable(message.clone()));
+                    answer(runtime.as_ref(), replies.collect(), failed);
                     if closing {
                         attempts_left = attempts_left.saturating_sub(1);
                         if attempts_left == 0 {
@@ -144,6 +141,25 @@ pub(super) fn run(
                 tracing::warn!(%error, "pruning old events failed; retrying later");
             }
         }
+    }
+}
+
+/// Answers the callers of one transaction. Where the store runs beside a tokio runtime, a task
+/// on that runtime answers them all: their tasks wake onto one worker's queue together, behind
+/// which each connection's task writes the answers that became ready in one go. Answered from
+/// this thread, each caller's wake-up would be a remote one (the runtime's global queue and,
+/// often, a write to its driver's eventfd), run as it comes, its answer written alone.
+fn answer(runtime: Option<&Handle>, replies: Vec<Reply>, result: Result<(), StoreError>) {
+    let send = move || {
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    };
+    match runtime {
+        // A runtime that is shutting down drops the task, and with it the replies: the callers,
+        // on that runtime, are being dropped too.
+        Some(runtime) => drop(runtime.spawn(async move { send() })),
+        None => send(),
     }
 }
 
