@@ -76,6 +76,10 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating on first start) the store in `options.path`.
+    ///
+    /// Opened inside a tokio runtime, the store answers its callers from a task on that runtime
+    /// (see `writer::answer`), which must therefore run as long as the store is used; opened
+    /// outside one, its writer thread answers them itself.
     pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
         let dir = options.path.clone();
