@@ -1,5 +1,6 @@
 //! Bad input is answered with INVALID_ARGUMENT and a message naming what is wrong, and changes
-//! no breaker.
+//! no breaker. A request that is not protobuf at all gets gRPC's INTERNAL, with the message
+//! naming what could not be decoded, and changes nothing either.
 
 mod common;
 
@@ -218,5 +219,122 @@ async fn unknown_accounts_are_not_found_without_being_created() {
         .await
         .expect("list");
     assert_eq!(list.into_inner().total_breakers, 0);
+    server.stop().await;
+}
+
+/// A client codec that sends the given bytes as the request message, valid protobuf or not.
+#[derive(Clone, Copy)]
+struct RawRequest<U>(std::marker::PhantomData<U>);
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl<U> tonic::codec::Codec for RawRequest<U>
+where
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = Vec<u8>;
+    type Decode = U;
+    type Encoder = RawEncoder;
+    type Decoder = <tonic_prost::ProstCodec<U, U> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<U, U>::default().decoder()
+    }
+}
+
+async fn send_raw<U>(server: &TestServer, path: &'static str, body: Vec<u8>) -> tonic::Status
+where
+    U: prost::Message + Default + Send + std::fmt::Debug + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(server.channel());
+    grpc.ready().await.expect("channel ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary::<Vec<u8>, U, _>(
+        tonic::Request::new(body),
+        path,
+        RawRequest(std::marker::PhantomData),
+    )
+    .await
+    .expect_err("a message that is not valid protobuf must be refused")
+}
+
+#[tokio::test]
+async fn messages_that_are_not_protobuf_are_refused_with_the_field_and_change_nothing() {
+    let server = TestServer::start("").await;
+    // Field 1 (account_id), length 2, bytes that are not UTF-8.
+    let not_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
+    // Field 1, length 5, but only one byte follows.
+    let truncated = vec![0x0a, 0x05, b'A'];
+    let cases = [
+        (
+            "/riskgate.v1.GateService/CheckTrade",
+            &not_utf8,
+            "account_id",
+        ),
+        (
+            "/riskgate.v1.GateService/CheckTrade",
+            &truncated,
+            "buffer underflow",
+        ),
+        (
+            "/riskgate.v1.GateService/ReportOutcome",
+            &not_utf8,
+            "account_id",
+        ),
+        (
+            "/riskgate.v1.AdminService/TripBreaker",
+            &not_utf8,
+            "account_id",
+        ),
+    ];
+    for (path, body, expected) in cases {
+        let status = send_raw::<CheckTradeResponse>(&server, path, body.clone()).await;
+        // gRPC's status code for a request that cannot be parsed is INTERNAL
+        // (grpc/doc/statuscodes.md); the message says what could not be decoded.
+        assert_eq!(status.code(), Code::Internal, "{path}: {status:?}");
+        assert!(
+            status.message().contains(expected),
+            "{path}: message {:?} should contain {expected:?}",
+            status.message()
+        );
+    }
+    let list = server
+        .monitor()
+        .list_breakers(ListBreakersRequest::default())
+        .await
+        .expect("the server still answers");
+    assert_eq!(
+        list.into_inner().total_breakers,
+        0,
+        "no breaker was created"
+    );
+    let allowed = server
+        .gate()
+        .check_trade(CheckTradeRequest {
+            account_id: "ACC-AFTER".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a valid check after the bad ones")
+        .into_inner();
+    assert!(allowed.allowed);
     server.stop().await;
 }
