@@ -10,7 +10,8 @@
 //!   preempts request handling at once to answer them and write the next commit.
 //!
 //! The writer is raised only while it has changes in hand (a busy server keeps it raised from
-//! one commit to the next) and set back before it waits. Raising a thread's priority takes
+//! one commit to the next) and set back before it waits, and before it folds the breaker log,
+//! which takes milliseconds that calls needing no commit should not wait behind. Raising a thread's priority takes
 //! `CAP_SYS_NICE`, or an `RLIMIT_NICE` of at least 30 (`ulimit -e`, systemd's `LimitNICE=-10`,
 //! Docker's `--ulimit nice=30`). Without either, the writer stays `SCHED_BATCH` work throughout,
 //! which costs throughput under load, not correctness.

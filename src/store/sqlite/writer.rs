@@ -122,6 +122,9 @@ pub(super) fn run(
                     answer(runtime.as_ref(), replies, Ok(()));
                     signals.wrote(written.durable);
                     if log.changes >= FOLD_AT && log.may_fold() {
+                        // A fold takes milliseconds and answers no caller: as batch work it
+                        // leaves the core to calls that need no commit (a CLOSED check).
+                        scheduling.waiting();
                         log.fold(&mut conn);
                     }
                 }
