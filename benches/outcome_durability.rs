@@ -8,6 +8,9 @@
 //! `-- --split` runs the server as a separate `riskgate serve` process pinned to the last core
 //! and the callers pinned to the first, so the two do not compete for CPU; without it, server
 //! and callers share one runtime in this process.
+//!
+//! `-- --checks N` adds N callers of `CheckTrade` on accounts of their own (CLOSED, so no check
+//! waits on the store) beside the reporting ones, and prints their latency under that load.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use riskgate::clock::SystemClock;
 use riskgate::config::Config;
 use riskgate::proto::gate_service_client::GateServiceClient;
-use riskgate::proto::{Outcome, ReportOutcomeRequest};
+use riskgate::proto::{CheckTradeRequest, Outcome, ReportOutcomeRequest};
 use riskgate::server;
 use riskgate::store::{MemoryStore, SqliteOptions, SqliteStore, Store};
 use tokio::net::TcpListener;
@@ -34,6 +37,8 @@ struct Run {
     calls: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// Latencies of the `--checks` callers' `CheckTrade`s, sorted.
+    checks: Vec<Duration>,
 }
 
 impl Run {
@@ -42,9 +47,13 @@ impl Run {
     }
 
     fn percentile(&self, p: f64) -> Duration {
-        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies.get(index).copied().unwrap_or_default()
+        percentile(&self.latencies, p)
     }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
 }
 
 fn config() -> Config {
@@ -170,6 +179,7 @@ async fn run(
     store_name: &'static str,
     split: bool,
     callers: usize,
+    checks: usize,
     warmup: Duration,
     measure: Duration,
 ) -> Run {
@@ -223,11 +233,39 @@ async fn run(
             })
         })
         .collect();
+    let checkers: Vec<_> = (0..checks)
+        .map(|checker| {
+            let mut gate = GateServiceClient::new(channels[checker % CONNECTIONS].clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        return latencies;
+                    }
+                    let request = CheckTradeRequest {
+                        account_id: format!("check-{checker}"),
+                        ..Default::default()
+                    };
+                    let answer = gate.check_trade(request).await.expect("CheckTrade");
+                    assert!(answer.into_inner().allowed, "a CLOSED check is allowed");
+                    if sent >= measure_from {
+                        latencies.push(sent.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("caller"));
     }
     latencies.sort_unstable();
+    let mut check_latencies = Vec::new();
+    for task in checkers {
+        check_latencies.extend(task.await.expect("checker"));
+    }
+    check_latencies.sort_unstable();
     server.stop().await;
     Run {
         store: store_name,
@@ -235,6 +273,7 @@ async fn run(
         calls: latencies.len(),
         elapsed: measure,
         latencies,
+        checks: check_latencies,
     }
 }
 
@@ -258,6 +297,7 @@ fn main() {
         None => vec![1, 64],
     };
     let wanted = |store: &str| only_store.as_deref().is_none_or(|s| s == store);
+    let checks: usize = arg("--checks").and_then(|s| s.parse().ok()).unwrap_or(0);
     // Worker threads of the runtime that serves and calls (default: one per core).
     let workers: usize = arg("--workers")
         .and_then(|s| s.parse().ok())
@@ -307,8 +347,19 @@ fn main() {
                 order.reverse();
             }
             for store in order.into_iter().filter(|s| wanted(s)) {
-                let run = runtime.block_on(run(store, split, callers, warmup, measure));
+                let run = runtime.block_on(run(store, split, callers, checks, warmup, measure));
                 print(&run);
+                if checks > 0 {
+                    println!(
+                        "  {checks} checkers beside: {:.0} checks/s, p50 {:.3?}, p99 {:.3?}, \
+                         p99.9 {:.3?}, max {:.3?}",
+                        run.checks.len() as f64 / run.elapsed.as_secs_f64(),
+                        percentile(&run.checks, 0.50),
+                        percentile(&run.checks, 0.99),
+                        percentile(&run.checks, 0.999),
+                        run.checks.last().copied().unwrap_or_default(),
+                    );
+                }
                 match store {
                     "memory" => memory.push(run),
                     _ => sqlite.push(run),
