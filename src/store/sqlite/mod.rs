@@ -7,7 +7,6 @@
 //! anything else stops start-up and is left untouched.
 
 mod codec;
-mod scheduling;
 mod schema;
 mod writer;
 

@@ -28,7 +28,6 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::codec;
-use super::scheduling::Scheduling;
 use crate::store::{Batch, StoreError, StoreSignals};
 
 /// Most batches in one transaction: bounds the latency of the first one in a burst.
@@ -64,7 +63,7 @@ pub(super) fn run(
     runtime: Option<Handle>,
     started: SyncSender<()>,
 ) {
-    let mut scheduling = Scheduling::start();
+    run_as_batch_work();
     let _ = started.send(());
     let mut pending: Vec<(Batch, Option<Reply>)> = Vec::new();
     let mut last_prune = Instant::now();
@@ -72,13 +71,6 @@ pub(super) fn run(
     let mut attempts_left = ATTEMPTS_WHEN_CLOSING;
     let mut log = Log::default();
     loop {
-        if pending.is_empty() {
-            // Changes queued behind a commit keep the writer raised for the next one.
-            match jobs.try_recv() {
-                Ok((batch, reply)) => pending.push((batch, Some(reply))),
-                Err(_) => scheduling.waiting(),
-            }
-        }
         if pending.is_empty() {
             if closing {
                 log.fold(&mut conn);
@@ -113,7 +105,6 @@ pub(super) fn run(
             }
         }
         if !pending.is_empty() {
-            scheduling.committing();
             let started = Instant::now();
             match log.write(&mut conn, &pending) {
                 Ok(written) => {
@@ -122,9 +113,6 @@ pub(super) fn run(
                     answer(runtime.as_ref(), replies, Ok(()));
                     signals.wrote(written.durable);
                     if log.changes >= FOLD_AT && log.may_fold() {
-                        // A fold takes milliseconds and answers no caller: as batch work it
-                        // leaves the core to calls that need no commit (a CLOSED check).
-                        scheduling.waiting();
                         log.fold(&mut conn);
                     }
                 }
@@ -172,6 +160,28 @@ fn answer(runtime: Option<&Handle>, replies: Vec<Reply>, result: Result<(), Stor
         // on that runtime, are being dropped too.
         Some(runtime) => drop(runtime.spawn(async move { send() })),
         None => send(),
+    }
+}
+
+/// Puts the writer in Linux's `SCHED_BATCH` policy: same share of the CPU, but its wake-ups (a
+/// sync done, a change submitted) do not preempt a runtime thread that is handling calls; the
+/// writer runs when that thread waits or its time slice ends. Changes submitted meanwhile join
+/// the next commit, so a busy core makes fewer, larger commits and switches threads less.
+/// Measured with the server on one core at 64 callers: 12.8k durable outcomes/s against 11.3k
+/// (six alternating runs each). Where the policy cannot be set, the writer keeps the default.
+/// Raising the writer (nice -10) while it commits answers durable callers sooner: 9% more of
+/// them per second on a saturated core, but a `CheckTrade` handled beside them then took 320 µs
+/// at p50 instead of 200 µs (`outcome_durability --split --checks 1`). Checks come first.
+fn run_as_batch_work() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `sched_setscheduler` reads `param`, which outlives the call, and changes only
+        // the calling thread's policy (pid 0).
+        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "the store's writer keeps the default scheduling policy");
+        }
     }
 }
 
