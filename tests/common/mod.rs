@@ -177,6 +177,16 @@ impl TestServer {
         last.expect("at least one failure")
     }
 
+    /// How many breakers the server holds (`ListBreakers`' total).
+    pub async fn total_breakers(&self) -> u64 {
+        self.monitor()
+            .list_breakers(ListBreakersRequest::default())
+            .await
+            .expect("ListBreakers")
+            .into_inner()
+            .total_breakers
+    }
+
     pub async fn breaker(&self, account: &str) -> Breaker {
         self.monitor()
             .get_breaker(GetBreakerRequest {
