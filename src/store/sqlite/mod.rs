@@ -7,6 +7,7 @@
 //! anything else stops start-up and is left untouched.
 
 mod codec;
+mod journal;
 mod schema;
 mod writer;
 
@@ -144,8 +145,13 @@ impl SqliteStore {
         }
         // Changes logged before the last stop (a crash leaves them there) join `breakers`, which
         // is then all start-up has to read.
-        let folded = writer::fold(&mut conn)
-            .map_err(|e| unusable(format!("folding the breaker log failed: {e}"), ADVICE_IO))?;
+        let (folded, journal) = writer::fold(&mut conn).map_err(|e| {
+            let advice = match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseCorrupt) => ADVICE_DAMAGED,
+                _ => ADVICE_IO,
+            };
+            unusable(format!("folding the breaker journal failed: {e}"), advice)
+        })?;
         let reader = Connection::open_with_flags(&db, READ_ONLY).map_err(|e| {
             unusable(
                 format!("cannot open {DATABASE} for reading: {e}"),
@@ -171,7 +177,7 @@ impl SqliteStore {
                 let shown = shown.clone();
                 move || {
                     writer::run(
-                        conn, receiver, signals, retention, shown, runtime, started_tx,
+                        conn, journal, receiver, signals, retention, shown, runtime, started_tx,
                     )
                 }
             })

@@ -60,6 +60,22 @@ pub const MIGRATIONS: &[&str] = &[
     // Rows already written keep decoding. Nothing in the tables changes.
     "INSERT INTO counters (name, value) VALUES ('breaker_record_format', 2)
      ON CONFLICT (name) DO UPDATE SET value = excluded.value;",
+    // 4 -> 5: breaker changes go to a ring of fixed-size slots, overwritten in place (see
+    // `journal`), instead of a log appended to and emptied. What the log holds (a crash leaves
+    // changes there) is folded into `breakers` first, the latest change of each account winning.
+    "INSERT INTO breakers (account_id, record, last_sequence)
+     SELECT account_id, record, last_sequence FROM breaker_log
+     WHERE seq IN (SELECT max(seq) FROM breaker_log GROUP BY account_id)
+     ON CONFLICT (account_id) DO UPDATE
+     SET record = excluded.record, last_sequence = excluded.last_sequence;
+     DROP TABLE breaker_log;
+     CREATE TABLE breaker_journal (
+         slot INTEGER PRIMARY KEY,
+         data BLOB NOT NULL
+     );
+     WITH RECURSIVE slots (slot) AS (SELECT 0 UNION ALL SELECT slot + 1 FROM slots WHERE slot < 1023)
+     INSERT INTO breaker_journal (slot, data) SELECT slot, zeroblob(4000) FROM slots;
+     INSERT INTO counters (name, value) VALUES ('journal_folded', 0);",
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -6,17 +6,19 @@
 //! durable. A failed transaction is answered with `Unavailable` but kept, and retried (with
 //! whatever arrives meanwhile, in order) until it succeeds: a failure never drops a change.
 //!
-//! A breaker change is appended to `breaker_log` rather than written over the account's row in
-//! `breakers`: appends land on the log's last page, so a transaction of many changes writes one
-//! or two pages instead of one per account it touches (each page is a 4 KiB WAL frame to write
-//! and sync). The log is folded into `breakers` (the latest change of each account wins) once it
-//! holds [`FOLD_AT`] changes, when the writer has been idle for [`FOLD_WHEN_IDLE`], when the
-//! store closes, and when it opens (so start-up reads `breakers` alone).
+//! A breaker change goes to the breaker journal (see `journal`): a commit writes its changes
+//! into one slot of a ring, over changes that are already in `breakers`, so it rewrites one page
+//! instead of one per account it touches (each page is a 4 KiB WAL frame to write and sync). The
+//! journal is folded into `breakers` (the latest change of each account wins) once it holds
+//! [`FOLD_AT`] changes or half the ring is unfolded, when the writer has been idle for
+//! [`FOLD_WHEN_IDLE`], when the store closes, and when it opens (so start-up reads `breakers`
+//! alone). A commit never overwrites a slot that is not folded: with the ring full it folds
+//! first, and fails if the fold does.
 //!
-//! The writer keeps, for each account in the log, the latest record it logged, so a fold while
-//! running writes those records and empties the log without reading it back. Its cost follows
-//! the accounts that changed, not the changes: a log of 16k changes to 1,024 accounts took
-//! 16-23 ms to fold by querying it (9-12 ms from memory), a stall every queued commit waits on.
+//! The writer keeps, for each account in the journal, the latest record it wrote, so a fold
+//! while running writes those records without reading the journal back. Its cost follows the
+//! accounts that changed, not the changes: a log of 16k changes to 1,024 accounts took 16-23 ms
+//! to fold by querying it (9-12 ms from memory), a stall every queued commit waits on.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -28,6 +30,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::codec;
+use super::journal::{self, Change};
 use crate::store::{Batch, StoreError, StoreSignals};
 
 /// Most batches in one transaction: bounds the latency of the first one in a burst.
@@ -38,9 +41,13 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Attempts left for pending batches once the store is closing.
 const ATTEMPTS_WHEN_CLOSING: u32 = 5;
-/// Logged breaker changes that trigger a fold: bounds the log, and so the time one fold (or a
-/// start-up after a crash) spends on it.
+/// Breaker changes that trigger a fold: bounds the journal's unfolded part, and so the time one
+/// fold (or a start-up after a crash) spends on it.
 const FOLD_AT: usize = 16_384;
+/// SQLite's page cache for the writer's connection, in KiB: holds the journal's ring (1,024
+/// slots of a page) with room for the pages of the other tables a commit touches, so that
+/// writing a slot does not first read its page back from the file.
+const CACHE_KIB: i64 = 16 * 1024;
 /// A writer idle this long folds whatever the log holds.
 const FOLD_WHEN_IDLE: Duration = Duration::from_secs(1);
 /// After a failed fold, the next waits this long: the log keeps every change meanwhile, and a
@@ -54,8 +61,10 @@ pub(super) struct Retention {
     pub max_age: Duration,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     mut conn: Connection,
+    journal: Journal,
     jobs: Receiver<(Batch, Reply)>,
     signals: Arc<StoreSignals>,
     retention: Retention,
@@ -71,11 +80,14 @@ pub(super) fn run(
     let mut last_prune = Instant::now();
     let mut closing = false;
     let mut attempts_left = ATTEMPTS_WHEN_CLOSING;
-    let mut log = Log::default();
+    if let Err(error) = conn.pragma_update(None, "cache_size", -CACHE_KIB) {
+        tracing::debug!(%error, "the store's writer keeps SQLite's default page cache");
+    }
+    let mut log = Log::new(journal);
     loop {
         if pending.is_empty() {
             if closing {
-                log.fold(&mut conn);
+                let _ = log.fold(&mut conn);
                 return;
             }
             let wait = if log.changes > 0 {
@@ -97,11 +109,11 @@ pub(super) fn run(
                 Ok((batch, reply)) => pending.push((batch, Some(reply))),
                 Err(RecvTimeoutError::Timeout) => {
                     if log.may_fold() {
-                        log.fold(&mut conn);
+                        let _ = log.fold(&mut conn);
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    log.fold(&mut conn);
+                    let _ = log.fold(&mut conn);
                     return;
                 }
             }
@@ -124,8 +136,8 @@ pub(super) fn run(
                     let replies = pending.drain(..).filter_map(|(_, reply)| reply).collect();
                     answer(runtime.as_ref(), replies, Ok(()));
                     signals.wrote(written.durable);
-                    if log.changes >= FOLD_AT && log.may_fold() {
-                        log.fold(&mut conn);
+                    if log.due() && log.may_fold() {
+                        let _ = log.fold(&mut conn);
                     }
                 }
                 Err(error) => {
@@ -246,24 +258,25 @@ fn nanos(value: u64) -> i64 {
 struct Written {
     /// The highest event sequence written.
     durable: Option<u64>,
-    /// Breaker changes appended to the log.
+    /// Breaker changes written to the journal.
     logged: usize,
+    /// Journal slots written.
+    slots: u64,
 }
 
-/// Writes every pending batch in one transaction. The breaker records logged go to `staged`, in
-/// the order of their batches.
+/// Writes every pending batch in one transaction, its breaker changes into the journal's next
+/// slots (at most the free ones). The breaker records written go to `staged`, in the order of
+/// their batches.
 fn write(
     conn: &mut Connection,
     pending: &[(Batch, Option<Reply>)],
+    journal: &Journal,
     staged: &mut Vec<Vec<u8>>,
 ) -> rusqlite::Result<Written> {
     let tx = conn.transaction()?;
     let mut durable = None;
     let mut logged = 0;
-    {
-        let mut log_breaker = tx.prepare_cached(
-            "INSERT INTO breaker_log (account_id, record, last_sequence) VALUES (?1, ?2, ?3)",
-        )?;
+    let slots = {
         let mut insert_event = tx.prepare_cached(
             "INSERT OR REPLACE INTO events (sequence, at, account_id, event) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -272,15 +285,10 @@ fn write(
                                 group_name, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
+        let first_staged = staged.len();
         for (batch, _) in pending {
             if let Some(breaker) = &batch.breaker {
-                let record = codec::encode_breaker(&breaker.record, breaker.mode);
-                log_breaker.execute(params![
-                    breaker.account_id,
-                    record,
-                    nanos(breaker.last_sequence),
-                ])?;
-                staged.push(record);
+                staged.push(codec::encode_breaker(&breaker.record, breaker.mode));
                 logged += 1;
             }
             for event in &batch.events {
@@ -328,46 +336,123 @@ fn write(
                 [nanos(sequence)],
             )?;
         }
-    }
+        let changes: Vec<Change> = pending
+            .iter()
+            .filter_map(|(batch, _)| batch.breaker.as_ref())
+            .zip(&staged[first_staged..])
+            .map(|(breaker, record)| Change {
+                account_id: &breaker.account_id,
+                record,
+                last_sequence: breaker.last_sequence,
+            })
+            .collect();
+        let packed = journal::pack(&changes, journal.next, journal.free())
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+        let mut write_slot =
+            tx.prepare_cached("UPDATE breaker_journal SET data = ?2 WHERE slot = ?1")?;
+        for (number, slot) in (journal.next..).zip(&packed) {
+            let index = nanos(number % journal.slots);
+            if write_slot.execute(params![index, slot])? != 1 {
+                return Err(damaged(format!("the breaker journal has no slot {index}")));
+            }
+        }
+        packed.len() as u64
+    };
     tx.commit()?;
-    Ok(Written { durable, logged })
+    Ok(Written {
+        durable,
+        logged,
+        slots,
+    })
 }
 
-/// The writer's view of the breaker log (which the store folded when it opened).
-#[derive(Default)]
+/// An error for a store whose content is not what riskgate wrote.
+fn damaged(message: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+        Some(message),
+    )
+}
+
+/// Where the breaker journal's ring stands.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Journal {
+    /// Slots in the ring.
+    pub slots: u64,
+    /// The number of the next slot write (the first is 1).
+    pub next: u64,
+    /// The last slot write whose changes `breakers` holds.
+    pub folded: u64,
+}
+
+impl Journal {
+    /// Slots written since the last fold.
+    fn unfolded(&self) -> u64 {
+        self.next.saturating_sub(1).saturating_sub(self.folded)
+    }
+
+    /// Slots a commit may overwrite.
+    fn free(&self) -> u64 {
+        self.slots.saturating_sub(self.unfolded())
+    }
+}
+
+/// The writer's view of the breaker journal (which the store folded when it opened).
 struct Log {
-    /// Changes appended since the last fold.
+    journal: Journal,
+    /// Changes written since the last fold.
     changes: usize,
     /// When a failed fold may be tried again.
     retry_at: Option<Instant>,
-    /// The latest record logged for each account in the log: what a fold writes to `breakers`.
+    /// The latest record written for each account since the last fold: what a fold writes to
+    /// `breakers`.
     latest: HashMap<String, Logged>,
     /// The records of the transaction being written, one for each of its batches with a breaker,
     /// in order; they move to `latest` once it commits.
     staged: Vec<Vec<u8>>,
 }
 
-/// A breaker record as the log holds it.
+/// A breaker record as the journal holds it.
 struct Logged {
     record: Vec<u8>,
     last_sequence: i64,
 }
 
 impl Log {
+    fn new(journal: Journal) -> Self {
+        Log {
+            journal,
+            changes: 0,
+            retry_at: None,
+            latest: HashMap::new(),
+            staged: Vec::new(),
+        }
+    }
+
     fn may_fold(&self) -> bool {
         self.retry_at.is_none_or(|at| Instant::now() >= at)
     }
 
+    /// A fold is due: enough changes, or half the ring, are unfolded.
+    fn due(&self) -> bool {
+        self.changes >= FOLD_AT || self.journal.unfolded() >= self.journal.slots / 2
+    }
+
     /// Writes every pending batch in one transaction, and once it commits, counts the changes
-    /// it logged and keeps their records as the latest.
+    /// it wrote and keeps their records as the latest. With every slot of the ring unfolded, it
+    /// folds first: a commit never overwrites changes that are not in `breakers`.
     fn write(
         &mut self,
         conn: &mut Connection,
         pending: &[(Batch, Option<Reply>)],
     ) -> rusqlite::Result<Written> {
-        match write(conn, pending, &mut self.staged) {
+        if self.journal.free() == 0 {
+            self.fold(conn)?;
+        }
+        match write(conn, pending, &self.journal, &mut self.staged) {
             Ok(written) => {
                 self.changes += written.logged;
+                self.journal.next += written.slots;
                 self.committed(pending);
                 Ok(written)
             }
@@ -396,68 +481,126 @@ impl Log {
         }
     }
 
-    /// Folds the log if it holds anything. A failure leaves it for a later attempt: nothing is
-    /// lost, since the log is durable and a fold at start-up reads whatever it still holds.
-    fn fold(&mut self, conn: &mut Connection) {
-        if self.changes == 0 {
-            return;
+    /// Folds the journal if it holds anything. A failure leaves it for a later attempt: nothing
+    /// is lost, since the journal is durable and a fold at start-up reads whatever it still
+    /// holds.
+    fn fold(&mut self, conn: &mut Connection) -> rusqlite::Result<()> {
+        if self.journal.unfolded() == 0 {
+            return Ok(());
         }
         let started = Instant::now();
-        match fold_latest(conn, &self.latest) {
-            Ok(changes) => {
+        let through = self.journal.next - 1;
+        match fold_latest(conn, &self.latest, through) {
+            Ok(()) => {
                 tracing::debug!(
-                    changes,
+                    changes = self.changes,
                     accounts = self.latest.len(),
                     took_ms = started.elapsed().as_millis() as u64,
-                    "folded the breaker log"
+                    "folded the breaker journal"
                 );
+                self.journal.folded = through;
                 self.changes = 0;
                 self.retry_at = None;
                 self.latest.clear();
+                Ok(())
             }
             Err(error) => {
-                tracing::warn!(%error, changes = self.changes, "folding the breaker log failed; retrying later");
+                tracing::warn!(%error, changes = self.changes, "folding the breaker journal failed; retrying later");
                 self.retry_at = Some(started + FOLD_RETRY_AFTER);
+                Err(error)
             }
         }
     }
 }
 
-/// Writes the latest record of each account the log holds into `breakers` and empties the log,
-/// in one transaction; returns how many changes the log held. Every change in the log was
-/// logged by this writer since the last fold, so `latest` has the last of each account's.
-fn fold_latest(conn: &mut Connection, latest: &HashMap<String, Logged>) -> rusqlite::Result<usize> {
+/// Writes the latest record of each account written since the last fold into `breakers`, and
+/// records that `breakers` holds the journal's changes through slot write `through`, in one
+/// transaction. Every change in the journal after the last fold was written by this writer, so
+/// `latest` has the last of each account's.
+fn fold_latest(
+    conn: &mut Connection,
+    latest: &HashMap<String, Logged>,
+    through: u64,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO breakers (account_id, record, last_sequence) VALUES (?1, ?2, ?3)
-             ON CONFLICT (account_id) DO UPDATE
-             SET record = excluded.record, last_sequence = excluded.last_sequence",
-        )?;
+        let mut upsert = tx.prepare_cached(UPSERT_BREAKER)?;
         for (account_id, logged) in latest {
             upsert.execute(params![account_id, logged.record, logged.last_sequence])?;
         }
     }
-    let changes = tx.execute("DELETE FROM breaker_log", [])?;
-    tx.commit()?;
-    Ok(changes)
+    set_folded(&tx, through)?;
+    tx.commit()
 }
 
-/// Moves the latest logged change of each account into `breakers` and empties the log, in one
-/// transaction, reading the log; returns how many changes it held. The store opens with this.
-pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<usize> {
-    let tx = conn.transaction()?;
+const UPSERT_BREAKER: &str =
+    "INSERT INTO breakers (account_id, record, last_sequence) VALUES (?1, ?2, ?3)
+     ON CONFLICT (account_id) DO UPDATE
+     SET record = excluded.record, last_sequence = excluded.last_sequence";
+
+fn set_folded(tx: &rusqlite::Transaction, through: u64) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO breakers (account_id, record, last_sequence)
-         SELECT account_id, record, last_sequence FROM breaker_log
-         WHERE seq IN (SELECT max(seq) FROM breaker_log GROUP BY account_id)
-         ON CONFLICT (account_id) DO UPDATE
-         SET record = excluded.record, last_sequence = excluded.last_sequence",
-        [],
+        "INSERT INTO counters (name, value) VALUES ('journal_folded', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [nanos(through)],
     )?;
-    let changes = tx.execute("DELETE FROM breaker_log", [])?;
+    Ok(())
+}
+
+/// Moves the latest change of each account that the journal holds after the last fold into
+/// `breakers`, in one transaction, reading the journal; returns how many changes it held and
+/// where the ring stands. The store opens with this.
+pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<(usize, Journal)> {
+    let tx = conn.transaction()?;
+    let folded: i64 = tx.query_row(
+        "SELECT value FROM counters WHERE name = 'journal_folded'",
+        [],
+        |row| row.get(0),
+    )?;
+    let folded = u64::try_from(folded)
+        .map_err(|_| damaged(format!("the journal's fold mark is {folded}")))?;
+    let slots: Vec<(u64, Vec<u8>)> = tx
+        .prepare("SELECT data FROM breaker_journal")?
+        .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+        .map(|slot| {
+            let slot = slot?;
+            let number = journal::write_number(&slot)
+                .map_err(|e| damaged(format!("a breaker journal slot: {e}")))?;
+            Ok((number, slot))
+        })
+        .collect::<rusqlite::Result<_>>()?;
+    if slots.is_empty() {
+        return Err(damaged("the breaker journal has no slots".into()));
+    }
+    let last = slots.iter().map(|(number, _)| *number).max().unwrap_or(0);
+    let latest = journal::latest(&slots, folded)
+        .map_err(|e| damaged(format!("the breaker journal: {e}")))?;
+    let changes = slots
+        .iter()
+        .filter(|(number, _)| *number > folded)
+        .map(|(_, slot)| journal::unpack(slot).map_or(0, |changes| changes.len()))
+        .sum();
+    {
+        let mut upsert = tx.prepare_cached(UPSERT_BREAKER)?;
+        for change in latest.values() {
+            upsert.execute(params![
+                change.account_id,
+                change.record,
+                nanos(change.last_sequence)
+            ])?;
+        }
+    }
+    let through = last.max(folded);
+    set_folded(&tx, through)?;
     tx.commit()?;
-    Ok(changes)
+    Ok((
+        changes,
+        Journal {
+            slots: slots.len() as u64,
+            next: through + 1,
+            folded: through,
+        },
+    ))
 }
 
 /// Drops events beyond the retained count or older than the retained age.
@@ -486,9 +629,19 @@ mod tests {
     use crate::registry::Layer;
     use crate::store::StoredBreaker;
 
-    fn logged(conn: &Connection) -> i64 {
-        conn.query_row("SELECT count(*) FROM breaker_log", [], |row| row.get(0))
-            .expect("count the log")
+    fn folded_mark(conn: &Connection) -> i64 {
+        conn.query_row(
+            "SELECT value FROM counters WHERE name = 'journal_folded'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the fold mark")
+    }
+
+    /// A store's writer-side journal, as the store opens it.
+    fn opened(conn: &mut Connection) -> Log {
+        let (_, journal) = fold(conn).expect("open fold");
+        Log::new(journal)
     }
 
     fn breaker(account_id: &str, last_sequence: u64, generation: u64) -> Batch {
@@ -545,21 +698,32 @@ mod tests {
     }
 
     #[test]
-    fn a_fold_from_memory_leaves_what_a_fold_of_the_log_leaves() {
+    fn a_fold_from_memory_leaves_what_a_fold_of_the_journal_leaves() {
         let transactions = [
             vec![breaker("A", 1, 1), breaker("B", 2, 1), breaker("A", 3, 2)],
             vec![breaker("C", 4, 1)],
             vec![breaker("B", 5, 2), breaker("C", 6, 2), breaker("B", 7, 3)],
         ];
         let mut from_memory = store();
-        let mut from_log = store();
-        let mut log = Log::default();
+        let mut from_journal = store();
+        let mut log = opened(&mut from_memory);
+        let mut unfolded = opened(&mut from_journal);
+        assert_eq!(
+            log.journal,
+            Journal {
+                slots: 1024,
+                next: 1,
+                folded: 0
+            }
+        );
         for (round, batches) in transactions.iter().enumerate() {
             log.write(&mut from_memory, &pending(batches.clone()))
                 .expect("write");
-            write(&mut from_log, &pending(batches.clone()), &mut Vec::new()).expect("write");
+            unfolded
+                .write(&mut from_journal, &pending(batches.clone()))
+                .expect("write");
             if round == 1 {
-                // A transaction that fails after logging a record is not the latest of
+                // A transaction that fails after writing a record is not the latest of
                 // anything: its ended halt cannot be written.
                 from_memory
                     .execute_batch("ALTER TABLE halts RENAME TO halts_away")
@@ -582,35 +746,173 @@ mod tests {
         assert_eq!(log.changes, 7);
         assert_eq!(log.latest.len(), 3);
         assert!(log.staged.is_empty());
+        assert_eq!(
+            log.journal.next, 4,
+            "one slot a commit, none for the failed one"
+        );
 
-        log.fold(&mut from_memory);
-        assert_eq!(fold(&mut from_log).expect("fold the log"), 7);
-        assert_eq!(logged(&from_memory), 0);
+        log.fold(&mut from_memory).expect("fold from memory");
+        let (changes, journal) = fold(&mut from_journal).expect("fold the journal");
+        assert_eq!(changes, 7);
         assert_eq!((log.changes, log.latest.len()), (0, 0));
+        assert_eq!(log.journal, journal);
+        assert_eq!(folded_mark(&from_memory), 3);
+        assert_eq!(folded_mark(&from_journal), 3);
         let folded = breakers(&from_memory);
-        assert_eq!(folded, breakers(&from_log));
+        assert_eq!(folded, breakers(&from_journal));
         let sequences: Vec<(&str, i64)> = folded
             .iter()
             .map(|(account, _, sequence)| (account.as_str(), *sequence))
             .collect();
         assert_eq!(sequences, [("A", 3), ("B", 7), ("C", 6)]);
+        assert_eq!(
+            fold(&mut from_journal).expect("fold again").0,
+            0,
+            "a folded journal holds nothing more"
+        );
     }
 
     #[test]
-    fn a_failed_fold_keeps_the_log_and_waits_before_the_next_attempt() {
+    fn the_ring_turns_over_folded_slots_and_never_over_unfolded_ones() {
         let mut conn = store();
-        let mut log = Log::default();
+        conn.execute_batch("DELETE FROM breaker_journal WHERE slot >= 4")
+            .expect("a ring of 4");
+        let mut log = opened(&mut conn);
+        assert_eq!(log.journal.slots, 4);
+        for n in 1..=3 {
+            log.write(&mut conn, &pending(vec![breaker("A", n, n)]))
+                .expect("write");
+        }
+        assert!(log.due(), "half the ring is unfolded");
+        log.write(&mut conn, &pending(vec![breaker("B", 4, 1)]))
+            .expect("the last free slot");
+        assert_eq!(log.journal.free(), 0);
+        // The ring is full: the next commit folds first, then takes the oldest slot.
+        log.write(&mut conn, &pending(vec![breaker("A", 5, 5)]))
+            .expect("fold, then write");
+        assert_eq!(log.journal.folded, 4);
+        assert_eq!(log.journal.next, 6);
+        assert_eq!(folded_mark(&conn), 4);
+
+        // Fill the ring again with folds failing: a commit that would overwrite an unfolded
+        // slot fails instead, and every change written stays for the fold at start-up.
+        for n in 6..=8 {
+            log.write(&mut conn, &pending(vec![breaker("C", n, n)]))
+                .expect("write");
+        }
+        assert_eq!(log.journal.free(), 0);
+        conn.execute_batch("ALTER TABLE breakers RENAME TO breakers_away")
+            .expect("rename");
+        assert!(log
+            .write(&mut conn, &pending(vec![breaker("D", 9, 1)]))
+            .is_err());
+        assert_eq!(log.journal.next, 9, "nothing was written over");
+        conn.execute_batch("ALTER TABLE breakers_away RENAME TO breakers")
+            .expect("rename back");
+        let (changes, journal) = fold(&mut conn).expect("the fold at start-up");
+        assert_eq!(changes, 4, "writes 5 to 8");
+        assert_eq!(
+            journal,
+            Journal {
+                slots: 4,
+                next: 9,
+                folded: 8
+            }
+        );
+        let sequences: Vec<(String, i64)> = breakers(&conn)
+            .into_iter()
+            .map(|(account, _, sequence)| (account, sequence))
+            .collect();
+        assert_eq!(
+            sequences,
+            [("A".into(), 5), ("B".into(), 4), ("C".into(), 8)]
+        );
+    }
+
+    #[test]
+    fn the_migration_folds_the_old_log_and_makes_a_ring_of_page_sized_slots() {
+        let mut conn = Connection::open_in_memory().expect("database");
+        {
+            let tx = conn.transaction().expect("tx");
+            for migration in &super::super::schema::MIGRATIONS[..4] {
+                tx.execute_batch(migration).expect("schema 4");
+            }
+            tx.execute_batch(
+                "INSERT INTO breakers VALUES ('A', x'00', 1), ('B', x'01', 2);
+                 INSERT INTO breaker_log (account_id, record, last_sequence)
+                   VALUES ('A', x'10', 3), ('C', x'20', 4), ('A', x'11', 5);
+                 PRAGMA user_version = 4;",
+            )
+            .expect("a store of schema 4 with changes in its log");
+            tx.commit().expect("commit");
+        }
+        super::super::schema::migrate(&mut conn, 4).expect("migrate");
+        assert_eq!(
+            breakers(&conn),
+            [
+                ("A".into(), vec![0x11], 5),
+                ("B".into(), vec![0x01], 2),
+                ("C".into(), vec![0x20], 4)
+            ]
+        );
+        let log: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'breaker_log'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("schema");
+        assert_eq!(log, 0, "the old log is gone");
+        let (slots, sizes): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*), count(DISTINCT length(data)) FROM breaker_journal
+                 WHERE length(data) = ?1",
+                [journal::SLOT_BYTES as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("ring");
+        assert_eq!((slots, sizes), (1024, 1));
+        let (changes, journal) = fold(&mut conn).expect("open fold");
+        assert_eq!(changes, 0);
+        assert_eq!(
+            journal,
+            Journal {
+                slots: 1024,
+                next: 1,
+                folded: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_damaged_journal_is_refused_as_corrupt() {
+        let mut conn = store();
+        conn.execute_batch("UPDATE breaker_journal SET data = x'0100000000000000' WHERE slot = 3")
+            .expect("damage");
+        let error = fold(&mut conn).expect_err("refused");
+        assert_eq!(
+            error.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt)
+        );
+        assert!(error.to_string().contains("breaker journal"), "{error}");
+    }
+
+    #[test]
+    fn a_failed_fold_keeps_the_journal_and_waits_before_the_next_attempt() {
+        let mut conn = store();
+        let mut log = opened(&mut conn);
         log.write(&mut conn, &pending(vec![breaker("A", 7, 1)]))
-            .expect("append");
-        // Appends still succeed but a fold cannot: its target is gone.
+            .expect("write");
+        // Commits still succeed but a fold cannot: its target is gone.
         conn.execute_batch("ALTER TABLE breakers RENAME TO breakers_away")
             .expect("rename");
         assert!(log.may_fold());
         let before = Instant::now();
-        log.fold(&mut conn);
+        assert!(log.fold(&mut conn).is_err());
         assert_eq!(log.changes, 1, "a failed fold forgets no change");
         assert_eq!(log.latest.len(), 1);
-        assert_eq!(logged(&conn), 1, "the log still holds the change");
+        assert_eq!(log.journal.unfolded(), 1);
+        assert_eq!(folded_mark(&conn), 0, "the journal still holds the change");
         assert!(!log.may_fold(), "the next attempt waits");
         assert!(
             log.retry_at
@@ -625,10 +927,10 @@ mod tests {
             .expect("rename back");
         log.retry_at = Some(Instant::now());
         assert!(log.may_fold());
-        log.fold(&mut conn);
+        log.fold(&mut conn).expect("fold");
         assert_eq!(log.changes, 0);
         assert_eq!(log.retry_at, None);
-        assert_eq!(logged(&conn), 0);
+        assert_eq!(folded_mark(&conn), 1);
         let folded: i64 = conn
             .query_row(
                 "SELECT last_sequence FROM breakers WHERE account_id = 'A'",
