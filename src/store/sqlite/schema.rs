@@ -60,7 +60,7 @@ pub const MIGRATIONS: &[&str] = &[
     // Rows already written keep decoding. Nothing in the tables changes.
     "INSERT INTO counters (name, value) VALUES ('breaker_record_format', 2)
      ON CONFLICT (name) DO UPDATE SET value = excluded.value;",
-    // 4 -> 5: breaker changes go to a ring of fixed-size slots, overwritten in place (see
+    // 4 -> 5: breaker changes go to a ring of page-sized slots, rewritten in place (see
     // `journal`), instead of a log appended to and emptied. What the log holds (a crash leaves
     // changes there) is folded into `breakers` first, the latest change of each account winning.
     "INSERT INTO breakers (account_id, record, last_sequence)

@@ -6,9 +6,10 @@
 //! durable. A failed transaction is answered with `Unavailable` but kept, and retried (with
 //! whatever arrives meanwhile, in order) until it succeeds: a failure never drops a change.
 //!
-//! A breaker change goes to the breaker journal (see `journal`): a commit writes its changes
-//! into one slot of a ring, over changes that are already in `breakers`, so it rewrites one page
-//! instead of one per account it touches (each page is a 4 KiB WAL frame to write and sync). The
+//! A breaker change goes to the breaker journal (see `journal`): a commit appends its changes to
+//! the open slot of a ring (a row of at most a page), going on over slots whose changes are
+//! already in `breakers`, so it rewrites one page instead of one per account it touches (each
+//! page is a 4 KiB WAL frame to write and sync). The
 //! journal is folded into `breakers` (the latest change of each account wins) once it holds
 //! [`FOLD_AT`] changes or half the ring is unfolded, when the writer has been idle for
 //! [`FOLD_WHEN_IDLE`], when the store closes, and when it opens (so start-up reads `breakers`
@@ -260,23 +261,24 @@ struct Written {
     durable: Option<u64>,
     /// Breaker changes written to the journal.
     logged: usize,
-    /// Journal slots written.
-    slots: u64,
+    /// The last journal slot written, with its number: the open slot from now on.
+    last_slot: Option<(u64, Vec<u8>)>,
 }
 
-/// Writes every pending batch in one transaction, its breaker changes into the journal's next
-/// slots (at most the free ones). The breaker records written go to `staged`, in the order of
-/// their batches.
+/// Writes every pending batch in one transaction, its breaker changes into the journal's open
+/// slot (`open`) and then its next ones (at most the free ones). The breaker records written go
+/// to `staged`, in the order of their batches.
 fn write(
     conn: &mut Connection,
     pending: &[(Batch, Option<Reply>)],
     journal: &Journal,
+    open: Option<&[u8]>,
     staged: &mut Vec<Vec<u8>>,
 ) -> rusqlite::Result<Written> {
     let tx = conn.transaction()?;
     let mut durable = None;
     let mut logged = 0;
-    let slots = {
+    let last_slot = {
         let mut insert_event = tx.prepare_cached(
             "INSERT OR REPLACE INTO events (sequence, at, account_id, event) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -346,23 +348,23 @@ fn write(
                 last_sequence: breaker.last_sequence,
             })
             .collect();
-        let packed = journal::pack(&changes, journal.next, journal.free())
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+        let mut slots = journal::append(open, &changes, journal.next, journal.free())
+            .map_err(|e| damaged(format!("the breaker journal's open slot: {e}")))?;
         let mut write_slot =
             tx.prepare_cached("UPDATE breaker_journal SET data = ?2 WHERE slot = ?1")?;
-        for (number, slot) in (journal.next..).zip(&packed) {
-            let index = nanos(number % journal.slots);
+        for (number, slot) in &slots {
+            let index = nanos(number % journal.slots.max(1));
             if write_slot.execute(params![index, slot])? != 1 {
                 return Err(damaged(format!("the breaker journal has no slot {index}")));
             }
         }
-        packed.len() as u64
+        slots.pop()
     };
     tx.commit()?;
     Ok(Written {
         durable,
         logged,
-        slots,
+        last_slot,
     })
 }
 
@@ -379,9 +381,9 @@ fn damaged(message: String) -> rusqlite::Error {
 pub(super) struct Journal {
     /// Slots in the ring.
     pub slots: u64,
-    /// The number of the next slot write (the first is 1).
+    /// The number of the next slot opened (the first is 1).
     pub next: u64,
-    /// The last slot write whose changes `breakers` holds.
+    /// The last slot whose changes `breakers` holds.
     pub folded: u64,
 }
 
@@ -400,6 +402,9 @@ impl Journal {
 /// The writer's view of the breaker journal (which the store folded when it opened).
 struct Log {
     journal: Journal,
+    /// The open slot (numbered `journal.next - 1`), which the next commit appends to while its
+    /// changes fit; none after a fold.
+    open: Option<Vec<u8>>,
     /// Changes written since the last fold.
     changes: usize,
     /// When a failed fold may be tried again.
@@ -422,6 +427,7 @@ impl Log {
     fn new(journal: Journal) -> Self {
         Log {
             journal,
+            open: None,
             changes: 0,
             retry_at: None,
             latest: HashMap::new(),
@@ -449,10 +455,19 @@ impl Log {
         if self.journal.free() == 0 {
             self.fold(conn)?;
         }
-        match write(conn, pending, &self.journal, &mut self.staged) {
-            Ok(written) => {
+        match write(
+            conn,
+            pending,
+            &self.journal,
+            self.open.as_deref(),
+            &mut self.staged,
+        ) {
+            Ok(mut written) => {
                 self.changes += written.logged;
-                self.journal.next += written.slots;
+                if let Some((number, slot)) = written.last_slot.take() {
+                    self.journal.next = number + 1;
+                    self.open = Some(slot);
+                }
                 self.committed(pending);
                 Ok(written)
             }
@@ -499,6 +514,7 @@ impl Log {
                     "folded the breaker journal"
                 );
                 self.journal.folded = through;
+                self.open = None;
                 self.changes = 0;
                 self.retry_at = None;
                 self.latest.clear();
@@ -514,7 +530,7 @@ impl Log {
 }
 
 /// Writes the latest record of each account written since the last fold into `breakers`, and
-/// records that `breakers` holds the journal's changes through slot write `through`, in one
+/// records that `breakers` holds the journal's changes through slot `through`, in one
 /// transaction. Every change in the journal after the last fold was written by this writer, so
 /// `latest` has the last of each account's.
 fn fold_latest(
@@ -747,8 +763,8 @@ mod tests {
         assert_eq!(log.latest.len(), 3);
         assert!(log.staged.is_empty());
         assert_eq!(
-            log.journal.next, 4,
-            "one slot a commit, none for the failed one"
+            log.journal.next, 2,
+            "the commits share the slot they opened"
         );
 
         log.fold(&mut from_memory).expect("fold from memory");
@@ -756,8 +772,8 @@ mod tests {
         assert_eq!(changes, 7);
         assert_eq!((log.changes, log.latest.len()), (0, 0));
         assert_eq!(log.journal, journal);
-        assert_eq!(folded_mark(&from_memory), 3);
-        assert_eq!(folded_mark(&from_journal), 3);
+        assert_eq!(folded_mark(&from_memory), 1);
+        assert_eq!(folded_mark(&from_journal), 1);
         let folded = breakers(&from_memory);
         assert_eq!(folded, breakers(&from_journal));
         let sequences: Vec<(&str, i64)> = folded
@@ -772,6 +788,15 @@ mod tests {
         );
     }
 
+    /// A commit of `n` changes, to accounts `{prefix}0`, `{prefix}1`, ...
+    fn many(prefix: &str, n: u64, last_sequence: u64) -> Vec<(Batch, Option<Reply>)> {
+        pending(
+            (0..n)
+                .map(|i| breaker(&format!("{prefix}{i}"), last_sequence, 1))
+                .collect(),
+        )
+    }
+
     #[test]
     fn the_ring_turns_over_folded_slots_and_never_over_unfolded_ones() {
         let mut conn = store();
@@ -779,54 +804,66 @@ mod tests {
             .expect("a ring of 4");
         let mut log = opened(&mut conn);
         assert_eq!(log.journal.slots, 4);
-        for n in 1..=3 {
-            log.write(&mut conn, &pending(vec![breaker("A", n, n)]))
+        let mut commits = 0;
+        while log.journal.free() > 0 {
+            commits += 1;
+            assert!(commits <= 8, "{:?}", log.journal);
+            log.write(&mut conn, &many("A", 100, commits))
                 .expect("write");
+            assert!(log
+                .open
+                .as_ref()
+                .is_some_and(|slot| slot.len() <= journal::SLOT_BYTES));
         }
-        assert!(log.due(), "half the ring is unfolded");
-        log.write(&mut conn, &pending(vec![breaker("B", 4, 1)]))
-            .expect("the last free slot");
-        assert_eq!(log.journal.free(), 0);
-        // The ring is full: the next commit folds first, then takes the oldest slot.
-        log.write(&mut conn, &pending(vec![breaker("A", 5, 5)]))
+        assert!(log.due(), "the ring is unfolded");
+        assert_eq!(log.journal.next, 5);
+        // The ring is full: the next commit folds first, then goes on over the oldest slots.
+        log.write(&mut conn, &many("B", 100, 100))
             .expect("fold, then write");
         assert_eq!(log.journal.folded, 4);
-        assert_eq!(log.journal.next, 6);
         assert_eq!(folded_mark(&conn), 4);
+        assert_eq!(log.journal.next, 6, "one slot opened after the fold");
 
         // Fill the ring again with folds failing: a commit that would overwrite an unfolded
         // slot fails instead, and every change written stays for the fold at start-up.
-        for n in 6..=8 {
-            log.write(&mut conn, &pending(vec![breaker("C", n, n)]))
-                .expect("write");
-        }
-        assert_eq!(log.journal.free(), 0);
         conn.execute_batch("ALTER TABLE breakers RENAME TO breakers_away")
             .expect("rename");
-        assert!(log
-            .write(&mut conn, &pending(vec![breaker("D", 9, 1)]))
-            .is_err());
-        assert_eq!(log.journal.next, 9, "nothing was written over");
+        let mut written = 100;
+        let mut sequence = 100;
+        while log.journal.free() > 0 {
+            sequence += 1;
+            assert!(sequence <= 108, "{:?}", log.journal);
+            log.write(&mut conn, &many("C", 100, sequence))
+                .expect("write");
+            written += 100;
+        }
+        let full = log.journal;
+        assert!(log.write(&mut conn, &many("D", 1, 999)).is_err());
+        assert_eq!(log.journal, full, "nothing was written over");
         conn.execute_batch("ALTER TABLE breakers_away RENAME TO breakers")
             .expect("rename back");
         let (changes, journal) = fold(&mut conn).expect("the fold at start-up");
-        assert_eq!(changes, 4, "writes 5 to 8");
+        assert_eq!(changes, written);
         assert_eq!(
             journal,
             Journal {
                 slots: 4,
-                next: 9,
-                folded: 8
+                next: full.next,
+                folded: full.next - 1
             }
         );
-        let sequences: Vec<(String, i64)> = breakers(&conn)
-            .into_iter()
-            .map(|(account, _, sequence)| (account, sequence))
-            .collect();
-        assert_eq!(
-            sequences,
-            [("A".into(), 5), ("B".into(), 4), ("C".into(), 8)]
-        );
+        let folded = breakers(&conn);
+        assert_eq!(folded.len(), 300);
+        let sequence_of = |account: &str| {
+            folded
+                .iter()
+                .find(|(a, _, _)| a == account)
+                .map(|(_, _, s)| *s)
+        };
+        assert_eq!(sequence_of("A7"), Some(commits as i64));
+        assert_eq!(sequence_of("B7"), Some(100));
+        assert_eq!(sequence_of("C7"), Some(sequence as i64));
+        assert_eq!(sequence_of("D0"), None);
     }
 
     #[test]
