@@ -797,6 +797,23 @@ mod tests {
         )
     }
 
+    /// Commits `many(prefix, 100, ..)` with sequences after `sequence` until every slot of the
+    /// ring is unfolded; returns the last sequence committed.
+    fn fill_ring(log: &mut Log, conn: &mut Connection, prefix: &str, mut sequence: u64) -> u64 {
+        let most = sequence + 2 * log.journal.slots;
+        while log.journal.free() > 0 {
+            sequence += 1;
+            assert!(sequence <= most, "{:?}", log.journal);
+            log.write(conn, &many(prefix, 100, sequence))
+                .expect("write");
+            assert!(log
+                .open
+                .as_ref()
+                .is_some_and(|slot| slot.len() <= journal::SLOT_BYTES));
+        }
+        sequence
+    }
+
     #[test]
     fn the_ring_turns_over_folded_slots_and_never_over_unfolded_ones() {
         let mut conn = store();
@@ -804,17 +821,7 @@ mod tests {
             .expect("a ring of 4");
         let mut log = opened(&mut conn);
         assert_eq!(log.journal.slots, 4);
-        let mut commits = 0;
-        while log.journal.free() > 0 {
-            commits += 1;
-            assert!(commits <= 8, "{:?}", log.journal);
-            log.write(&mut conn, &many("A", 100, commits))
-                .expect("write");
-            assert!(log
-                .open
-                .as_ref()
-                .is_some_and(|slot| slot.len() <= journal::SLOT_BYTES));
-        }
+        let commits = fill_ring(&mut log, &mut conn, "A", 0);
         assert!(log.due(), "the ring is unfolded");
         assert_eq!(log.journal.next, 5);
         // The ring is full: the next commit folds first, then goes on over the oldest slots.
@@ -828,15 +835,8 @@ mod tests {
         // slot fails instead, and every change written stays for the fold at start-up.
         conn.execute_batch("ALTER TABLE breakers RENAME TO breakers_away")
             .expect("rename");
-        let mut written = 100;
-        let mut sequence = 100;
-        while log.journal.free() > 0 {
-            sequence += 1;
-            assert!(sequence <= 108, "{:?}", log.journal);
-            log.write(&mut conn, &many("C", 100, sequence))
-                .expect("write");
-            written += 100;
-        }
+        let sequence = fill_ring(&mut log, &mut conn, "C", 100);
+        let written = 100 + (sequence - 100) as usize * 100;
         let full = log.journal;
         assert!(log.write(&mut conn, &many("D", 1, 999)).is_err());
         assert_eq!(log.journal, full, "nothing was written over");
