@@ -411,7 +411,7 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Writes zeros into `path` until the filesystem is full.
+/// Checkpoints the store in `data` and truncates its WAL to nothing, giving its space back.
 fn truncate_wal(data: &Path) {
     let conn = rusqlite::Connection::open(data.join("riskgate.db")).expect("sqlite");
     conn.busy_timeout(Duration::from_secs(5))
@@ -424,6 +424,7 @@ fn truncate_wal(data: &Path) {
     assert_eq!(wal.len(), 0);
 }
 
+/// Writes zeros into `path` until the filesystem is full.
 fn fill(path: &Path) {
     use std::io::Write;
     let mut file = std::fs::File::create(path).expect("filler");

@@ -135,21 +135,23 @@ pub fn unpack(slot: &[u8]) -> Result<Vec<Change<'_>>, String> {
     Ok(changes)
 }
 
-/// The latest change of each account in `slots` (write number and bytes), taken in write order.
-/// Slots are skipped unless written after `folded`.
+/// The latest change of each account in `slots` (write number and bytes), taken in write order,
+/// and how many changes they hold. Slots are skipped unless written after `folded`.
 pub fn latest<'a>(
     slots: &'a [(u64, Vec<u8>)],
     folded: u64,
-) -> Result<HashMap<&'a str, Change<'a>>, String> {
+) -> Result<(HashMap<&'a str, Change<'a>>, usize), String> {
     let mut written: Vec<&(u64, Vec<u8>)> = slots.iter().filter(|(n, _)| *n > folded).collect();
     written.sort_by_key(|(n, _)| *n);
     let mut latest = HashMap::new();
+    let mut changes = 0;
     for (number, slot) in written {
         for change in unpack(slot).map_err(|e| format!("slot of write {number}: {e}"))? {
             latest.insert(change.account_id, change);
+            changes += 1;
         }
     }
-    Ok(latest)
+    Ok((latest, changes))
 }
 
 fn take(slot: &[u8], at: usize, len: usize) -> Result<&[u8], String> {
@@ -261,7 +263,7 @@ mod tests {
         .flat_map(|(number, changes)| append(None, &changes, number, 1).expect("append"))
         .chain([(0, vec![0; SLOT_BYTES])])
         .collect();
-        let latest = latest(&slots, 5).expect("latest");
+        let (latest, _) = latest(&slots, 5).expect("latest");
         let mut found: Vec<(&str, &[u8], u64)> = latest
             .values()
             .map(|c| (c.account_id, c.record, c.last_sequence))

@@ -63,6 +63,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 4 -> 5: breaker changes go to a ring of page-sized slots, rewritten in place (see
     // `journal`), instead of a log appended to and emptied. What the log holds (a crash leaves
     // changes there) is folded into `breakers` first, the latest change of each account winning.
+    // Each slot starts at `journal::SLOT_BYTES` (4,000) bytes, so that it has a page to itself and
+    // later grows within it without splitting a page.
     "INSERT INTO breakers (account_id, record, last_sequence)
      SELECT account_id, record, last_sequence FROM breaker_log
      WHERE seq IN (SELECT max(seq) FROM breaker_log GROUP BY account_id)

@@ -9,12 +9,11 @@
 //! A breaker change goes to the breaker journal (see `journal`): a commit appends its changes to
 //! the open slot of a ring (a row of at most a page), going on over slots whose changes are
 //! already in `breakers`, so it rewrites one page instead of one per account it touches (each
-//! page is a 4 KiB WAL frame to write and sync). The
-//! journal is folded into `breakers` (the latest change of each account wins) once it holds
-//! [`FOLD_AT`] changes or half the ring is unfolded, when the writer has been idle for
-//! [`FOLD_WHEN_IDLE`], when the store closes, and when it opens (so start-up reads `breakers`
-//! alone). A commit never overwrites a slot that is not folded: with the ring full it folds
-//! first, and fails if the fold does.
+//! page is a 4 KiB WAL frame to write and sync). The journal is folded into `breakers` (the
+//! latest change of each account wins) once it holds [`FOLD_AT`] changes or half the ring is
+//! unfolded, when the writer has been idle for [`FOLD_WHEN_IDLE`], when the store closes, and
+//! when it opens (so start-up reads `breakers` alone). A commit never overwrites a slot that is
+//! not folded: with the ring full it folds first, and fails if the fold does.
 //!
 //! The writer keeps, for each account in the journal, the latest record it wrote, so a fold
 //! while running writes those records without reading the journal back. Its cost follows the
@@ -49,9 +48,9 @@ const FOLD_AT: usize = 16_384;
 /// slots of a page) with room for the pages of the other tables a commit touches, so that
 /// writing a slot does not first read its page back from the file.
 const CACHE_KIB: i64 = 16 * 1024;
-/// A writer idle this long folds whatever the log holds.
+/// A writer idle this long folds whatever the journal holds unfolded.
 const FOLD_WHEN_IDLE: Duration = Duration::from_secs(1);
-/// After a failed fold, the next waits this long: the log keeps every change meanwhile, and a
+/// After a failed fold, the next waits this long: the journal keeps every change meanwhile, and a
 /// fold that cannot succeed must not be retried (and logged) after every commit.
 const FOLD_RETRY_AFTER: Duration = Duration::from_secs(10);
 
@@ -589,13 +588,8 @@ pub(super) fn fold(conn: &mut Connection) -> rusqlite::Result<(usize, Journal)> 
         return Err(damaged("the breaker journal has no slots".into()));
     }
     let last = slots.iter().map(|(number, _)| *number).max().unwrap_or(0);
-    let latest = journal::latest(&slots, folded)
+    let (latest, changes) = journal::latest(&slots, folded)
         .map_err(|e| damaged(format!("the breaker journal: {e}")))?;
-    let changes = slots
-        .iter()
-        .filter(|(number, _)| *number > folded)
-        .map(|(_, slot)| journal::unpack(slot).map_or(0, |changes| changes.len()))
-        .sum();
     {
         let mut upsert = tx.prepare_cached(UPSERT_BREAKER)?;
         for change in latest.values() {
