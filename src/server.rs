@@ -191,7 +191,17 @@ pub async fn serve(
     };
     tokio::pin!(server);
 
-    tracing::info!(%addr, "riskgate listening; loading the store");
+    let runtime = tokio::runtime::Handle::current();
+    let flavor = match runtime.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread",
+        _ => "multi-thread",
+    };
+    tracing::info!(
+        %addr,
+        runtime = flavor,
+        runtime_threads = runtime.metrics().num_workers(),
+        "riskgate listening; loading the store"
+    );
     let loading = tokio::task::spawn_blocking({
         let registry = registry.clone();
         move || registry.load()

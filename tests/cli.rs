@@ -300,3 +300,56 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
     signal(&server, "TERM");
     assert!(server.wait().expect("server exit").success());
 }
+
+/// `riskgate serve` pinned to one CPU, on the durable store.
+fn serve_on_one_core(listen: &str, data: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_riskgate"), "serve"])
+        .env("RISKGATE__SERVER__LISTEN", listen)
+        .env("RISKGATE__STORE__PATH", data)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start riskgate serve under taskset")
+}
+
+#[test]
+fn on_one_core_the_server_runs_one_thread_and_keeps_what_it_acknowledged() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr = format!("http://{listen}");
+    let data = tempfile::tempdir().expect("data directory");
+    let mut server = serve_on_one_core(&listen, data.path());
+    let logs = lines(server.stderr.take().expect("stderr"));
+    let started = wait_for(&logs, "riskgate serving");
+    assert!(
+        started
+            .iter()
+            .any(|l| l.contains("runtime=\"current-thread\" runtime_threads=1")),
+        "{started:?}"
+    );
+    // Each change is answered by the store's writer thread, from outside the runtime.
+    for account in ["ONE-1", "ONE-2", "ONE-3"] {
+        let tripped = stdout(&run(&["trip", account, "--reason", "one core"], &addr));
+        assert!(tripped.contains("now OPEN"), "{tripped}");
+    }
+    let reset = stdout(&run(&["reset", "ONE-2", "--reason", "one core"], &addr));
+    assert!(reset.contains("now CLOSED"), "{reset}");
+    signal(&server, "TERM");
+    assert!(server.wait().expect("server exit").success());
+    wait_for(&logs, "riskgate stopped");
+
+    let mut restarted = serve_on_one_core(&listen, data.path());
+    let restarted_logs = lines(restarted.stderr.take().expect("stderr"));
+    wait_for(&restarted_logs, "riskgate serving");
+    let status = stdout(&run(&["status"], &addr));
+    for (account, state) in [("ONE-1", "OPEN"), ("ONE-2", "CLOSED"), ("ONE-3", "OPEN")] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.contains(account) && l.contains(state)),
+            "{account} {state}: {status}"
+        );
+    }
+    signal(&restarted, "TERM");
+    assert!(restarted.wait().expect("server exit").success());
+}
