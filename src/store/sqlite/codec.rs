@@ -267,77 +267,181 @@ fn at(nanos: u64) -> Timestamp {
     Timestamp::from_unix_nanos(nanos)
 }
 
+#[cfg(test)]
 pub fn encode_breaker(record: &BreakerRecord, mode: Option<Mode>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    encode_breaker_into(record, mode, &mut out);
+    out
+}
+
+/// Appends a breaker to `out`, encoded as the `BreakerRow` message, field by field without
+/// building one: a breaker is encoded at every change of its account, on the store's writer,
+/// and a `BreakerRow` takes an allocation for each of its repeated fields and for the result.
+pub fn encode_breaker_into(record: &BreakerRecord, mode: Option<Mode>, out: &mut Vec<u8>) {
     let failures = &record.failures;
-    let mut previous = 0u64;
-    let failure_at = failures
-        .iter()
-        .map(|f| {
+    wire::uint(out, 1, u64::from(state_code(record.state)));
+    wire::uint(out, 2, u64::from(record.tripped));
+    wire::uint(out, 3, record.generation);
+    wire::uint(out, 4, record.next_sequence);
+    wire::optional(out, 6, record.opened_at.map(Timestamp::as_unix_nanos));
+    wire::optional(out, 7, record.recovery_at.map(Timestamp::as_unix_nanos));
+    for probe in &record.probes {
+        let (sequence, expires_at) = (probe.sequence, probe.expires_at.as_unix_nanos());
+        wire::message(
+            out,
+            8,
+            wire::uint_len(1, sequence) + wire::uint_len(2, expires_at),
+        );
+        wire::uint(out, 1, sequence);
+        wire::uint(out, 2, expires_at);
+    }
+    wire::uint(out, 9, u64::from(record.probe_successes));
+    wire::optional(out, 10, record.opened_by.map(|c| u64::from(cause_code(c))));
+    wire::uint(out, 11, u64::from(record.open_streak));
+    wire::optional(out, 12, record.closed_at.map(Timestamp::as_unix_nanos));
+    if let Some(window) = &record.window {
+        let bucket_len = |b: &Bucket| {
+            wire::uint_len(1, u64::from(b.calls))
+                + wire::uint_len(2, u64::from(b.failures))
+                + wire::uint_len(3, u64::from(b.slow))
+        };
+        let buckets: usize = window
+            .buckets
+            .iter()
+            .map(|b| wire::message_len(3, bucket_len(b)))
+            .sum();
+        let len = wire::uint_len(1, window.width) + wire::uint_len(2, window.newest) + buckets;
+        wire::message(out, 13, len);
+        wire::uint(out, 1, window.width);
+        wire::uint(out, 2, window.newest);
+        for bucket in &window.buckets {
+            wire::message(out, 3, bucket_len(bucket));
+            wire::uint(out, 1, u64::from(bucket.calls));
+            wire::uint(out, 2, u64::from(bucket.failures));
+            wire::uint(out, 3, u64::from(bucket.slow));
+        }
+    }
+    wire::optional(out, 14, mode.map(|m| u64::from(mode_code(m))));
+    // The failures' times, each as the (wrapping) difference from the one before, zigzagged.
+    let deltas = || {
+        let mut previous = 0u64;
+        failures.iter().map(move |f| {
             let nanos = f.at.as_unix_nanos();
             let delta = nanos.wrapping_sub(previous) as i64;
             previous = nanos;
-            delta
+            ((delta << 1) ^ (delta >> 63)) as u64
         })
-        .collect();
-    let failure_permit = if failures.iter().any(|f| f.permit_sequence.is_some()) {
-        failures
-            .iter()
-            // The core's "no permit" is u64::MAX, which wraps to 0 here, as it should.
-            .map(|f| f.permit_sequence.map_or(0, |s| s.wrapping_add(1)))
-            .collect()
-    } else {
-        Vec::new()
     };
-    let failure_text = failures
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.order_id.is_some() || f.detail.is_some())
-        .map(|(index, f)| FailureText {
-            index: index as u32,
-            order_id: f.order_id.as_deref().map(str::to_owned),
-            detail: f.detail.as_deref().map(str::to_owned),
-        })
-        .collect();
-    BreakerRow {
-        state: state_code(record.state),
-        tripped: record.tripped,
-        generation: record.generation,
-        next_sequence: record.next_sequence,
-        failures: Vec::new(),
-        opened_at: record.opened_at.map(Timestamp::as_unix_nanos),
-        recovery_at: record.recovery_at.map(Timestamp::as_unix_nanos),
-        probes: record
-            .probes
-            .iter()
-            .map(|p| ProbeRow {
-                sequence: p.sequence,
-                expires_at: p.expires_at.as_unix_nanos(),
-            })
-            .collect(),
-        probe_successes: record.probe_successes,
-        opened_by: record.opened_by.map(cause_code),
-        open_streak: record.open_streak,
-        closed_at: record.closed_at.map(Timestamp::as_unix_nanos),
-        window: record.window.as_ref().map(|w| WindowRow {
-            width: w.width,
-            newest: w.newest,
-            buckets: w
-                .buckets
+    wire::packed(out, 15, deltas);
+    wire::packed(out, 16, || {
+        failures.iter().map(|f| u64::from(kind_code(f.kind)))
+    });
+    if failures.iter().any(|f| f.permit_sequence.is_some()) {
+        // The core's "no permit" is u64::MAX, which wraps to 0 here, as it should.
+        let permits = || {
+            failures
                 .iter()
-                .map(|b| BucketRow {
-                    calls: b.calls,
-                    failures: b.failures,
-                    slow: b.slow,
-                })
-                .collect(),
-        }),
-        mode: mode.map(mode_code),
-        failure_at,
-        failure_kind: failures.iter().map(|f| kind_code(f.kind)).collect(),
-        failure_permit,
-        failure_text,
+                .map(|f| f.permit_sequence.map_or(0, |s| s.wrapping_add(1)))
+        };
+        wire::packed(out, 17, permits);
     }
-    .encode_to_vec()
+    for (index, failure) in failures.iter().enumerate() {
+        if failure.order_id.is_none() && failure.detail.is_none() {
+            continue;
+        }
+        let index = index as u64;
+        let text_len =
+            |text: &Option<Box<str>>| text.as_deref().map_or(0, |t| wire::message_len(2, t.len()));
+        let len =
+            wire::uint_len(1, index) + text_len(&failure.order_id) + text_len(&failure.detail);
+        wire::message(out, 18, len);
+        wire::uint(out, 1, index);
+        if let Some(order_id) = failure.order_id.as_deref() {
+            wire::bytes(out, 2, order_id.as_bytes());
+        }
+        if let Some(detail) = failure.detail.as_deref() {
+            wire::bytes(out, 3, detail.as_bytes());
+        }
+    }
+}
+
+/// The protobuf wire format, as prost writes it for proto3 fields: scalars only when not zero
+/// (optional ones whenever set), repeated scalars packed.
+mod wire {
+    const VARINT: u64 = 0;
+    const LENGTH_DELIMITED: u64 = 2;
+
+    pub fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    pub fn varint_len(value: u64) -> usize {
+        // 1 byte per started 7 bits, and 1 for zero.
+        (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+    }
+
+    fn key(out: &mut Vec<u8>, tag: u32, wire_type: u64) {
+        varint(out, (u64::from(tag) << 3) | wire_type);
+    }
+
+    fn key_len(tag: u32) -> usize {
+        varint_len(u64::from(tag) << 3)
+    }
+
+    /// A scalar field, left out when zero.
+    pub fn uint(out: &mut Vec<u8>, tag: u32, value: u64) {
+        if value != 0 {
+            key(out, tag, VARINT);
+            varint(out, value);
+        }
+    }
+
+    pub fn uint_len(tag: u32, value: u64) -> usize {
+        if value == 0 {
+            0
+        } else {
+            key_len(tag) + varint_len(value)
+        }
+    }
+
+    /// An optional scalar field, written whenever it is set.
+    pub fn optional(out: &mut Vec<u8>, tag: u32, value: Option<u64>) {
+        if let Some(value) = value {
+            key(out, tag, VARINT);
+            varint(out, value);
+        }
+    }
+
+    /// The key and length of an embedded message of `len` bytes, which the caller writes next.
+    pub fn message(out: &mut Vec<u8>, tag: u32, len: usize) {
+        key(out, tag, LENGTH_DELIMITED);
+        varint(out, len as u64);
+    }
+
+    /// The bytes a field of `len` bytes of content takes.
+    pub fn message_len(tag: u32, len: usize) -> usize {
+        key_len(tag) + varint_len(len as u64) + len
+    }
+
+    pub fn bytes(out: &mut Vec<u8>, tag: u32, value: &[u8]) {
+        message(out, tag, value.len());
+        out.extend_from_slice(value);
+    }
+
+    /// A packed repeated scalar field (left out when it has no values).
+    pub fn packed<I: Iterator<Item = u64>>(out: &mut Vec<u8>, tag: u32, values: impl Fn() -> I) {
+        let len: usize = values().map(varint_len).sum();
+        if len > 0 {
+            message(out, tag, len);
+            for value in values() {
+                varint(out, value);
+            }
+        }
+    }
 }
 
 /// The failures of a row, whichever way it stores them.
@@ -541,6 +645,79 @@ pub(super) mod tests {
     use super::*;
     use crate::core::State;
 
+    /// A breaker as a `BreakerRow`, the message `encode_breaker` writes without building it.
+    fn breaker_row(record: &BreakerRecord, mode: Option<Mode>) -> BreakerRow {
+        let failures = &record.failures;
+        let mut previous = 0u64;
+        let failure_at = failures
+            .iter()
+            .map(|f| {
+                let nanos = f.at.as_unix_nanos();
+                let delta = nanos.wrapping_sub(previous) as i64;
+                previous = nanos;
+                delta
+            })
+            .collect();
+        let failure_permit = if failures.iter().any(|f| f.permit_sequence.is_some()) {
+            failures
+                .iter()
+                // The core's "no permit" is u64::MAX, which wraps to 0 here, as it should.
+                .map(|f| f.permit_sequence.map_or(0, |s| s.wrapping_add(1)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let failure_text = failures
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.order_id.is_some() || f.detail.is_some())
+            .map(|(index, f)| FailureText {
+                index: index as u32,
+                order_id: f.order_id.as_deref().map(str::to_owned),
+                detail: f.detail.as_deref().map(str::to_owned),
+            })
+            .collect();
+        BreakerRow {
+            state: state_code(record.state),
+            tripped: record.tripped,
+            generation: record.generation,
+            next_sequence: record.next_sequence,
+            failures: Vec::new(),
+            opened_at: record.opened_at.map(Timestamp::as_unix_nanos),
+            recovery_at: record.recovery_at.map(Timestamp::as_unix_nanos),
+            probes: record
+                .probes
+                .iter()
+                .map(|p| ProbeRow {
+                    sequence: p.sequence,
+                    expires_at: p.expires_at.as_unix_nanos(),
+                })
+                .collect(),
+            probe_successes: record.probe_successes,
+            opened_by: record.opened_by.map(cause_code),
+            open_streak: record.open_streak,
+            closed_at: record.closed_at.map(Timestamp::as_unix_nanos),
+            window: record.window.as_ref().map(|w| WindowRow {
+                width: w.width,
+                newest: w.newest,
+                buckets: w
+                    .buckets
+                    .iter()
+                    .map(|b| BucketRow {
+                        calls: b.calls,
+                        failures: b.failures,
+                        slow: b.slow,
+                    })
+                    .collect(),
+            }),
+            mode: mode.map(mode_code),
+            failure_at,
+            failure_kind: failures.iter().map(|f| kind_code(f.kind)).collect(),
+            failure_permit,
+            failure_text,
+        }
+    }
+
     fn failure(at_nanos: u64, permit: Option<u64>, kind: FailureKind) -> FailureRecord {
         FailureRecord {
             at: at(at_nanos),
@@ -578,6 +755,86 @@ pub(super) mod tests {
                 .map(|i| failure(start + i * 30_000, None, FailureKind::ALL[i as usize % 3]))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn breakers_are_written_byte_for_byte_as_the_breaker_row_message() {
+        let mut full = failing();
+        full.state = State::HalfOpen;
+        full.tripped = true;
+        full.generation = u64::MAX;
+        full.next_sequence = 1 << 35;
+        full.opened_at = Some(at(1_795_000_000_000_000_000));
+        full.recovery_at = Some(at(0));
+        full.probes = vec![
+            ProbeRecord {
+                sequence: 0,
+                expires_at: at(0),
+            },
+            ProbeRecord {
+                sequence: 300,
+                expires_at: at(1_795_000_000_000_000_000),
+            },
+        ];
+        full.probe_successes = 2;
+        full.opened_by = Some(Cause::FailureRateReached);
+        full.open_streak = 127;
+        full.closed_at = Some(at(128));
+        full.window = Some(RateWindow {
+            width: 100_000_000,
+            newest: 17_950_000_000,
+            buckets: std::array::from_fn(|i| Bucket {
+                calls: i as u32 * 1000,
+                failures: i as u32 * 7,
+                slow: (i % 2) as u32,
+            }),
+        });
+        full.failures[0].permit_sequence = Some(0);
+        full.failures[0].order_id = Some(String::new().into());
+        full.failures[3].detail = Some("x".repeat(200).into());
+        full.failures[31].order_id = Some("ord-31".into());
+        full.failures[31].detail = Some("venue said no".into());
+        full.failures[30].at = at(0);
+        let mut empty = record(Vec::new());
+        empty.generation = 0;
+        empty.next_sequence = 0;
+        let records = [empty, record(Vec::new()), failing(), full];
+        for record in &records {
+            for mode in [None, Some(Mode::Enforce), Some(Mode::Disabled)] {
+                let expected = breaker_row(record, mode).encode_to_vec();
+                assert_eq!(
+                    encode_breaker(record, mode),
+                    expected,
+                    "{record:?} {mode:?}"
+                );
+                let mut appended = vec![7];
+                encode_breaker_into(record, mode, &mut appended);
+                assert_eq!(appended[1..], expected[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn varint_lengths_match_the_bytes_written() {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX >> 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            wire::varint(&mut out, value);
+            assert_eq!(out.len(), wire::varint_len(value), "{value}");
+            assert_eq!(
+                prost::encoding::decode_varint(&mut out.as_slice()).expect("decodes"),
+                value
+            );
+        }
     }
 
     #[test]

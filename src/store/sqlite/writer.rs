@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use super::codec;
 use super::journal::{self, Change};
+use crate::core::{BreakerRecord, Mode};
 use crate::store::{Batch, StoreError, StoreSignals};
 
 /// Most batches in one transaction: bounds the latency of the first one in a burst.
@@ -272,7 +273,7 @@ fn write(
     pending: &[(Batch, Option<Reply>)],
     journal: &Journal,
     open: Option<&[u8]>,
-    staged: &mut Vec<Vec<u8>>,
+    staged: &mut Staged,
 ) -> rusqlite::Result<Written> {
     let tx = conn.transaction()?;
     let mut durable = None;
@@ -286,10 +287,9 @@ fn write(
                                 group_name, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        let first_staged = staged.len();
         for (batch, _) in pending {
             if let Some(breaker) = &batch.breaker {
-                staged.push(codec::encode_breaker(&breaker.record, breaker.mode));
+                staged.push(&breaker.record, breaker.mode);
                 logged += 1;
             }
             for event in &batch.events {
@@ -340,7 +340,7 @@ fn write(
         let changes: Vec<Change> = pending
             .iter()
             .filter_map(|(batch, _)| batch.breaker.as_ref())
-            .zip(&staged[first_staged..])
+            .zip(staged.records())
             .map(|(breaker, record)| Change {
                 account_id: &breaker.account_id,
                 record,
@@ -413,7 +413,42 @@ struct Log {
     latest: HashMap<String, Logged>,
     /// The records of the transaction being written, one for each of its batches with a breaker,
     /// in order; they move to `latest` once it commits.
-    staged: Vec<Vec<u8>>,
+    staged: Staged,
+}
+
+/// The breaker records of the transaction being written, encoded one after another in one
+/// buffer (kept from one transaction to the next, so encoding allocates nothing once it is big
+/// enough).
+#[derive(Default)]
+struct Staged {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Staged {
+    fn push(&mut self, record: &BreakerRecord, mode: Option<Mode>) {
+        codec::encode_breaker_into(record, mode, &mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// The records, in the order they were pushed.
+    fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.bytes[start..end])
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
 }
 
 /// A breaker record as the journal holds it.
@@ -430,7 +465,7 @@ impl Log {
             changes: 0,
             retry_at: None,
             latest: HashMap::new(),
-            staged: Vec::new(),
+            staged: Staged::default(),
         }
     }
 
@@ -481,18 +516,24 @@ impl Log {
         let breakers = pending
             .iter()
             .filter_map(|(batch, _)| batch.breaker.as_ref());
-        for (breaker, record) in breakers.zip(self.staged.drain(..)) {
-            let logged = Logged {
-                record,
-                last_sequence: nanos(breaker.last_sequence),
-            };
+        for (breaker, record) in breakers.zip(self.staged.records()) {
+            let last_sequence = nanos(breaker.last_sequence);
             match self.latest.get_mut(breaker.account_id.as_str()) {
-                Some(entry) => *entry = logged,
+                Some(entry) => {
+                    entry.record.clear();
+                    entry.record.extend_from_slice(record);
+                    entry.last_sequence = last_sequence;
+                }
                 None => {
+                    let logged = Logged {
+                        record: record.to_vec(),
+                        last_sequence,
+                    };
                     self.latest.insert(breaker.account_id.clone(), logged);
                 }
             }
         }
+        self.staged.clear();
     }
 
     /// Folds the journal if it holds anything. A failure leaves it for a later attempt: nothing
