@@ -206,7 +206,7 @@ pub struct Breaker {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Cold {
     /// CLOSED: this generation's failures, oldest first, including up to `FAILURE_MEMORY` that
-    /// left the window (kept only to recognise duplicates). OPEN and HALF_OPEN: the failures
+    /// left the window with a permit (kept only to recognise duplicates). OPEN and HALF_OPEN: the failures
     /// that opened the breaker, plus failed or expired probes: the answer to "why".
     pub(super) failures: VecDeque<Failure>,
     /// When the breaker last opened.
@@ -741,8 +741,23 @@ impl Breaker {
         )
     }
 
-    /// Drops failures that left the window, except the newest `FAILURE_MEMORY`.
+    /// Drops failures that left the window, except the newest `FAILURE_MEMORY` of those reported
+    /// with a permit. A failure reported without one counts no more once it leaves the window,
+    /// and could never be recognised as a duplicate: kept, it would only be written again with
+    /// every change of a failing account (32 failures a record instead of those in the window).
     fn forget_old_failures(&mut self, settings: &Settings, now: Timestamp) {
+        let failures = &mut self.cold.failures;
+        let left = failures
+            .iter()
+            .take_while(|f| !in_window(settings, f.at, now))
+            .count();
+        if failures.iter().take(left).any(|f| f.sequence == NO_PERMIT) {
+            let mut index = 0;
+            failures.retain(|f| {
+                index += 1;
+                index > left || f.sequence != NO_PERMIT
+            });
+        }
         while self.cold.failures.len() > FAILURE_MEMORY
             && self
                 .cold

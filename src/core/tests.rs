@@ -386,12 +386,50 @@ fn a_failing_account_keeps_bounded_memory() {
         ..settings()
     };
     let mut breaker = Breaker::new();
+    let mut permits = Vec::new();
     for i in 0..10_000u64 {
-        breaker.record(&s, None, Outcome::Failure, at(i as f64 * 61.0));
+        let now = at(i as f64 * 61.0);
+        let permit = allow(&mut breaker, now);
+        breaker.record(&s, Some(permit), Outcome::Failure, now);
+        permits.push(permit);
     }
     assert_eq!(
         breaker.to_record().failures.len(),
         super::breaker::FAILURE_MEMORY
+    );
+    // The remembered ones are the newest: their permits are still recognised.
+    let last = at(9_999.0 * 61.0);
+    for (i, permit) in permits
+        .iter()
+        .enumerate()
+        .rev()
+        .take(super::breaker::FAILURE_MEMORY)
+    {
+        let (disposition, _) = fail(&mut breaker, Some(*permit), last);
+        assert_eq!(disposition, Disposition::Duplicate, "permit {i}");
+    }
+}
+
+#[test]
+fn failures_without_a_permit_are_forgotten_once_they_leave_the_window() {
+    let s = Settings {
+        failure_threshold: u32::MAX,
+        ..settings()
+    };
+    let mut breaker = Breaker::new();
+    let early = allow(&mut breaker, at(0.0));
+    breaker.record(&s, Some(early), Outcome::Failure, at(0.0));
+    for i in 0..100u64 {
+        breaker.record(&s, None, Outcome::Failure, at(i as f64 * 61.0));
+    }
+    // The last one, in the window, and the one with a permit, which left it.
+    let record = breaker.to_record();
+    assert_eq!(record.failures.len(), 2, "{:?}", record.failures);
+    assert_eq!(record.failures[0].permit_sequence, Some(early.sequence));
+    assert_eq!(breaker.failure_count(&s, at(99.0 * 61.0)), 1);
+    assert_eq!(
+        fail(&mut breaker, Some(early), at(99.0 * 61.0)).0,
+        Disposition::Duplicate
     );
 }
 
