@@ -134,8 +134,10 @@ pub(super) fn run(
             match log.write(&mut conn, &pending) {
                 Ok(written) => {
                     crate::metrics::store_commit(started.elapsed());
-                    let replies = pending.drain(..).filter_map(|(_, reply)| reply).collect();
-                    answer(runtime.as_ref(), replies, Ok(()));
+                    let (batches, replies): (Vec<Batch>, Vec<Option<Reply>>) =
+                        pending.drain(..).unzip();
+                    let replies = replies.into_iter().flatten().collect();
+                    answer(runtime.as_ref(), replies, Ok(()), batches);
                     signals.wrote(written.durable);
                     if log.due() && log.may_fold() {
                         let _ = log.fold(&mut conn);
@@ -147,7 +149,7 @@ pub(super) fn run(
                     signals.failed(&message);
                     let replies = pending.iter_mut().filter_map(|(_, reply)| reply.take());
                     let failed = Err(StoreError::Unavailable(message.clone()));
-                    answer(runtime.as_ref(), replies.collect(), failed);
+                    answer(runtime.as_ref(), replies.collect(), failed, Vec::new());
                     if closing {
                         attempts_left = attempts_left.saturating_sub(1);
                         if attempts_left == 0 {
@@ -174,11 +176,21 @@ pub(super) fn run(
 /// which each connection's task writes the answers that became ready in one go. Answered from
 /// this thread, each caller's wake-up would be a remote one (the runtime's global queue and,
 /// often, a write to its driver's eventfd), run as it comes, its answer written alone.
-fn answer(runtime: Option<&Handle>, replies: Vec<Reply>, result: Result<(), StoreError>) {
+///
+/// The written batches go along and are dropped there too, after the answers: they were
+/// allocated on the runtime's threads, where freeing them is a thread-local operation of the
+/// allocator rather than a hand-over to the allocating thread.
+fn answer(
+    runtime: Option<&Handle>,
+    replies: Vec<Reply>,
+    result: Result<(), StoreError>,
+    written: Vec<Batch>,
+) {
     let send = move || {
         for reply in replies {
             let _ = reply.send(result.clone());
         }
+        drop(written);
     };
     match runtime {
         // A runtime that is shutting down drops the task, and with it the replies: the callers,
