@@ -379,12 +379,17 @@ fn outcomes_without_a_permit_apply_to_the_current_generation() {
     assert_eq!(breaker, before);
 }
 
-#[test]
-fn a_failing_account_keeps_bounded_memory() {
-    let s = Settings {
+/// Settings under which failures never open a breaker.
+fn never_opening() -> Settings {
+    Settings {
         failure_threshold: u32::MAX,
         ..settings()
-    };
+    }
+}
+
+#[test]
+fn a_failing_account_keeps_bounded_memory() {
+    let s = never_opening();
     let mut breaker = Breaker::new();
     let mut permits = Vec::new();
     for i in 0..10_000u64 {
@@ -412,10 +417,7 @@ fn a_failing_account_keeps_bounded_memory() {
 
 #[test]
 fn failures_without_a_permit_are_forgotten_once_they_leave_the_window() {
-    let s = Settings {
-        failure_threshold: u32::MAX,
-        ..settings()
-    };
+    let s = never_opening();
     let mut breaker = Breaker::new();
     let early = allow(&mut breaker, at(0.0));
     breaker.record(&s, Some(early), Outcome::Failure, at(0.0));
