@@ -9,6 +9,11 @@
 //! and the callers pinned to the first, so the two do not compete for CPU; without it, server
 //! and callers share one runtime in this process.
 //!
+//! `-- --permits` makes each caller take a permit with `CheckTrade` (CLOSED: nothing to wait
+//! for) before each report, and report with it, as a bot does; a failing account then remembers
+//! its last 32 failures beyond the window (to recognise a permit reported twice), so each
+//! durable write carries them. Calls/s then counts reports.
+//!
 //! `-- --checks N` adds N callers of `CheckTrade` on accounts of their own (CLOSED, so no check
 //! waits on the store) beside the reporting ones, and prints their latency under that load.
 
@@ -179,6 +184,7 @@ async fn run(
     store_name: &'static str,
     split: bool,
     callers: usize,
+    permits: bool,
     checks: usize,
     warmup: Duration,
     measure: Duration,
@@ -218,9 +224,22 @@ async fn run(
                     if sent >= end {
                         return latencies;
                     }
+                    let account_id = format!("acct-{caller}-{}", i % 16);
+                    let permit_id = if permits {
+                        let check = CheckTradeRequest {
+                            account_id: account_id.clone(),
+                            ..Default::default()
+                        };
+                        let answer = gate.check_trade(check).await.expect("CheckTrade");
+                        let answer = answer.into_inner();
+                        assert!(answer.allowed, "a CLOSED check is allowed");
+                        answer.permit_id
+                    } else {
+                        String::new()
+                    };
                     let request = ReportOutcomeRequest {
-                        account_id: format!("acct-{caller}-{}", i % 16),
-                        permit_id: String::new(),
+                        account_id,
+                        permit_id,
                         outcome: Outcome::Failure as i32,
                         ..Default::default()
                     };
@@ -298,6 +317,7 @@ fn main() {
     };
     let wanted = |store: &str| only_store.as_deref().is_none_or(|s| s == store);
     let checks: usize = arg("--checks").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let permits = std::env::args().any(|a| a == "--permits");
     let split = std::env::args().any(|a| a == "--split");
     // Worker threads of the runtime that calls (and, without `--split`, serves): one per core,
     // or one with `--split`, where the callers have one core and a second thread on it would
@@ -355,7 +375,8 @@ fn main() {
                 order.reverse();
             }
             for store in order.into_iter().filter(|s| wanted(s)) {
-                let run = runtime.block_on(run(store, split, callers, checks, warmup, measure));
+                let run =
+                    runtime.block_on(run(store, split, callers, permits, checks, warmup, measure));
                 print(&run);
                 if checks > 0 {
                     println!(
