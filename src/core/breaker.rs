@@ -205,10 +205,13 @@ pub struct Breaker {
 /// What a breaker remembers beyond its state and permit numbering.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Cold {
-    /// CLOSED: this generation's failures, oldest first, including up to `FAILURE_MEMORY` that
-    /// left the window with a permit (kept only to recognise duplicates). OPEN and HALF_OPEN: the failures
-    /// that opened the breaker, plus failed or expired probes: the answer to "why".
+    /// CLOSED: this generation's failures in the window, oldest first. OPEN and HALF_OPEN: the
+    /// failures that opened the breaker, plus failed or expired probes: the answer to "why".
     pub(super) failures: VecDeque<Failure>,
+    /// CLOSED: the permits (sequences) of the newest `FAILURE_MEMORY` failures of this
+    /// generation that left the window, oldest first: kept only to recognise a permit reported
+    /// again.
+    pub(super) remembered: VecDeque<u64>,
     /// When the breaker last opened.
     pub(super) opened_at: Option<Timestamp>,
     /// When recovery is tested; `None` unless OPEN and not tripped.
@@ -230,6 +233,7 @@ pub(super) struct Cold {
 /// What every breaker without a history reads.
 static NO_HISTORY: Cold = Cold {
     failures: VecDeque::new(),
+    remembered: VecDeque::new(),
     opened_at: None,
     recovery_at: None,
     probes: Vec::new(),
@@ -402,7 +406,8 @@ impl Breaker {
         let sequence = permit.map_or(NO_PERMIT, |p| p.sequence);
         if self.state == State::Closed
             && sequence != NO_PERMIT
-            && self.cold.failures.iter().any(|f| f.sequence == sequence)
+            && (self.cold.failures.iter().any(|f| f.sequence == sequence)
+                || self.cold.remembered.contains(&sequence))
         {
             return (Disposition::Duplicate, transitions);
         }
@@ -741,31 +746,28 @@ impl Breaker {
         )
     }
 
-    /// Drops failures that left the window, except the newest `FAILURE_MEMORY` of those reported
-    /// with a permit. A failure reported without one counts no more once it leaves the window,
-    /// and could never be recognised as a duplicate: kept, it would only be written again with
-    /// every change of a failing account (32 failures a record instead of those in the window).
+    /// Takes the failures that left the window out of `failures`. The permit of each, if it had
+    /// one, joins the newest `FAILURE_MEMORY` remembered, so that it is still recognised if
+    /// reported again; a failure without a permit could never be recognised and is forgotten. A
+    /// failing account's record so carries a permit sequence (a byte or two) for each
+    /// remembered failure, not the whole failure.
     fn forget_old_failures(&mut self, settings: &Settings, now: Timestamp) {
-        let failures = &mut self.cold.failures;
-        let left = failures
-            .iter()
-            .take_while(|f| !in_window(settings, f.at, now))
-            .count();
-        if failures.iter().take(left).any(|f| f.sequence == NO_PERMIT) {
-            let mut index = 0;
-            failures.retain(|f| {
-                index += 1;
-                index > left || f.sequence != NO_PERMIT
-            });
-        }
-        while self.cold.failures.len() > FAILURE_MEMORY
-            && self
-                .cold
-                .failures
-                .front()
-                .is_some_and(|f| !in_window(settings, f.at, now))
+        while self
+            .cold
+            .failures
+            .front()
+            .is_some_and(|f| !in_window(settings, f.at, now))
         {
-            self.cold.failures.pop_front();
+            let cold = &mut *self.cold;
+            let Some(failure) = cold.failures.pop_front() else {
+                break;
+            };
+            if failure.sequence != NO_PERMIT {
+                if cold.remembered.len() >= FAILURE_MEMORY {
+                    cold.remembered.pop_front();
+                }
+                cold.remembered.push_back(failure.sequence);
+            }
         }
     }
 
@@ -784,6 +786,8 @@ impl Breaker {
         self.cold.probes.clear();
         self.cold.probe_successes = 0;
         self.cold.window = None;
+        // The generation's permits are stale from now on: none needs recognising again.
+        self.cold.remembered.clear();
     }
 
     /// Opens the breaker. A tripped breaker is held until `held_until` (or reset); otherwise

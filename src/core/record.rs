@@ -15,6 +15,9 @@ pub struct BreakerRecord {
     pub generation: u64,
     pub next_sequence: u64,
     pub failures: Vec<FailureRecord>,
+    /// CLOSED: the permit sequences of the newest failures that left the window, oldest first
+    /// (kept to recognise a permit reported again).
+    pub remembered: Vec<u64>,
     pub opened_at: Option<Timestamp>,
     pub recovery_at: Option<Timestamp>,
     pub probes: Vec<ProbeRecord>,
@@ -61,6 +64,7 @@ impl Breaker {
                     detail: f.detail.clone(),
                 })
                 .collect(),
+            remembered: self.cold.remembered.iter().copied().collect(),
             opened_at: self.cold.opened_at,
             recovery_at: self.cold.recovery_at,
             probes: self
@@ -99,6 +103,7 @@ impl Breaker {
                         detail: f.detail,
                     })
                     .collect(),
+                remembered: record.remembered.into(),
                 opened_at: record.opened_at,
                 recovery_at: record.recovery_at,
                 probes: record

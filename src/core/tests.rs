@@ -398,17 +398,24 @@ fn a_failing_account_keeps_bounded_memory() {
         breaker.record(&s, Some(permit), Outcome::Failure, now);
         permits.push(permit);
     }
-    assert_eq!(
-        breaker.to_record().failures.len(),
-        super::breaker::FAILURE_MEMORY
-    );
-    // The remembered ones are the newest: their permits are still recognised.
+    // The failure in the window, and the permits of the newest that left it.
+    let record = breaker.to_record();
+    assert_eq!(record.failures.len(), 1);
+    assert_eq!(record.remembered.len(), super::breaker::FAILURE_MEMORY);
+    let newest = permits
+        .iter()
+        .rev()
+        .skip(1)
+        .take(super::breaker::FAILURE_MEMORY);
+    let newest: Vec<u64> = newest.map(|p| p.sequence).collect();
+    assert!(newest.iter().all(|s| record.remembered.contains(s)));
+    // Those permits, and the one in the window, are recognised if reported again.
     let last = at(9_999.0 * 61.0);
     for (i, permit) in permits
         .iter()
         .enumerate()
         .rev()
-        .take(super::breaker::FAILURE_MEMORY)
+        .take(super::breaker::FAILURE_MEMORY + 1)
     {
         let (disposition, _) = fail(&mut breaker, Some(*permit), last);
         assert_eq!(disposition, Disposition::Duplicate, "permit {i}");
@@ -424,13 +431,40 @@ fn failures_without_a_permit_are_forgotten_once_they_leave_the_window() {
     for i in 0..100u64 {
         breaker.record(&s, None, Outcome::Failure, at(i as f64 * 61.0));
     }
-    // The last one, in the window, and the one with a permit, which left it.
+    // The last one, in the window, and the permit of the one that left it with a permit.
     let record = breaker.to_record();
-    assert_eq!(record.failures.len(), 2, "{:?}", record.failures);
-    assert_eq!(record.failures[0].permit_sequence, Some(early.sequence));
+    assert_eq!(record.failures.len(), 1, "{:?}", record.failures);
+    assert_eq!(record.remembered, vec![early.sequence]);
     assert_eq!(breaker.failure_count(&s, at(99.0 * 61.0)), 1);
     assert_eq!(
         fail(&mut breaker, Some(early), at(99.0 * 61.0)).0,
+        Disposition::Duplicate
+    );
+}
+
+#[test]
+fn failures_kept_whole_by_earlier_records_are_still_recognised_and_then_remembered() {
+    let s = never_opening();
+    let mut breaker = Breaker::new();
+    let early = allow(&mut breaker, at(0.0));
+    breaker.record(&s, Some(early), Outcome::Failure, at(0.0));
+    // Records written before the remembered permits kept failures that left the window whole:
+    // this one has left it by t=100.
+    let record = breaker.to_record();
+    assert_eq!(record.failures.len(), 1);
+    assert!(record.remembered.is_empty());
+    let mut restored = Breaker::from_record(record);
+    assert_eq!(
+        fail(&mut restored, Some(early), at(100.0)).0,
+        Disposition::Duplicate
+    );
+    let later = allow(&mut restored, at(101.0));
+    restored.record(&s, Some(later), Outcome::Failure, at(101.0));
+    let record = restored.to_record();
+    assert_eq!(record.remembered, vec![early.sequence]);
+    assert_eq!(record.failures.len(), 1);
+    assert_eq!(
+        fail(&mut restored, Some(early), at(102.0)).0,
         Disposition::Duplicate
     );
 }

@@ -59,6 +59,11 @@ struct BreakerRow {
     /// The order ids and details of the failures that have them.
     #[prost(message, repeated, tag = "18")]
     failure_text: Vec<FailureText>,
+    /// The permits of the remembered failures (those that left the window): the first as it
+    /// is, each next one as the (wrapping) difference from the one before. Rows written before
+    /// this field kept those failures whole in the failure columns.
+    #[prost(sint64, repeated, tag = "19")]
+    remembered: Vec<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -322,17 +327,8 @@ pub fn encode_breaker_into(record: &BreakerRecord, mode: Option<Mode>, out: &mut
         }
     }
     wire::optional(out, 14, mode.map(|m| u64::from(mode_code(m))));
-    // The failures' times, each as the (wrapping) difference from the one before, zigzagged.
-    let deltas = || {
-        let mut previous = 0u64;
-        failures.iter().map(move |f| {
-            let nanos = f.at.as_unix_nanos();
-            let delta = nanos.wrapping_sub(previous) as i64;
-            previous = nanos;
-            ((delta << 1) ^ (delta >> 63)) as u64
-        })
-    };
-    wire::packed(out, 15, deltas);
+    let times = || deltas_of(failures.iter().map(|f| f.at.as_unix_nanos()));
+    wire::packed(out, 15, times);
     wire::packed(out, 16, || {
         failures.iter().map(|f| u64::from(kind_code(f.kind)))
     });
@@ -363,6 +359,18 @@ pub fn encode_breaker_into(record: &BreakerRecord, mode: Option<Mode>, out: &mut
             wire::bytes(out, 3, detail.as_bytes());
         }
     }
+    wire::packed(out, 19, || deltas_of(record.remembered.iter().copied()));
+}
+
+/// Each value as the (wrapping) difference from the one before (the first from 0), zigzagged as
+/// a protobuf `sint64`.
+fn deltas_of(values: impl Iterator<Item = u64>) -> impl Iterator<Item = u64> {
+    let mut previous = 0u64;
+    values.map(move |value| {
+        let delta = value.wrapping_sub(previous) as i64;
+        previous = value;
+        ((delta << 1) ^ (delta >> 63)) as u64
+    })
 }
 
 /// The protobuf wire format, as prost writes it for proto3 fields: scalars only when not zero
@@ -528,6 +536,16 @@ pub fn decode_breaker(bytes: &[u8]) -> Result<(BreakerRecord, Option<Mode>), Str
         generation: row.generation,
         next_sequence: row.next_sequence,
         failures,
+        remembered: {
+            let mut sequence = 0u64;
+            row.remembered
+                .iter()
+                .map(|delta| {
+                    sequence = sequence.wrapping_add(*delta as u64);
+                    sequence
+                })
+                .collect()
+        },
         opened_at: row.opened_at.map(at),
         recovery_at: row.recovery_at.map(at),
         probes: row
@@ -715,6 +733,9 @@ pub(super) mod tests {
             failure_kind: failures.iter().map(|f| kind_code(f.kind)).collect(),
             failure_permit,
             failure_text,
+            remembered: deltas_of(record.remembered.iter().copied())
+                .map(|zigzag| ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64))
+                .collect(),
         }
     }
 
@@ -736,6 +757,7 @@ pub(super) mod tests {
             generation: 3,
             next_sequence: 41,
             failures,
+            remembered: Vec::new(),
             opened_at: None,
             recovery_at: None,
             probes: Vec::new(),
@@ -795,6 +817,7 @@ pub(super) mod tests {
         full.failures[31].order_id = Some("ord-31".into());
         full.failures[31].detail = Some("venue said no".into());
         full.failures[30].at = at(0);
+        full.remembered = vec![7, 3, u64::MAX, 0, 1 << 40];
         let mut empty = record(Vec::new());
         empty.generation = 0;
         empty.next_sequence = 0;
@@ -848,7 +871,8 @@ pub(super) mod tests {
         ];
         failures[1].order_id = Some("ord-1".into());
         failures[3].detail = Some("venue said no".into());
-        let record = record(failures);
+        let mut record = record(failures);
+        record.remembered = vec![9, 4, u64::MAX, 12];
         let (decoded, mode) =
             decode_breaker(&encode_breaker(&record, Some(Mode::Shadow))).expect("decodes");
         assert_eq!(decoded, record);
