@@ -422,12 +422,18 @@ fn a_failing_account_keeps_bounded_memory() {
     }
 }
 
+/// A breaker with one failure, reported at t=0 with the permit returned.
+fn failed_with_a_permit_at_zero() -> (Breaker, Permit) {
+    let mut breaker = Breaker::new();
+    let permit = allow(&mut breaker, at(0.0));
+    breaker.record(&never_opening(), Some(permit), Outcome::Failure, at(0.0));
+    (breaker, permit)
+}
+
 #[test]
 fn failures_without_a_permit_are_forgotten_once_they_leave_the_window() {
     let s = never_opening();
-    let mut breaker = Breaker::new();
-    let early = allow(&mut breaker, at(0.0));
-    breaker.record(&s, Some(early), Outcome::Failure, at(0.0));
+    let (mut breaker, early) = failed_with_a_permit_at_zero();
     for i in 0..100u64 {
         breaker.record(&s, None, Outcome::Failure, at(i as f64 * 61.0));
     }
@@ -445,9 +451,7 @@ fn failures_without_a_permit_are_forgotten_once_they_leave_the_window() {
 #[test]
 fn failures_kept_whole_by_earlier_records_are_still_recognised_and_then_remembered() {
     let s = never_opening();
-    let mut breaker = Breaker::new();
-    let early = allow(&mut breaker, at(0.0));
-    breaker.record(&s, Some(early), Outcome::Failure, at(0.0));
+    let (breaker, early) = failed_with_a_permit_at_zero();
     // Records written before the remembered permits kept failures that left the window whole:
     // this one has left it by t=100.
     let record = breaker.to_record();
