@@ -5,7 +5,7 @@ mod common;
 
 use std::process::{Output, Stdio};
 
-use common::process::{free_port, lines, riskgate, signal, wait_for};
+use common::process::{free_port, lines, riskgate, signal, wait_for, Running};
 
 fn run(args: &[&str], addr: &str) -> Output {
     riskgate()
@@ -25,15 +25,17 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
     let listen = format!("127.0.0.1:{}", free_port());
     let addr = format!("http://{listen}");
     let data = tempfile::tempdir().expect("data directory");
-    let mut server = riskgate()
-        .arg("serve")
-        .env("RISKGATE__SERVER__LISTEN", &listen)
-        .env("RISKGATE__STORE__PATH", data.path())
-        .env("RISKGATE__LOG__FORMAT", "json")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start riskgate serve");
+    let mut server = Running(
+        riskgate()
+            .arg("serve")
+            .env("RISKGATE__SERVER__LISTEN", &listen)
+            .env("RISKGATE__STORE__PATH", data.path())
+            .env("RISKGATE__LOG__FORMAT", "json")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start riskgate serve"),
+    );
     let logs = lines(server.stderr.take().expect("stderr"));
     let started = wait_for(&logs, "riskgate serving");
     assert!(
@@ -62,12 +64,14 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
     ));
     assert_eq!(tripped.trim(), "tripped ACC-1: now OPEN, held until reset");
 
-    let mut watch = riskgate()
-        .args(["watch", "--addr", &addr])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start riskgate watch");
+    let mut watch = Running(
+        riskgate()
+            .args(["watch", "--addr", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start riskgate watch"),
+    );
     let watched = lines(watch.stdout.take().expect("stdout"));
     let watch_errors = lines(watch.stderr.take().expect("stderr"));
     let snapshot = wait_for(&watched, "following");
@@ -154,14 +158,16 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
 
     // A new server on the same address with a fresh in-memory history: the watcher reconnects,
     // finds its resume point ahead of the new history, and starts over from a snapshot.
-    let mut restarted = riskgate()
-        .arg("serve")
-        .env("RISKGATE__SERVER__LISTEN", &listen)
-        .env("RISKGATE__STORE__KIND", "memory")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("restart riskgate serve");
+    let mut restarted = Running(
+        riskgate()
+            .arg("serve")
+            .env("RISKGATE__SERVER__LISTEN", &listen)
+            .env("RISKGATE__STORE__KIND", "memory")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("restart riskgate serve"),
+    );
     let restarted_logs = lines(restarted.stderr.take().expect("stderr"));
     wait_for(&restarted_logs, "riskgate serving");
     let notice = wait_for(&watch_errors, "fresh snapshot");
@@ -230,16 +236,18 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("riskgate.toml");
     std::fs::write(&file, "[groups.venue-x]\naccounts = [\"desk-a:*\"]\n").expect("config");
-    let mut server = riskgate()
-        .arg("serve")
-        .arg("--config")
-        .arg(&file)
-        .env("RISKGATE__SERVER__LISTEN", &listen)
-        .env("RISKGATE__STORE__KIND", "memory")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start riskgate serve");
+    let mut server = Running(
+        riskgate()
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .env("RISKGATE__SERVER__LISTEN", &listen)
+            .env("RISKGATE__STORE__KIND", "memory")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start riskgate serve"),
+    );
     let logs = lines(server.stderr.take().expect("stderr"));
     wait_for(&logs, "riskgate serving");
 
@@ -302,15 +310,16 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
 }
 
 /// `riskgate serve` pinned to one CPU, on the durable store.
-fn serve_on_one_core(listen: &str, data: &std::path::Path) -> std::process::Child {
-    std::process::Command::new("taskset")
+fn serve_on_one_core(listen: &str, data: &std::path::Path) -> Running {
+    let child = std::process::Command::new("taskset")
         .args(["-c", "0", env!("CARGO_BIN_EXE_riskgate"), "serve"])
         .env("RISKGATE__SERVER__LISTEN", listen)
         .env("RISKGATE__STORE__PATH", data)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
-        .expect("start riskgate serve under taskset")
+        .expect("start riskgate serve under taskset");
+    Running(child)
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 
-use common::process::{free_port, lines, riskgate, signal, wait_for};
+use common::process::{free_port, lines, riskgate, signal, wait_for, Running};
 
 use riskgate::proto::gate_service_client::GateServiceClient;
 use riskgate::proto::*;
@@ -45,16 +45,18 @@ fn cli(args: &[&str], addr: &str) {
 async fn series_follow_breakers_halts_and_calls() {
     let (grpc, metrics) = (free_port(), free_port());
     let addr = format!("http://127.0.0.1:{grpc}");
-    let mut server = riskgate()
-        .arg("serve")
-        .env("RISKGATE__SERVER__LISTEN", format!("127.0.0.1:{grpc}"))
-        .env("RISKGATE__METRICS__LISTEN", format!("127.0.0.1:{metrics}"))
-        .env("RISKGATE__STORE__KIND", "memory")
-        .env("RISKGATE__BREAKER__FAILURE_THRESHOLD", "2")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("serve");
+    let mut server = Running(
+        riskgate()
+            .arg("serve")
+            .env("RISKGATE__SERVER__LISTEN", format!("127.0.0.1:{grpc}"))
+            .env("RISKGATE__METRICS__LISTEN", format!("127.0.0.1:{metrics}"))
+            .env("RISKGATE__STORE__KIND", "memory")
+            .env("RISKGATE__BREAKER__FAILURE_THRESHOLD", "2")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
     let logs = lines(server.stderr.take().expect("stderr"));
     wait_for(&logs, "riskgate serving");
 

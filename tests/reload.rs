@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::process::{free_port, lines, riskgate, signal, wait_for};
+use common::process::{free_port, lines, riskgate, signal, wait_for, Running};
 use riskgate::proto::admin_service_client::AdminServiceClient;
 use riskgate::proto::gate_service_client::GateServiceClient;
 use riskgate::proto::monitor_service_client::MonitorServiceClient;
@@ -40,14 +40,16 @@ async fn reload_under_load_changes_settings_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("riskgate.toml");
     std::fs::write(&file, config(1_000)).expect("write config");
-    let mut server = riskgate()
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("RISKGATE__SERVER__LISTEN", &listen)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start riskgate serve");
+    let mut server = Running(
+        riskgate()
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env("RISKGATE__SERVER__LISTEN", &listen)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start riskgate serve"),
+    );
     let logs = lines(server.stderr.take().expect("stderr"));
     wait_for(&logs, "riskgate serving");
     let (first, _) = version(&addr).await;

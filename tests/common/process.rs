@@ -1,6 +1,7 @@
 //! For tests that run the built binary: free ports, a child's output line by line, signals.
 
 use std::io::{BufRead, BufReader, Read};
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::thread;
@@ -11,6 +12,33 @@ pub const OUTPUT_PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn riskgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_riskgate"))
+}
+
+/// A child process killed when dropped while still running, so that a test that fails does not
+/// leave its server behind.
+pub struct Running(pub Child);
+
+impl Deref for Running {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A port nothing listens on (just now).
