@@ -373,6 +373,15 @@ fn deltas_of(values: impl Iterator<Item = u64>) -> impl Iterator<Item = u64> {
     })
 }
 
+/// The values `deltas_of` wrote, from their (decoded) differences.
+fn sums_of(deltas: &[i64]) -> impl Iterator<Item = u64> + '_ {
+    let mut value = 0u64;
+    deltas.iter().map(move |delta| {
+        value = value.wrapping_add(*delta as u64);
+        value
+    })
+}
+
 /// The protobuf wire format, as prost writes it for proto3 fields: scalars only when not zero
 /// (optional ones whenever set), repeated scalars packed.
 mod wire {
@@ -476,21 +485,15 @@ fn decode_failures(row: &mut BreakerRow) -> Result<Vec<FailureRecord>, String> {
             row.failure_permit.len()
         ));
     }
-    let mut nanos = 0u64;
-    let mut failures: Vec<FailureRecord> = row
-        .failure_at
-        .iter()
+    let mut failures: Vec<FailureRecord> = sums_of(&row.failure_at)
         .zip(&row.failure_kind)
         .enumerate()
-        .map(|(index, (delta, kind))| {
-            nanos = nanos.wrapping_add(*delta as u64);
-            FailureRecord {
-                at: at(nanos),
-                permit_sequence: row.failure_permit.get(index).and_then(|s| s.checked_sub(1)),
-                kind: kind_from_code(*kind),
-                order_id: None,
-                detail: None,
-            }
+        .map(|(index, (nanos, kind))| FailureRecord {
+            at: at(nanos),
+            permit_sequence: row.failure_permit.get(index).and_then(|s| s.checked_sub(1)),
+            kind: kind_from_code(*kind),
+            order_id: None,
+            detail: None,
         })
         .collect();
     for text in std::mem::take(&mut row.failure_text) {
@@ -536,16 +539,7 @@ pub fn decode_breaker(bytes: &[u8]) -> Result<(BreakerRecord, Option<Mode>), Str
         generation: row.generation,
         next_sequence: row.next_sequence,
         failures,
-        remembered: {
-            let mut sequence = 0u64;
-            row.remembered
-                .iter()
-                .map(|delta| {
-                    sequence = sequence.wrapping_add(*delta as u64);
-                    sequence
-                })
-                .collect()
-        },
+        remembered: sums_of(&row.remembered).collect(),
         opened_at: row.opened_at.map(at),
         recovery_at: row.recovery_at.map(at),
         probes: row
@@ -676,6 +670,16 @@ pub(super) mod tests {
                 delta
             })
             .collect();
+        let mut previous = 0u64;
+        let remembered = record
+            .remembered
+            .iter()
+            .map(|&sequence| {
+                let delta = sequence.wrapping_sub(previous) as i64;
+                previous = sequence;
+                delta
+            })
+            .collect();
         let failure_permit = if failures.iter().any(|f| f.permit_sequence.is_some()) {
             failures
                 .iter()
@@ -733,9 +737,7 @@ pub(super) mod tests {
             failure_kind: failures.iter().map(|f| kind_code(f.kind)).collect(),
             failure_permit,
             failure_text,
-            remembered: deltas_of(record.remembered.iter().copied())
-                .map(|zigzag| ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64))
-                .collect(),
+            remembered,
         }
     }
 
