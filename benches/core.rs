@@ -131,7 +131,14 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("event_fan_out");
     let registry = registry(1);
     let mut feeds: Vec<_> = (0..100)
-        .map(|_| registry.subscribe(&[], None).expect("subscribe").live)
+        .map(|_| {
+            registry
+                .subscribe(&[], None)
+                .now_or_never()
+                .expect("nothing to wait for")
+                .expect("subscribe")
+                .live
+        })
         .collect();
     let action = OperatorAction::new("bench", "fan-out").expect("action");
     let mut trip = true;

@@ -137,7 +137,7 @@ impl AdminService for Admin {
         _request: Request<ListHaltsRequest>,
     ) -> Result<Response<ListHaltsResponse>, Status> {
         Ok(Response::new(ListHaltsResponse {
-            halts: self.halts(),
+            halts: self.halts().await?,
         }))
     }
 
@@ -198,12 +198,14 @@ impl AdminService for Admin {
 }
 
 impl Admin {
-    fn halts(&self) -> Vec<crate::proto::Halt> {
-        self.registry
+    async fn halts(&self) -> Result<Vec<crate::proto::Halt>, Error> {
+        Ok(self
+            .registry
             .halts()
+            .await?
             .iter()
             .map(|(layer, halt)| convert::halt(layer, halt))
-            .collect()
+            .collect())
     }
 
     /// A halt or resume call: who acts (the principal, with authentication on), on which layer,
@@ -234,7 +236,7 @@ impl Admin {
             tracing::warn!(%scope, operator = %action.operator, reason = %action.reason, %peer, "resume");
             self.registry.resume(layer, action, &peer).await?;
         }
-        Ok(self.halts())
+        Ok(self.halts().await?)
     }
 }
 

@@ -10,7 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
-use crate::auth::Principal;
+use crate::auth::{Principal, SessionCredentials};
+use crate::core::FailureKind;
 use crate::proto::gate_service_server::GateService;
 use crate::proto::trade_session_request::Kind as In;
 use crate::proto::trade_session_response::Kind as Out;
@@ -18,8 +19,7 @@ use crate::proto::{
     CheckTradeRequest, CheckTradeResponse, ReportOutcomeRequest, ReportOutcomeResponse,
     SessionError, TradeSessionBatchResponse, TradeSessionRequest, TradeSessionResponse,
 };
-use crate::registry::{CheckResult, Registry};
-use crate::store::Commit;
+use crate::registry::{CheckResult, Registry, ReportResult, WhenDurable};
 
 /// Messages of one trade session in progress at once; past it the stream is not read.
 pub const SESSION_WINDOW: usize = 1024;
@@ -40,19 +40,26 @@ impl Gate {
     }
 }
 
-/// A check's answer, ready at once unless the check granted a probe, whose answer is given only
-/// once the probe is durable.
+/// A check's answer: ready at once, or once what it relies on is durable (a probe it granted;
+/// a reset, a recovery or a mode it allows the order under, not yet on disk).
 enum Checked {
     Ready(CheckTradeResponse),
-    Durable(CheckResult, Commit, crate::metrics::Timer),
+    Durable(Box<PendingCheck>),
 }
 
-/// Decides a check without waiting: every check but one that grants a probe is answered here, so
-/// the trade session answers them without building a future.
+struct PendingCheck {
+    account_id: String,
+    result: CheckResult,
+    when: WhenDurable,
+    timer: crate::metrics::Timer,
+}
+
+/// Decides a check without waiting: most checks are answered here, so the trade session
+/// answers them without building a future.
 fn check_now(
     registry: &Registry,
     principal: Option<&Principal>,
-    request: &CheckTradeRequest,
+    request: CheckTradeRequest,
 ) -> Result<Checked, Status> {
     crate::auth::authorize(principal, &request.account_id)?;
     let timer = crate::metrics::Timer::start();
@@ -62,18 +69,29 @@ fn check_now(
             crate::metrics::checked(&result, &timer);
             Checked::Ready(convert::check_response(result))
         }
-        (result, Some(commit)) => Checked::Durable(result, commit, timer),
+        (result, Some(when)) => Checked::Durable(Box::new(PendingCheck {
+            account_id: request.account_id,
+            result,
+            when,
+            timer,
+        })),
     })
 }
 
-/// Answers a check that granted a probe, once the probe is durable.
+/// Answers a check once what it relies on is durable.
 async fn check_durable(
     registry: &Registry,
-    result: CheckResult,
-    commit: Commit,
-    timer: crate::metrics::Timer,
+    pending: PendingCheck,
 ) -> Result<CheckTradeResponse, Status> {
-    registry.wait_durable(Some(commit)).await?;
+    let PendingCheck {
+        account_id,
+        result,
+        when,
+        timer,
+    } = pending;
+    let result = registry
+        .settle_check(&account_id, result, Some(when))
+        .await?;
     crate::metrics::checked(&result, &timer);
     Ok(convert::check_response(result))
 }
@@ -83,12 +101,53 @@ async fn check(
     principal: Option<&Principal>,
     request: CheckTradeRequest,
 ) -> Result<CheckTradeResponse, Status> {
-    match check_now(registry, principal, &request)? {
+    match check_now(registry, principal, request)? {
         Checked::Ready(answer) => Ok(answer),
-        Checked::Durable(result, commit, timer) => {
-            check_durable(registry, result, commit, timer).await
-        }
+        Checked::Durable(pending) => check_durable(registry, *pending).await,
     }
+}
+
+/// A report applied to its breaker, its answer waiting for the disk.
+struct PendingReport {
+    result: ReportResult,
+    when: Option<WhenDurable>,
+    failed: bool,
+    kind: FailureKind,
+    timer: crate::metrics::Timer,
+}
+
+/// Applies a report at once; its answer waits in [`report_durable`].
+fn report_now(
+    registry: &Registry,
+    principal: Option<&Principal>,
+    request: &ReportOutcomeRequest,
+) -> Result<PendingReport, Status> {
+    crate::auth::authorize(principal, &request.account_id)?;
+    let timer = crate::metrics::Timer::start();
+    let report = convert::report(request)?;
+    let (failed, kind) = (report.failed, report.kind);
+    let (result, when) = registry.record_report(&request.account_id, &request.permit_id, report)?;
+    Ok(PendingReport {
+        result,
+        when,
+        failed,
+        kind,
+        timer,
+    })
+}
+
+async fn report_durable(
+    registry: &Registry,
+    pending: PendingReport,
+) -> Result<ReportOutcomeResponse, Status> {
+    registry.wait_durable(pending.when).await?;
+    crate::metrics::reported(
+        pending.failed,
+        pending.kind,
+        &pending.result,
+        &pending.timer,
+    );
+    Ok(convert::report_response(pending.result))
 }
 
 async fn report(
@@ -96,30 +155,29 @@ async fn report(
     principal: Option<&Principal>,
     request: ReportOutcomeRequest,
 ) -> Result<ReportOutcomeResponse, Status> {
-    crate::auth::authorize(principal, &request.account_id)?;
-    let timer = crate::metrics::Timer::start();
-    let report = convert::report(&request)?;
-    let (failed, kind) = (report.failed, report.kind);
-    let result = registry
-        .report(&request.account_id, &request.permit_id, report)
-        .await?;
-    crate::metrics::reported(failed, kind, &result, &timer);
-    Ok(convert::report_response(result))
+    let pending = report_now(registry, principal, &request)?;
+    report_durable(registry, pending).await
 }
 
-/// A session message that could not be answered at once: the message waiting for a write and,
-/// in a batch, the answers before it and the messages after it.
+/// A session message that could not be answered at once. Every message in it has already
+/// taken effect, in the order sent; only answers wait.
 struct Unfinished {
     correlation_id: u64,
-    waiting: (u64, Later),
-    batch: Option<(
-        Vec<TradeSessionResponse>,
-        std::vec::IntoIter<TradeSessionRequest>,
-    )>,
+    /// One answer, or a batch's answers in order: ready, or waiting for the disk.
+    answers: Vec<(u64, Answer)>,
+    batch: bool,
 }
 
-/// Answers one message of a trade session (a check, a report or a batch of them) at once if
-/// nothing in it waits for a write; otherwise returns what is left, for [`finish`].
+/// One message's answer as its message took effect.
+enum Answer {
+    Ready(Out),
+    Check(Box<PendingCheck>),
+    Report(Box<PendingReport>),
+}
+
+/// Applies one message of a trade session (a check, a report or a batch of them) at once, in
+/// the order sent, and answers it at once if no answer in it waits for the disk; otherwise
+/// returns the answers to wait for, for [`finish`].
 fn session_message_now(
     registry: &Registry,
     principal: Option<&Principal>,
@@ -136,118 +194,120 @@ fn session_message_now(
         }),
         Some(In::Batch(batch)) => {
             // In the order given: a report follows the check it answers.
-            let mut answers = Vec::with_capacity(batch.messages.len());
-            let mut rest = batch.messages.into_iter();
-            while let Some(message) = rest.next() {
-                let id = message.correlation_id;
-                match answer_now(registry, principal, id, message.kind) {
-                    Ok(answer) => answers.push(answer),
-                    Err(later) => {
-                        return Err(Box::new(Unfinished {
-                            correlation_id,
-                            waiting: (id, later),
-                            batch: Some((answers, rest)),
-                        }))
-                    }
-                }
+            let answers: Vec<(u64, Answer)> = batch
+                .messages
+                .into_iter()
+                .map(|m| (m.correlation_id, apply(registry, principal, m.kind)))
+                .collect();
+            if answers.iter().all(|(_, a)| matches!(a, Answer::Ready(_))) {
+                let messages = answers
+                    .into_iter()
+                    .map(|(id, answer)| TradeSessionResponse {
+                        correlation_id: id,
+                        kind: match answer {
+                            Answer::Ready(out) => Some(out),
+                            _ => None,
+                        },
+                    })
+                    .collect();
+                return Ok(TradeSessionResponse {
+                    correlation_id,
+                    kind: Some(Out::Batch(TradeSessionBatchResponse { messages })),
+                });
             }
-            Ok(TradeSessionResponse {
+            Err(Box::new(Unfinished {
                 correlation_id,
-                kind: Some(Out::Batch(TradeSessionBatchResponse { messages: answers })),
-            })
+                answers,
+                batch: true,
+            }))
         }
-        kind => answer_now(registry, principal, correlation_id, kind).map_err(|later| {
-            Box::new(Unfinished {
+        kind => match apply(registry, principal, kind) {
+            Answer::Ready(out) => Ok(TradeSessionResponse {
                 correlation_id,
-                waiting: (correlation_id, later),
-                batch: None,
-            })
-        }),
+                kind: Some(out),
+            }),
+            waiting => Err(Box::new(Unfinished {
+                correlation_id,
+                answers: vec![(correlation_id, waiting)],
+                batch: false,
+            })),
+        },
     }
 }
 
-/// Answers what [`session_message_now`] left: the message waiting, then the rest of its batch.
-async fn finish(
-    registry: Arc<Registry>,
-    principal: Option<Arc<Principal>>,
-    unfinished: Box<Unfinished>,
-) -> TradeSessionResponse {
-    let principal = principal.as_deref();
-    let (id, later) = unfinished.waiting;
-    let answer = answer_later(&registry, principal, id, later).await;
-    let Some((mut answers, rest)) = unfinished.batch else {
-        return answer;
-    };
-    answers.push(answer);
-    for message in rest {
-        let id = message.correlation_id;
-        answers.push(match answer_now(&registry, principal, id, message.kind) {
-            Ok(answer) => answer,
-            Err(later) => answer_later(&registry, principal, id, later).await,
+/// Gives the answers of what [`session_message_now`] applied, once each may be given.
+async fn finish(registry: Arc<Registry>, unfinished: Box<Unfinished>) -> TradeSessionResponse {
+    let Unfinished {
+        correlation_id,
+        answers,
+        batch,
+    } = *unfinished;
+    let mut messages = Vec::with_capacity(answers.len());
+    for (id, answer) in answers {
+        let out = match answer {
+            Answer::Ready(out) => out,
+            Answer::Check(pending) => check_durable(&registry, *pending)
+                .await
+                .map_or_else(session_error, Out::Check),
+            Answer::Report(pending) => report_durable(&registry, *pending)
+                .await
+                .map_or_else(session_error, Out::Report),
+        };
+        messages.push(TradeSessionResponse {
+            correlation_id: id,
+            kind: Some(out),
         });
     }
-    TradeSessionResponse {
-        correlation_id: unfinished.correlation_id,
-        kind: Some(Out::Batch(TradeSessionBatchResponse { messages: answers })),
+    match (batch, messages.pop()) {
+        (false, Some(only)) => only,
+        (_, last) => {
+            messages.extend(last);
+            TradeSessionResponse {
+                correlation_id,
+                kind: Some(Out::Batch(TradeSessionBatchResponse { messages })),
+            }
+        }
     }
 }
 
-/// What a session message needs to be answered once it cannot be answered at once.
-enum Later {
-    Check(CheckResult, Commit, crate::metrics::Timer),
-    Report(Box<ReportOutcomeRequest>),
-}
-
-/// Answers a message at once if it can: everything but a report (which waits for its write)
-/// and a check that granted a probe.
-fn answer_now(
-    registry: &Registry,
-    principal: Option<&Principal>,
-    correlation_id: u64,
-    kind: Option<In>,
-) -> Result<TradeSessionResponse, Later> {
+/// Applies one check or report of a session: it takes effect now, whether or not its answer
+/// must wait for the disk.
+fn apply(registry: &Registry, principal: Option<&Principal>, kind: Option<In>) -> Answer {
     // Every message of a session is a gate call, under the principal's rate.
-    let answer = match principal.map_or(Ok(()), Principal::admit_gate_call) {
-        Err(status) => Err(status),
-        Ok(()) => match kind {
-            Some(In::Check(request)) => match check_now(registry, principal, &request) {
-                Ok(Checked::Ready(answer)) => Ok(Out::Check(answer)),
-                Ok(Checked::Durable(result, commit, timer)) => {
-                    return Err(Later::Check(result, commit, timer))
-                }
-                Err(status) => Err(status),
-            },
-            Some(In::Report(request)) => return Err(Later::Report(Box::new(request))),
-            Some(In::Batch(_)) => Err(Status::invalid_argument(
-                "a batch cannot hold another batch",
-            )),
-            None => Err(Status::invalid_argument(
-                "a trade session message holds a check, a report or a batch",
-            )),
+    if let Err(status) = principal.map_or(Ok(()), Principal::admit_gate_call) {
+        return Answer::Ready(session_error(status));
+    }
+    match kind {
+        Some(In::Check(request)) => match check_now(registry, principal, request) {
+            Ok(Checked::Ready(answer)) => Answer::Ready(Out::Check(answer)),
+            Ok(Checked::Durable(pending)) => Answer::Check(pending),
+            Err(status) => Answer::Ready(session_error(status)),
         },
-    };
-    Ok(TradeSessionResponse {
-        correlation_id,
-        kind: Some(answer.unwrap_or_else(session_error)),
-    })
+        Some(In::Report(request)) => match report_now(registry, principal, &request) {
+            Ok(pending) if pending.when.is_none() => {
+                Answer::Ready(report_ready(pending).map_or_else(session_error, Out::Report))
+            }
+            Ok(pending) => Answer::Report(Box::new(pending)),
+            Err(status) => Answer::Ready(session_error(status)),
+        },
+        Some(In::Batch(_)) => Answer::Ready(session_error(Status::invalid_argument(
+            "a batch cannot hold another batch",
+        ))),
+        None => Answer::Ready(session_error(Status::invalid_argument(
+            "a trade session message holds a check, a report or a batch",
+        ))),
+    }
 }
 
-async fn answer_later(
-    registry: &Registry,
-    principal: Option<&Principal>,
-    correlation_id: u64,
-    later: Later,
-) -> TradeSessionResponse {
-    let answer = match later {
-        Later::Check(result, commit, timer) => check_durable(registry, result, commit, timer)
-            .await
-            .map(Out::Check),
-        Later::Report(request) => report(registry, principal, *request).await.map(Out::Report),
-    };
-    TradeSessionResponse {
-        correlation_id,
-        kind: Some(answer.unwrap_or_else(session_error)),
-    }
+/// The answer of a report that waits for nothing.
+fn report_ready(pending: PendingReport) -> Result<ReportOutcomeResponse, Status> {
+    crate::metrics::reported(
+        pending.failed,
+        pending.kind,
+        &pending.result,
+        &pending.timer,
+    );
+    Ok(convert::report_response(pending.result))
 }
 
 fn session_error(status: Status) -> Out {
@@ -257,12 +317,15 @@ fn session_error(status: Status) -> Out {
     })
 }
 
-/// Reads a session's messages and answers each, reading no more while `SESSION_WINDOW` are in
-/// progress (so at most `SESSION_WINDOW + MAX_BATCH`). A message whose answer is ready at once
-/// (a check that grants no probe, or a batch of them) is answered without building a future.
+/// Reads a session's messages and applies each as it arrives, in order; answers each at once
+/// or, when its answer waits for the disk, as soon as it may be given (answers may overtake
+/// one another; effects never do). Reads no more while `SESSION_WINDOW` are in progress (so
+/// at most `SESSION_WINDOW + MAX_BATCH`). Before each message, a reloaded configuration is
+/// applied to the caller: the session ends if it is no longer accepted.
 async fn run_session(
     registry: Arc<Registry>,
-    principal: Option<Arc<Principal>>,
+    mut principal: Option<Arc<Principal>>,
+    credentials: Option<Arc<SessionCredentials>>,
     mut inbound: Streaming<TradeSessionRequest>,
     answers: mpsc::Sender<Result<TradeSessionResponse, Status>>,
     mut shutdown: watch::Receiver<bool>,
@@ -284,6 +347,18 @@ async fn run_session(
             message = inbound.message(), if reading && in_progress < SESSION_WINDOW => {
                 match message {
                     Ok(Some(message)) => {
+                        if let (Some(credentials), Some(current)) = (&credentials, &principal) {
+                            match credentials.refresh(current) {
+                                Ok(None) => {}
+                                Ok(Some(renewed)) => principal = Some(renewed),
+                                Err(status) => {
+                                    // What was applied before stays applied; its answers
+                                    // are not awaited.
+                                    let _ = answers.send(Err(status)).await;
+                                    return;
+                                }
+                            }
+                        }
                         let weight = match &message.kind {
                             Some(In::Batch(batch)) => batch.messages.len().max(1),
                             _ => 1,
@@ -296,8 +371,7 @@ async fn run_session(
                             }
                             Err(unfinished) => {
                                 in_progress += weight;
-                                let answer =
-                                    finish(registry.clone(), principal.clone(), unfinished);
+                                let answer = finish(registry.clone(), unfinished);
                                 pending.push(Box::pin(answer).map(move |done| (weight, done)));
                             }
                         }
@@ -369,10 +443,15 @@ impl GateService for Gate {
         request: Request<Streaming<TradeSessionRequest>>,
     ) -> Result<Response<Self::TradeSessionStream>, Status> {
         let principal = request.extensions().get::<Arc<Principal>>().cloned();
+        let credentials = request
+            .extensions()
+            .get::<Arc<SessionCredentials>>()
+            .cloned();
         let (answers, stream) = mpsc::channel(SESSION_WINDOW);
         tokio::spawn(run_session(
             self.registry.clone(),
             principal,
+            credentials,
             request.into_inner(),
             answers,
             self.shutdown.clone(),

@@ -42,7 +42,7 @@ impl MonitorService for Monitor {
         &self,
         request: Request<GetBreakerRequest>,
     ) -> Result<Response<GetBreakerResponse>, Status> {
-        let view = self.registry.get(&request.into_inner().account_id)?;
+        let view = self.registry.get(&request.into_inner().account_id).await?;
         Ok(Response::new(GetBreakerResponse {
             breaker: Some(convert::breaker(view)),
         }))
@@ -68,7 +68,7 @@ impl MonitorService for Monitor {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let (views, more) = self.registry.list(state, after, limit);
+        let (views, more) = self.registry.list(state, after, limit).await?;
         let next_page_token = match (more, views.last()) {
             (true, Some(last)) => last.account_id.clone(),
             _ => String::new(),
@@ -95,7 +95,8 @@ impl MonitorService for Monitor {
         })?;
         let subscription = self
             .registry
-            .subscribe(&request.account_ids, request.after_sequence)?;
+            .subscribe(&request.account_ids, request.after_sequence)
+            .await?;
         let stream = watch::start(
             self.registry.clock_handle(),
             subscription,

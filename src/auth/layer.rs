@@ -153,7 +153,8 @@ where
         }
         let certs = client_certs(&request);
         let client_cert = certs.as_deref().and_then(|c| c.first()).map(|c| c.as_ref());
-        let principal = match auth.policy().authenticate(request.headers(), client_cert) {
+        let policy = auth.policy();
+        let principal = match policy.authenticate(request.headers(), client_cert) {
             Ok(principal) => principal,
             // Orchestrator probes carry no credentials; health reveals nothing.
             Err(_) if service == Service::Health => return self.serve(request, in_flight),
@@ -186,6 +187,15 @@ where
                 auth.count(&auth.counters.rate_limited);
                 return Answer::refused(status);
             }
+        }
+        if service == Service::Gate && request.uri().path().ends_with("/TradeSession") {
+            let credentials = super::SessionCredentials {
+                auth: auth.clone(),
+                authorization: request.headers().get(http::header::AUTHORIZATION).cloned(),
+                client_cert: client_cert.map(<[u8]>::to_vec),
+                seen: std::sync::Mutex::new(Arc::clone(&policy)),
+            };
+            request.extensions_mut().insert(Arc::new(credentials));
         }
         request.extensions_mut().insert(principal);
         self.serve(request, in_flight)

@@ -287,6 +287,57 @@ pub fn principal_name<T>(request: &tonic::Request<T>) -> Option<Arc<str>> {
         .map(|p| p.name.clone())
 }
 
+/// What a long-lived call (a trade session) needs to authenticate its caller again: a reload
+/// may remove the principal, take its role away or narrow its accounts, and that must reach a
+/// stream that is already open, at its next message.
+pub struct SessionCredentials {
+    auth: Arc<Auth>,
+    authorization: Option<http::HeaderValue>,
+    client_cert: Option<Vec<u8>>,
+    /// The policy the principal was last authenticated under.
+    seen: std::sync::Mutex<Arc<AuthPolicy>>,
+}
+
+impl SessionCredentials {
+    /// The principal under the policy in force: `principal` itself unless the policy was
+    /// replaced since; then the principal the same credentials name now, or why the session
+    /// may not go on (`UNAUTHENTICATED`, `PERMISSION_DENIED`).
+    pub fn refresh(&self, principal: &Arc<Principal>) -> Result<Option<Arc<Principal>>, Status> {
+        let current = self.auth.policy.load_full();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Arc::ptr_eq(&current, &seen) {
+            return Ok(None);
+        }
+        let mut headers = http::HeaderMap::new();
+        if let Some(value) = &self.authorization {
+            headers.insert(http::header::AUTHORIZATION, value.clone());
+        }
+        let renewed = match current.authenticate(&headers, self.client_cert.as_deref()) {
+            Ok(renewed) => renewed,
+            Err(why) => {
+                crate::metrics::auth_refused("unauthenticated");
+                tracing::warn!(principal = %principal.name, why, "trade session ended: its credentials are no longer accepted");
+                return Err(Status::unauthenticated(format!(
+                    "the configuration was reloaded and this session's credentials are no longer accepted: {why}"
+                )));
+            }
+        };
+        if !Service::Gate.allows(renewed.roles) {
+            crate::metrics::auth_refused("permission_denied");
+            tracing::warn!(principal = %renewed.name, "trade session ended: the principal no longer has the bot role");
+            return Err(Status::permission_denied(format!(
+                "the configuration was reloaded and {} no longer has the bot role",
+                renewed.name
+            )));
+        }
+        *seen = current;
+        Ok(Some(renewed))
+    }
+}
+
 /// Shared by the layer and the server: the policy in force (swapped on reload) and counters.
 pub struct Auth {
     /// Read on every call without a lock (arc-swap), replaced whole on reload.

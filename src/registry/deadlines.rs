@@ -93,9 +93,10 @@ impl Registry {
                 }
                 let now = self.clock.now();
                 let transitions = slot.breaker.tick(&slot.settings, now);
-                let commit = self.after_change(&account_id, slot, transitions, false, None, None);
+                let commit =
+                    self.after_change(&account_id, slot, transitions, false, false, None, None);
                 self.schedule(&account_id, slot);
-                commit
+                commit.map(|commit| super::WhenDurable(super::Wait::Commit(commit)))
             };
             if let Err(error) = self.wait_durable(commit).await {
                 tracing::error!(account_id = %account_id, %error, "a timed transition is not stored yet; the store keeps retrying");

@@ -92,6 +92,27 @@ struct Slot {
     scheduled: Option<Timestamp>,
     /// The mode an operator set, which takes precedence over the configured one.
     mode: Option<Mode>,
+    /// The store ticket of this account's latest batch. An answer that describes the breaker
+    /// (a report's disposition, a view) waits until it is durable: a crash must not take back
+    /// what an answer relied on.
+    ticket: u64,
+    /// The store ticket of the latest batch that began a generation or changed the mode. An
+    /// answer that allows an order waits until it is durable, so that no order is allowed by a
+    /// reset, a recovery or a mode that a crash would undo, and no permit of a generation that
+    /// a crash would undo is handed out (it could be handed out again after the restart).
+    allow_after: u64,
+}
+
+/// What an answer waits for before it is given: its own batch (which covers every earlier
+/// one), or an earlier batch of its account that is not yet durable. Opaque to the wire layer,
+/// which hands it back to [`Registry::wait_durable`].
+#[derive(Debug)]
+pub struct WhenDurable(Wait);
+
+#[derive(Debug)]
+enum Wait {
+    Commit(Commit),
+    Ticket(u64),
 }
 
 /// Breakers read from the store, prepared on the reading thread.
@@ -111,6 +132,20 @@ struct Restored {
 pub(crate) struct Halts {
     firm: Option<Halt>,
     groups: BTreeMap<String, Halt>,
+    /// The store ticket of the latest halt or resume: a view of the halts waits for it.
+    ticket: u64,
+    /// Resumes submitted but not yet durable, oldest first: each halt stays in force until its
+    /// resume is durable (loosening never acts before it can be kept), then ends unless a newer
+    /// halt of the same layer replaced it meanwhile.
+    resuming: Vec<Resuming>,
+}
+
+#[derive(Clone, Debug)]
+struct Resuming {
+    ticket: u64,
+    layer: Layer,
+    /// The halt it ends.
+    halt: Halt,
 }
 
 pub struct Registry {
@@ -121,6 +156,9 @@ pub struct Registry {
     halts: RwLock<Halts>,
     /// Whether any halt is in force: the one thing a check reads about halts when none is.
     halted: AtomicBool,
+    /// Whether any resume waits to become durable: the one thing publishing reads about them
+    /// when none does.
+    resuming: AtomicBool,
     max_accounts: usize,
     /// Accounts in all shards; changed only when an account is created.
     accounts: AtomicUsize,
@@ -154,6 +192,7 @@ impl Registry {
             policy: RwLock::new(Arc::new(options.policy)),
             halts: RwLock::new(Halts::default()),
             halted: AtomicBool::new(false),
+            resuming: AtomicBool::new(false),
             max_accounts: options.max_accounts,
             accounts: AtomicUsize::new(0),
             events: EventLog::new(
@@ -308,6 +347,9 @@ impl Registry {
                 last_sequence: stored.last_sequence,
                 scheduled: None,
                 mode: stored.mode,
+                // Everything loaded is durable.
+                ticket: 0,
+                allow_after: 0,
             },
             account_id,
         }
@@ -338,7 +380,7 @@ impl Registry {
         tokio::pin!(shutdown);
         let mut changed = self.signals.subscribe();
         loop {
-            self.events.publish_through(self.signals.durable_sequence());
+            self.publish();
             tokio::select! {
                 _ = &mut shutdown => return,
                 result = changed.changed() => if result.is_err() { return },
@@ -358,19 +400,31 @@ impl Registry {
         self.accounts.load(Ordering::Relaxed)
     }
 
-    /// The full view of one breaker.
-    pub fn get(&self, account_id: &str) -> Result<BreakerView> {
+    /// The full view of one breaker, once everything it shows is durable.
+    pub async fn get(&self, account_id: &str) -> Result<BreakerView> {
         validate_account_id(account_id)?;
         self.ensure_ready()?;
         let now = self.clock.now();
-        let shard = self.shard(account_id);
-        let slot = shard
-            .get(account_id)
-            .ok_or_else(|| Error::UnknownAccount(account_id.to_owned()))?;
-        let mut view = slot.view(account_id, now);
-        drop(shard);
+        let (mut view, ticket) = {
+            let shard = self.shard(account_id);
+            let slot = shard
+                .get(account_id)
+                .ok_or_else(|| Error::UnknownAccount(account_id.to_owned()))?;
+            (slot.view(account_id, now), slot.ticket)
+        };
+        self.durable_through(ticket).await?;
         self.add_groups(std::slice::from_mut(&mut view));
         Ok(view)
+    }
+
+    /// Waits until the store's batch `ticket` is durable, then shows watchers what became
+    /// durable with it.
+    async fn durable_through(&self, ticket: u64) -> Result<()> {
+        if !self.signals.is_durable(ticket) {
+            self.wait_durable(Some(WhenDurable(Wait::Ticket(ticket))))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Fills in the groups each viewed account belongs to.
@@ -388,15 +442,30 @@ impl Registry {
     }
 
     /// Breakers ordered by account id, after `after` (exclusive), at most `limit`, optionally
-    /// only those in `state`. Returns the page and whether more follow.
-    pub fn list(
+    /// only those in `state`, once everything they show is durable. Returns the page and
+    /// whether more follow.
+    pub async fn list(
         &self,
         state: Option<State>,
         after: Option<&str>,
         limit: usize,
-    ) -> (Vec<BreakerView>, bool) {
+    ) -> Result<(Vec<BreakerView>, bool)> {
+        self.ensure_ready()?;
+        let (views, more, ticket) = self.list_now(state, after, limit);
+        self.durable_through(ticket).await?;
+        Ok((views, more))
+    }
+
+    /// [`Registry::list`] as memory holds it, with the ticket it must wait for.
+    fn list_now(
+        &self,
+        state: Option<State>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<BreakerView>, bool, u64) {
         let now = self.clock.now();
         let mut views = Vec::new();
+        let mut ticket = 0;
         for shard in self.shards.iter() {
             let shard = lock(shard);
             views.extend(
@@ -404,19 +473,23 @@ impl Registry {
                     .iter()
                     .filter(|(id, _)| after.is_none_or(|after| *id > after))
                     .filter(|(_, slot)| state.is_none_or(|s| slot.breaker.state() == s))
-                    .map(|(id, slot)| slot.view(id, now)),
+                    .map(|(id, slot)| {
+                        ticket = ticket.max(slot.ticket);
+                        slot.view(id, now)
+                    }),
             );
         }
         views.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
         let more = views.len() > limit;
         views.truncate(limit);
         self.add_groups(&mut views);
-        (views, more)
+        (views, more, ticket)
     }
 
     /// Starts following events: with `after` (resume), the retained events after it; without,
-    /// a snapshot of the watched breakers (all when `accounts` is empty).
-    pub fn subscribe(&self, accounts: &[String], after: Option<u64>) -> Result<Subscription> {
+    /// a snapshot of the watched breakers (all when `accounts` is empty), given once everything
+    /// it shows is durable.
+    pub async fn subscribe(&self, accounts: &[String], after: Option<u64>) -> Result<Subscription> {
         for account_id in accounts {
             validate_account_id(account_id)?;
         }
@@ -428,20 +501,31 @@ impl Registry {
             live,
             as_of,
         } = self.events.subscribe(after)?;
-        let snapshot = after.is_none().then(|| {
-            let now = self.clock.now();
-            if accounts.is_empty() {
-                let (views, _) = self.list(None, None, usize::MAX);
-                views
-            } else {
-                let mut views: Vec<BreakerView> = accounts
-                    .iter()
-                    .filter_map(|id| self.shard(id).get(id.as_str()).map(|s| s.view(id, now)))
-                    .collect();
-                self.add_groups(&mut views);
-                views
+        let snapshot = match after {
+            Some(_) => None,
+            None => {
+                let now = self.clock.now();
+                let (views, ticket) = if accounts.is_empty() {
+                    let (views, _, ticket) = self.list_now(None, None, usize::MAX);
+                    (views, ticket)
+                } else {
+                    let mut ticket = 0;
+                    let mut views: Vec<BreakerView> = accounts
+                        .iter()
+                        .filter_map(|id| {
+                            self.shard(id).get(id.as_str()).map(|slot| {
+                                ticket = ticket.max(slot.ticket);
+                                slot.view(id, now)
+                            })
+                        })
+                        .collect();
+                    self.add_groups(&mut views);
+                    (views, ticket)
+                };
+                self.durable_through(ticket).await?;
+                Some(views)
             }
-        });
+        };
         Ok(Subscription {
             snapshot,
             replay,
@@ -502,12 +586,14 @@ impl Registry {
     /// Called with the account's shard lock held, which keeps sequence order and per-account
     /// order the same. Returns `None` when nothing needs storing.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn after_change(
         &self,
         account_id: &str,
         slot: &mut Slot,
         transitions: Transitions,
         persist: bool,
+        mode_changed: bool,
         operator: Option<&OperatorAction>,
         audit: Option<AuditRecord>,
     ) -> Option<Commit> {
@@ -515,7 +601,13 @@ impl Registry {
         if transitions.is_empty() && !persist && audit.is_none() {
             return None;
         }
-        self.record_change(account_id, slot, transitions, operator, audit)
+        let loosening = mode_changed || !transitions.is_empty();
+        let commit = self.record_change(account_id, slot, transitions, operator, audit);
+        slot.ticket = commit.ticket();
+        if loosening {
+            slot.allow_after = commit.ticket();
+        }
+        Some(commit)
     }
 
     fn record_change(
@@ -525,7 +617,7 @@ impl Registry {
         transitions: Transitions,
         operator: Option<&OperatorAction>,
         audit: Option<AuditRecord>,
-    ) -> Option<Commit> {
+    ) -> Commit {
         self.schedule(account_id, slot);
         for t in transitions.iter() {
             crate::metrics::transition(&t);
@@ -565,20 +657,32 @@ impl Registry {
                 halt: None,
             })
         };
-        Some(if events.is_empty() {
+        if events.is_empty() {
             submit(slot, Vec::new())
         } else {
             self.events.append(events, |events| submit(slot, events))
-        })
+        }
     }
 
-    /// Waits until `commit` is durable, then shows watchers what became durable with it.
-    pub(crate) async fn wait_durable(&self, commit: Option<Commit>) -> Result<()> {
-        if let Some(commit) = commit {
-            commit.durable().await?;
-            self.events.publish_through(self.signals.durable_sequence());
+    /// Waits until what an answer depends on is durable, then shows watchers what became
+    /// durable with it.
+    pub async fn wait_durable(&self, when: Option<WhenDurable>) -> Result<()> {
+        let Some(WhenDurable(wait)) = when else {
+            return Ok(());
+        };
+        match wait {
+            Wait::Commit(commit) => commit.durable().await?,
+            Wait::Ticket(ticket) => self.signals.durable_through(ticket).await?,
         }
+        self.publish();
         Ok(())
+    }
+
+    /// Shows watchers every event that is durable, and lets every resume that is durable take
+    /// effect.
+    fn publish(&self) {
+        self.events.publish_through(self.signals.durable_sequence());
+        self.settle_resumes();
     }
 
     fn ensure_ready(&self) -> Result<()> {

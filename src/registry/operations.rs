@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::{
     read, reasons, validate_account_id, write, BreakerView, Event, Layer, OperatorAction, Registry,
-    Slot,
+    Slot, Wait, WhenDurable,
 };
 use crate::core::{
     permit, Cause, Decision, Denial, Disposition, Failure, Intent, Mode, Pass, Permit, Report,
@@ -128,6 +128,19 @@ struct Change<R> {
     transitions: Transitions,
     /// Durable state changed even without a transition (a failure counted, a probe granted).
     persist: bool,
+    /// Which of the account's earlier changes the answer relies on.
+    relies_on: Reliance,
+}
+
+/// Which of an account's changes not yet durable an answer must wait for, besides its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reliance {
+    /// None: a denial (tightening acts at once), a cancel.
+    Nothing,
+    /// The generation and mode the answer allows an order under.
+    Allowing,
+    /// Everything the breaker holds: a report's disposition and state, an operator's view.
+    Everything,
 }
 
 impl Registry {
@@ -137,18 +150,33 @@ impl Registry {
     /// closed rather than allow orders whose outcomes could not be kept); then the account's
     /// breaker, applied as its mode says.
     pub async fn check(&self, account_id: &str, intent: Intent) -> Result<CheckResult> {
-        let (result, commit) = self.decide(account_id, intent)?;
-        self.wait_durable(commit).await?;
-        Ok(result)
+        let (result, when) = self.decide(account_id, intent)?;
+        self.settle_check(account_id, result, when).await
     }
 
-    /// The decision of a check, without waiting: the answer, and the store commit it must wait
-    /// for before it is given (a probe granted), if any. Never blocks.
+    /// Gives a decided check's answer once what it relies on is durable. If the store fails
+    /// meanwhile, the order is denied as every order is while the store cannot write.
+    pub async fn settle_check(
+        &self,
+        account_id: &str,
+        result: CheckResult,
+        when: Option<WhenDurable>,
+    ) -> Result<CheckResult> {
+        match self.wait_durable(when).await {
+            Ok(()) => Ok(result),
+            Err(Error::Store(_)) => Ok(self.store_unavailable(account_id)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The decision of a check, without waiting: the answer, and what must be durable before
+    /// it is given (a probe granted; a reset, a recovery or a mode that an allowed order relies
+    /// on, while not yet durable), if anything. Never blocks.
     pub fn decide(
         &self,
         account_id: &str,
         intent: Intent,
-    ) -> Result<(CheckResult, Option<Commit>)> {
+    ) -> Result<(CheckResult, Option<WhenDurable>)> {
         validate_account_id(account_id)?;
         self.ensure_ready()?;
         if intent == Intent::Cancel {
@@ -187,6 +215,7 @@ impl Registry {
                         .explained(Explanation::reason(DISABLED.into())),
                         transitions: Transitions::default(),
                         persist: false,
+                        relies_on: Reliance::Allowing,
                     };
                 }
                 let (decision, transitions) = breaker.check_order(settings, now, intent);
@@ -221,10 +250,16 @@ impl Registry {
                         });
                     }
                 }
+                let relies_on = if result.allowed {
+                    Reliance::Allowing
+                } else {
+                    Reliance::Nothing
+                };
                 Change {
                     result,
                     transitions,
                     persist: probe_granted,
+                    relies_on,
                 }
             },
         )
@@ -288,28 +323,45 @@ impl Registry {
         })
     }
 
+    /// The answer while the store cannot write: denied in every mode, since a mode applies to
+    /// the account's breaker only, and what riskgate cannot record it cannot stand behind.
     fn store_unavailable(&self, account_id: &str) -> CheckResult {
         let (state, failure_count, mode) = self.peek(account_id);
-        let result = CheckResult::new(mode != Mode::Enforce, state, failure_count, mode);
-        if mode == Mode::Disabled {
-            return result.explained(Explanation::reason(DISABLED.into()));
-        }
-        let detail = self.signals.last_error().unwrap_or_default();
+        let detail = self
+            .signals
+            .last_error()
+            .unwrap_or_else(|| "a change is not yet on disk".into());
         let reason = format!("store unavailable: orders are denied until riskgate can record outcomes again ({detail})");
-        result.explained(Explanation {
+        CheckResult::new(false, state, failure_count, mode).explained(Explanation {
             denied: Some(Denied::StoreUnavailable),
-            reason: shadowed(mode, reason),
+            reason,
             ..Explanation::default()
         })
     }
 
-    /// Records how an order ended. An empty `permit_id` applies to the current generation.
+    /// Records how an order ended, and answers once the outcome and everything its answer
+    /// relies on (an earlier report of the same permit, say) is durable. An empty `permit_id`
+    /// applies to the current generation.
     pub async fn report(
         &self,
         account_id: &str,
         permit_id: &str,
         report: Report,
     ) -> Result<ReportResult> {
+        let (result, when) = self.record_report(account_id, permit_id, report)?;
+        self.wait_durable(when).await?;
+        Ok(result)
+    }
+
+    /// Applies a reported outcome to the breaker at once, and says what must be durable before
+    /// the answer is given. Never blocks: a trade session applies its messages in the order
+    /// they arrive, and waits for their answers apart.
+    pub fn record_report(
+        &self,
+        account_id: &str,
+        permit_id: &str,
+        report: Report,
+    ) -> Result<(ReportResult, Option<WhenDurable>)> {
         validate_account_id(account_id)?;
         self.ensure_writable()?;
         let tag = permit::account_tag(account_id);
@@ -322,7 +374,7 @@ impl Registry {
                 })?,
             ),
         };
-        let (result, commit) = self.update(account_id, Time::Exact, None, None, |slot, now| {
+        self.update(account_id, Time::Exact, None, None, |slot, now| {
             let mode = slot.mode();
             let Slot {
                 breaker, settings, ..
@@ -336,6 +388,7 @@ impl Registry {
                     },
                     transitions: Transitions::default(),
                     persist: false,
+                    relies_on: Reliance::Everything,
                 };
             }
             let probes_before = breaker.probes().len();
@@ -353,10 +406,9 @@ impl Registry {
                 },
                 transitions,
                 persist,
+                relies_on: Reliance::Everything,
             }
-        })?;
-        self.wait_durable(commit).await?;
-        Ok(result)
+        })
     }
 
     /// Operator reset: CLOSED, all counters cleared. `peer` is the caller's address.
@@ -456,7 +508,7 @@ impl Registry {
             peer: peer.to_owned(),
             detail: detail.clone(),
         };
-        let ((), commit) = self.update(
+        let ((), when) = self.update(
             account_id,
             Time::Exact,
             Some(&action),
@@ -465,10 +517,11 @@ impl Registry {
                 result: (),
                 transitions: act(slot, now).map(Transitions::one).unwrap_or_default(),
                 persist: true,
+                relies_on: Reliance::Everything,
             },
         )?;
-        self.wait_durable(commit).await?;
-        self.get(account_id)
+        self.wait_durable(when).await?;
+        self.get(account_id).await
     }
 
     /// Halts trading firm-wide (`Layer::Firm`) or for a group: every non-cancel check of the
@@ -493,53 +546,111 @@ impl Registry {
                 }
                 _ => halts.firm = Some(halt.clone()),
             }
+            // A resume still on its way to disk no longer ends anything: this halt replaced
+            // the one it ended, and reaches the store after it.
+            halts.resuming.retain(|r| r.layer != layer);
             self.halted.store(true, Ordering::Release);
             crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
-            self.halt_changed(&layer, before, State::Open, Some(halt), action, peer, now)
+            let commit =
+                self.halt_changed(&layer, before, State::Open, Some(halt), action, peer, now);
+            halts.ticket = commit.ticket();
+            commit
         };
-        self.wait_halt_durable(commit, "halt").await
+        self.wait_halt_durable(WhenDurable(Wait::Commit(commit)), "halt")
+            .await
     }
 
-    /// Ends a firm-wide or group halt.
+    /// Ends a firm-wide or group halt, once the resume is durable: until then the halt stays
+    /// in force (a crash before would bring it back after orders were allowed). Refused while
+    /// the store cannot write.
     pub async fn resume(&self, layer: Layer, action: OperatorAction, peer: &str) -> Result<()> {
-        self.ensure_ready()?;
+        self.ensure_writable()?;
         let now = self.clock.now();
-        let commit = {
+        let when = {
             let mut halts = write(&self.halts);
-            let removed = match &layer {
-                Layer::Group(name) => halts.groups.remove(name).is_some(),
-                _ => halts.firm.take().is_some(),
+            let in_force = match &layer {
+                Layer::Group(name) => halts.groups.get(name).cloned(),
+                _ => halts.firm.clone(),
             };
-            if !removed {
+            if let Some(pending) = halts.resuming.iter().find(|r| r.layer == layer) {
+                // Resumed already, not yet on disk: this call waits for that resume.
+                WhenDurable(Wait::Ticket(pending.ticket))
+            } else if let Some(ended) = in_force {
+                let commit =
+                    self.halt_changed(&layer, State::Open, State::Closed, None, action, peer, now);
+                halts.ticket = commit.ticket();
+                halts.resuming.push(super::Resuming {
+                    ticket: commit.ticket(),
+                    layer,
+                    halt: ended,
+                });
+                self.resuming.store(true, Ordering::Release);
+                WhenDurable(Wait::Commit(commit))
+            } else {
                 return Err(Error::NotHalted(match &layer {
                     Layer::Group(name) => format!("group {name}"),
                     _ => "the firm".to_owned(),
                 }));
             }
-            self.halted.store(
-                halts.firm.is_some() || !halts.groups.is_empty(),
-                Ordering::Release,
-            );
-            crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
-            self.halt_changed(&layer, State::Open, State::Closed, None, action, peer, now)
         };
-        self.wait_halt_durable(commit, "resume").await
+        self.wait_halt_durable(when, "resume").await
     }
 
-    /// The halts in force, firm-wide first.
-    pub fn halts(&self) -> Vec<(Layer, Halt)> {
-        let halts = read(&self.halts);
-        halts
-            .firm
-            .iter()
-            .map(|h| (Layer::Firm, h.clone()))
-            .chain(
-                halts
-                    .groups
-                    .iter()
-                    .map(|(name, h)| (Layer::Group(name.clone()), h.clone())),
-            )
-            .collect()
+    /// Ends every halt whose resume is durable. Called whenever something became durable
+    /// (a resume carries an event, so the publisher wakes for each), whether or not the
+    /// operator who resumed still waits.
+    pub(super) fn settle_resumes(&self) {
+        if !self.resuming.load(Ordering::Acquire) {
+            return;
+        }
+        let mut halts = write(&self.halts);
+        let resuming = std::mem::take(&mut halts.resuming);
+        let (durable, pending): (Vec<_>, Vec<_>) = resuming
+            .into_iter()
+            .partition(|r| self.signals.is_durable(r.ticket));
+        halts.resuming = pending;
+        for super::Resuming { layer, halt, .. } in durable {
+            match &layer {
+                Layer::Group(name) => {
+                    if halts.groups.get(name) == Some(&halt) {
+                        halts.groups.remove(name);
+                    }
+                }
+                _ => {
+                    if halts.firm.as_ref() == Some(&halt) {
+                        halts.firm = None;
+                    }
+                }
+            }
+        }
+        self.resuming
+            .store(!halts.resuming.is_empty(), Ordering::Release);
+        self.halted.store(
+            halts.firm.is_some() || !halts.groups.is_empty(),
+            Ordering::Release,
+        );
+        crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
+    }
+
+    /// The halts in force, firm-wide first, once they are durable.
+    pub async fn halts(&self) -> Result<Vec<(Layer, Halt)>> {
+        let (list, ticket) = {
+            let halts = read(&self.halts);
+            let list = halts
+                .firm
+                .iter()
+                .map(|h| (Layer::Firm, h.clone()))
+                .chain(
+                    halts
+                        .groups
+                        .iter()
+                        .map(|(name, h)| (Layer::Group(name.clone()), h.clone())),
+                )
+                .collect();
+            (list, halts.ticket)
+        };
+        self.durable_through(ticket).await?;
+        Ok(list)
     }
 
     fn check_group(&self, layer: &Layer) -> Result<()> {
@@ -618,12 +729,17 @@ impl Registry {
         })
     }
 
-    async fn wait_halt_durable(&self, commit: Commit, what: &str) -> Result<()> {
-        match self.wait_durable(Some(commit)).await {
+    async fn wait_halt_durable(&self, when: WhenDurable, what: &str) -> Result<()> {
+        let taking_effect = if what == "resume" {
+            "the resume takes effect once it is on disk, and the halt stays in force until then"
+        } else {
+            "the halt is in force but not yet on disk"
+        };
+        match self.wait_durable(Some(when)).await {
             Err(Error::Store(crate::store::StoreError::Unavailable(detail))) => {
-                Err(Error::Store(crate::store::StoreError::Unavailable(format!(
-                    "the {what} is in force but not yet on disk; riskgate keeps retrying the write ({detail})"
-                ))))
+                Err(Error::Store(crate::store::StoreError::Unavailable(
+                    format!("{taking_effect}; riskgate keeps retrying the write ({detail})"),
+                )))
             }
             other => other,
         }
@@ -638,7 +754,7 @@ impl Registry {
         operator: Option<&OperatorAction>,
         audit: Option<&dyn Fn(State, State, Timestamp) -> AuditRecord>,
         operation: impl FnOnce(&mut Slot, Timestamp) -> Change<R>,
-    ) -> Result<(R, Option<Commit>)> {
+    ) -> Result<(R, Option<WhenDurable>)> {
         let mut shard = self.shard(account_id);
         let slot = shard.get_or_try_insert(account_id, || {
             self.reserve_account()?;
@@ -650,6 +766,8 @@ impl Registry {
                 last_sequence: 0,
                 scheduled: None,
                 mode: None,
+                ticket: 0,
+                allow_after: 0,
             })
         })?;
         // Read under the lock, so that one breaker never sees time go backwards. A recent
@@ -659,14 +777,40 @@ impl Registry {
             _ => self.clock.now(),
         };
         let before = slot.breaker.state();
+        let mode_before = slot.mode;
         let Change {
             result,
             transitions,
             persist,
+            relies_on,
         } = operation(slot, now);
         let audit = audit.map(|record| record(before, slot.breaker.state(), now));
-        let commit = self.after_change(account_id, slot, transitions, persist, operator, audit);
-        Ok((result, commit))
+        let mode_changed = slot.mode != mode_before;
+        let commit = self.after_change(
+            account_id,
+            slot,
+            transitions,
+            persist,
+            mode_changed,
+            operator,
+            audit,
+        );
+        // The answer's own batch comes after every earlier one of the account: waiting for it
+        // covers them. Without one, it waits for the earlier change it relies on, if that is
+        // not yet durable.
+        let relied_on = match relies_on {
+            Reliance::Nothing => 0,
+            Reliance::Allowing => slot.allow_after,
+            Reliance::Everything => slot.ticket,
+        };
+        let when = match commit {
+            Some(commit) => Some(WhenDurable(Wait::Commit(commit))),
+            None if !self.signals.is_durable(relied_on) => {
+                Some(WhenDurable(Wait::Ticket(relied_on)))
+            }
+            None => None,
+        };
+        Ok((result, when))
     }
 }
 

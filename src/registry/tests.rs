@@ -48,16 +48,22 @@ async fn a_deadline_fires_at_its_time_and_not_before() {
             .await
             .expect("report");
     }
-    assert_eq!(registry.get("ACC").expect("breaker").state, State::Open);
+    assert_eq!(
+        registry.get("ACC").await.expect("breaker").state,
+        State::Open
+    );
     assert_eq!(registry.last_sequence(), 1);
 
     clock.advance(Duration::from_secs(299));
     registry.fire_due(clock.now()).await;
-    assert_eq!(registry.get("ACC").expect("breaker").state, State::Open);
+    assert_eq!(
+        registry.get("ACC").await.expect("breaker").state,
+        State::Open
+    );
 
     clock.advance(Duration::from_secs(1));
     registry.fire_due(clock.now()).await;
-    let breaker = registry.get("ACC").expect("breaker");
+    let breaker = registry.get("ACC").await.expect("breaker");
     assert_eq!(breaker.state, State::HalfOpen);
     assert_eq!(breaker.last_sequence, 2);
     assert_eq!(registry.last_sequence(), 2);
@@ -73,7 +79,7 @@ async fn a_permit_is_refused_for_another_account_and_nothing_changes() {
         .expect("check")
         .permit_id();
     registry.check("B", Intent::New).await.expect("check");
-    let before = registry.get("B").expect("breaker");
+    let before = registry.get("B").await.expect("breaker");
     let refused = registry
         .report("B", &permit, Report::failure(FailureKind::Unspecified))
         .await;
@@ -81,7 +87,7 @@ async fn a_permit_is_refused_for_another_account_and_nothing_changes() {
         matches!(refused, Err(Error::InvalidPermit { .. })),
         "{refused:?}"
     );
-    assert_eq!(registry.get("B").expect("breaker"), before);
+    assert_eq!(registry.get("B").await.expect("breaker"), before);
 }
 
 fn with_policy(clock: Arc<ManualClock>, store: Arc<MemoryStore>, policy: Policy) -> Registry {
@@ -144,7 +150,10 @@ async fn a_firm_halt_denies_every_order_but_cancels_and_leaves_breakers_alone() 
     }
     let cancel = registry.check("ACC", Intent::Cancel).await.expect("check");
     assert!(cancel.allowed && cancel.permit.is_none());
-    assert_eq!(registry.get("ACC").expect("breaker").state, State::Closed);
+    assert_eq!(
+        registry.get("ACC").await.expect("breaker").state,
+        State::Closed
+    );
     // A restart keeps the halt.
     let restarted = with_policy(
         Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(2))),
@@ -206,7 +215,7 @@ async fn a_group_halt_denies_its_accounts_only_and_names_the_group() {
     ));
     // A halted account that never traded gets no breaker from being denied.
     assert!(matches!(
-        registry.get("desk-a:7"),
+        registry.get("desk-a:7").await,
         Err(Error::UnknownAccount(_))
     ));
 }
@@ -221,7 +230,10 @@ async fn shadow_mode_never_denies_but_says_what_it_would_do() {
         .expect("mode");
     fail(&registry, "ACC").await;
     fail(&registry, "ACC").await;
-    assert_eq!(registry.get("ACC").expect("breaker").state, State::Open);
+    assert_eq!(
+        registry.get("ACC").await.expect("breaker").state,
+        State::Open
+    );
     for _ in 0..5 {
         let result = registry.check("ACC", Intent::New).await.expect("check");
         assert!(result.allowed);
@@ -249,20 +261,23 @@ async fn disabled_mode_allows_everything_and_records_nothing() {
         .await
         .expect("mode");
     assert!(view.mode_set_by_operator);
-    let before = registry.get("ACC").expect("breaker");
+    let before = registry.get("ACC").await.expect("breaker");
     for _ in 0..5 {
         fail(&registry, "ACC").await;
         let result = registry.check("ACC", Intent::New).await.expect("check");
         assert!(result.allowed && result.denied().is_none());
     }
-    assert_eq!(registry.get("ACC").expect("breaker"), before);
+    assert_eq!(registry.get("ACC").await.expect("breaker"), before);
     // The operator's mode survives a restart, and back to the configured mode it enforces.
     let restarted = with_policy(
         Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(2))),
         store,
         desk_policy(),
     );
-    assert_eq!(restarted.get("ACC").expect("breaker").mode, Mode::Disabled);
+    assert_eq!(
+        restarted.get("ACC").await.expect("breaker").mode,
+        Mode::Disabled
+    );
     restarted
         .set_mode("ACC", None, action("done"), "peer")
         .await
@@ -283,7 +298,7 @@ async fn a_reload_applies_to_the_next_decision_and_keeps_every_breaker() {
     let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(1)));
     let registry = with_policy(clock, Arc::new(MemoryStore::new(100)), desk_policy());
     fail(&registry, "ACC").await;
-    let before = registry.get("ACC").expect("breaker");
+    let before = registry.get("ACC").await.expect("breaker");
     assert_eq!(before.failure_count, 1);
     let mut policy = desk_policy();
     policy.defaults = Arc::new(Settings {
@@ -292,13 +307,16 @@ async fn a_reload_applies_to_the_next_decision_and_keeps_every_breaker() {
     });
     policy.version = "v2".into();
     registry.reload(policy);
-    let after = registry.get("ACC").expect("breaker");
+    let after = registry.get("ACC").await.expect("breaker");
     assert_eq!((after.state, after.failure_count), (State::Closed, 1));
     assert_eq!(after.settings.failure_threshold, 1);
     // History is not rewritten: the next failure decides, under the new threshold.
     fail(&registry, "ACC").await;
-    assert_eq!(registry.get("ACC").expect("breaker").state, State::Open);
-    let feed = registry.subscribe(&[], Some(0)).expect("subscribe");
+    assert_eq!(
+        registry.get("ACC").await.expect("breaker").state,
+        State::Open
+    );
+    let feed = registry.subscribe(&[], Some(0)).await.expect("subscribe");
     assert_eq!(&*feed.replay[0].config_version, "v2");
 }
 
@@ -357,7 +375,7 @@ async fn a_restart_restores_every_breaker_across_load_chunks() {
     }
     let registry = open(clock);
     assert_eq!(registry.account_count(), accounts);
-    let (all, more) = registry.list(None, None, usize::MAX);
+    let (all, more) = registry.list(None, None, usize::MAX).await.expect("list");
     assert!(!more);
     assert_eq!(all.len(), accounts);
     for view in &all {

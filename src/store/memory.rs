@@ -23,6 +23,8 @@ struct Inner {
     audit: Vec<AuditRecord>,
     halts: Vec<(Layer, Halt)>,
     last_sequence: u64,
+    /// The last batch's ticket.
+    ticket: u64,
     /// Events kept, like the registry's own retention.
     retained_events: usize,
 }
@@ -60,6 +62,8 @@ impl Store for MemoryStore {
 
     fn submit(&self, batch: Batch) -> Commit {
         let mut inner = self.lock();
+        inner.ticket += 1;
+        let ticket = inner.ticket;
         if let Some(breaker) = batch.breaker {
             inner.breakers.insert(breaker.account_id.clone(), breaker);
         }
@@ -83,10 +87,8 @@ impl Store for MemoryStore {
             inner.audit.push(record);
         }
         drop(inner);
-        if durable.is_some() {
-            self.signals.wrote(durable);
-        }
-        Commit::done(Ok(()))
+        self.signals.wrote(durable, ticket);
+        Commit::durable_now(ticket)
     }
 
     fn signals(&self) -> Arc<StoreSignals> {

@@ -10,14 +10,21 @@
 //! - The returned [`Commit`] resolves once the batch is as durable as the store promises, or with
 //!   `StoreError::Unavailable` if writing failed. A failed batch is not dropped: the store keeps
 //!   retrying it, in order, so the outcome of a failed call is "not known yet", never "lost".
+//! - Every batch gets a *ticket* as it is submitted: 1, 2, 3, ... in submission order. Batches
+//!   become durable in that order, so one number, the durable ticket, says which are. The
+//!   registry keeps each account's latest ticket, so that an answer that relies on an earlier
+//!   change (a duplicate report, a view of the breaker) waits for that change, not only for
+//!   its own.
 //! - [`StoreSignals`] says whether the store is accepting writes and up to which event sequence
-//!   everything is durable; events are shown to watchers only up to that sequence.
+//!   and which ticket everything is durable; events are shown to watchers only up to that
+//!   sequence.
 //! - `load` is called once, before the service answers.
 
 mod memory;
 mod sqlite;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use thiserror::Error;
@@ -208,14 +215,25 @@ pub trait Store: Send + Sync + 'static {
     fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
+/// Tells one waiter that its ticket is durable, or that writing failed.
+type DurableReply = oneshot::Sender<Result<(), StoreError>>;
+
 /// How the store is doing, shared with the registry and the health service.
 #[derive(Debug)]
 pub struct StoreSignals {
     writable: AtomicBool,
     durable_sequence: AtomicU64,
+    /// Every batch up to this ticket is durable.
+    durable_ticket: AtomicU64,
     last_error: Mutex<Option<String>>,
-    /// Ticks on every change of the above.
+    /// Ticks on every change of writability or of the durable sequence (not of the ticket:
+    /// most commits carry no event, and the publisher need not wake for them).
     changed: watch::Sender<()>,
+    /// Answers waiting for a ticket to become durable, by ticket. Rare (a duplicate report, a
+    /// check right after a reset, a view of a breaker that just changed), so a lock will do.
+    waiters: Mutex<BTreeMap<u64, Vec<DurableReply>>>,
+    /// Entries in `waiters`, so that a commit nobody waits for takes no lock.
+    waiting: AtomicUsize,
 }
 
 impl StoreSignals {
@@ -223,9 +241,50 @@ impl StoreSignals {
         StoreSignals {
             writable: AtomicBool::new(true),
             durable_sequence: AtomicU64::new(durable_sequence),
+            durable_ticket: AtomicU64::new(0),
             last_error: Mutex::new(None),
             changed: watch::channel(()).0,
+            waiters: Mutex::new(BTreeMap::new()),
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether the batch of `ticket` (and every batch before it) is durable. Ticket 0 is no
+    /// batch at all, durable from the start.
+    pub fn is_durable(&self, ticket: u64) -> bool {
+        self.durable_ticket.load(Ordering::Acquire) >= ticket
+    }
+
+    /// Resolves once the batch of `ticket` is durable; with `Unavailable` at once while the
+    /// store cannot write (the batch is still retried), or when writing fails meanwhile.
+    pub async fn durable_through(&self, ticket: u64) -> Result<(), StoreError> {
+        if self.is_durable(ticket) {
+            return Ok(());
+        }
+        let receiver = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked again under the lock: `wrote` and `failed` answer waiters under it.
+            if self.is_durable(ticket) {
+                return Ok(());
+            }
+            if ticket == NEVER_DURABLE || !self.is_writable() {
+                return Err(self.not_durable());
+            }
+            let (sender, receiver) = oneshot::channel();
+            waiters.entry(ticket).or_default().push(sender);
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            receiver
+        };
+        receiver.await.unwrap_or_else(|_| Err(self.not_durable()))
+    }
+
+    fn not_durable(&self) -> StoreError {
+        let detail = self
+            .last_error()
+            .unwrap_or_else(|| "the store is closed".into());
+        StoreError::Unavailable(format!(
+            "a change this answer depends on is not yet on disk ({detail})"
+        ))
     }
 
     /// Whether the last write succeeded.
@@ -250,10 +309,22 @@ impl StoreSignals {
         self.changed.subscribe()
     }
 
-    pub(crate) fn wrote(&self, durable_sequence: Option<u64>) {
+    /// Records a successful write: every event up to `durable_sequence` (when the write held
+    /// any) and every batch up to `ticket` is durable.
+    pub fn wrote(&self, durable_sequence: Option<u64>, ticket: u64) {
         let mut changed = false;
         if let Some(sequence) = durable_sequence {
             changed |= self.durable_sequence.fetch_max(sequence, Ordering::AcqRel) < sequence;
+        }
+        self.durable_ticket.fetch_max(ticket, Ordering::AcqRel);
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            let later = waiters.split_off(&ticket.saturating_add(1));
+            let done = std::mem::replace(&mut *waiters, later);
+            for sender in done.into_values().flatten() {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                let _ = sender.send(Ok(()));
+            }
         }
         if !self.writable.swap(true, Ordering::AcqRel) {
             tracing::info!("the store accepts writes again");
@@ -269,7 +340,9 @@ impl StoreSignals {
         }
     }
 
-    pub(crate) fn failed(&self, error: &str) {
+    /// Records a failed write: the store refuses changes until a write succeeds, and every
+    /// answer waiting for a ticket is answered `Unavailable` (its batch is still retried).
+    pub fn failed(&self, error: &str) {
         if self.writable.swap(false, Ordering::AcqRel) {
             tracing::error!(
                 error,
@@ -280,13 +353,26 @@ impl StoreSignals {
             .last_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(error.to_owned());
+        let waiting =
+            std::mem::take(&mut *self.waiters.lock().unwrap_or_else(PoisonError::into_inner));
+        for sender in waiting.into_values().flatten() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            let _ = sender.send(Err(self.not_durable()));
+        }
         self.changed.send_replace(());
     }
 }
 
+/// The ticket of a batch that can never become durable (submitted to a closed store).
+pub const NEVER_DURABLE: u64 = u64::MAX;
+
 /// Resolves when a submitted batch is durable.
 #[derive(Debug)]
-pub struct Commit(CommitState);
+pub struct Commit {
+    /// The batch's place in submission order (see the module's contract).
+    ticket: u64,
+    state: CommitState,
+}
 
 /// Small (two words), since a commit travels with every answer that changed something: the
 /// rare error is boxed.
@@ -298,21 +384,37 @@ enum CommitState {
 }
 
 impl Commit {
-    /// A batch that is already as durable as it will be.
-    pub fn done(result: Result<(), StoreError>) -> Self {
-        Commit(match result {
-            Ok(()) => CommitState::Durable,
-            Err(error) => CommitState::Failed(Box::new(error)),
-        })
+    /// The batch of `ticket`, already durable.
+    pub fn durable_now(ticket: u64) -> Self {
+        Commit {
+            ticket,
+            state: CommitState::Durable,
+        }
     }
 
-    /// A batch whose writer answers on `receiver`.
-    pub fn pending(receiver: oneshot::Receiver<Result<(), StoreError>>) -> Self {
-        Commit(CommitState::Pending(receiver))
+    /// A batch that was refused and will never be durable.
+    pub fn refused(error: StoreError) -> Self {
+        Commit {
+            ticket: NEVER_DURABLE,
+            state: CommitState::Failed(Box::new(error)),
+        }
+    }
+
+    /// The batch of `ticket`, whose writer answers on `receiver`.
+    pub fn pending(ticket: u64, receiver: oneshot::Receiver<Result<(), StoreError>>) -> Self {
+        Commit {
+            ticket,
+            state: CommitState::Pending(receiver),
+        }
+    }
+
+    /// The batch's ticket.
+    pub fn ticket(&self) -> u64 {
+        self.ticket
     }
 
     pub async fn durable(self) -> Result<(), StoreError> {
-        match self.0 {
+        match self.state {
             CommitState::Durable => Ok(()),
             CommitState::Failed(error) => Err(*error),
             CommitState::Pending(receiver) => receiver.await.unwrap_or_else(|_| {

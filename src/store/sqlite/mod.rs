@@ -60,10 +60,15 @@ enum Half {
     From,
 }
 
+/// A batch for the writer, the caller to answer, and the batch's ticket.
+type Job = (Batch, Reply, u64);
+
 pub struct SqliteStore {
     path: PathBuf,
     /// `None` once closing, which lets the writer finish and stop.
-    jobs: Mutex<Option<Sender<(Batch, Reply)>>>,
+    /// The writer's queue (`None` once closed), and the last ticket given out: both under one
+    /// lock, so that tickets reach the writer in their order.
+    jobs: Mutex<(Option<Sender<Job>>, u64)>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Reads (start-up load, audit queries) run beside the writer: WAL readers do not block it.
     /// `None` once closing.
@@ -195,7 +200,7 @@ impl SqliteStore {
         );
         Ok(SqliteStore {
             path: dir,
-            jobs: Mutex::new(Some(jobs)),
+            jobs: Mutex::new((Some(jobs), 0)),
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(Some(reader)),
             signals,
@@ -368,10 +373,14 @@ impl Store for SqliteStore {
     fn submit(&self, batch: Batch) -> Commit {
         let (reply, receiver) = oneshot::channel();
         // Held only while the batch is queued; the write itself happens on the writer.
-        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*jobs {
-            Some(jobs) if jobs.send((batch, reply)).is_ok() => Commit::pending(receiver),
-            _ => Commit::done(Err(StoreError::Unavailable("the store is closed".into()))),
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = jobs.1 + 1;
+        match &jobs.0 {
+            Some(queue) if queue.send((batch, reply, ticket)).is_ok() => {
+                jobs.1 = ticket;
+                Commit::pending(ticket, receiver)
+            }
+            _ => Commit::refused(StoreError::Unavailable("the store is closed".into())),
         }
     }
 
@@ -386,6 +395,7 @@ impl Store for SqliteStore {
         self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .0
             .take();
         let writer = self
             .writer

@@ -66,7 +66,7 @@ pub(super) struct Retention {
 pub(super) fn run(
     mut conn: Connection,
     journal: Journal,
-    jobs: Receiver<(Batch, Reply)>,
+    jobs: Receiver<(Batch, Reply, u64)>,
     signals: Arc<StoreSignals>,
     retention: Retention,
     path: String,
@@ -78,6 +78,9 @@ pub(super) fn run(
     policy.wait_as_batch_work();
     let _ = started.send(());
     let mut pending: Vec<(Batch, Option<Reply>)> = Vec::new();
+    // The ticket of the last batch in `pending`: every batch up to it is durable once
+    // `pending` is written, since batches arrive in ticket order.
+    let mut last_ticket = 0;
     let mut last_prune = Instant::now();
     let mut closing = false;
     let mut attempts_left = ATTEMPTS_WHEN_CLOSING;
@@ -107,7 +110,10 @@ pub(super) fn run(
                 Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             };
             match received {
-                Ok((batch, reply)) => pending.push((batch, Some(reply))),
+                Ok((batch, reply, ticket)) => {
+                    last_ticket = ticket;
+                    pending.push((batch, Some(reply)));
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if log.may_fold() {
                         let _ = log.fold(&mut conn);
@@ -121,7 +127,10 @@ pub(super) fn run(
         }
         while pending.len() < MAX_GROUP {
             match jobs.try_recv() {
-                Ok((batch, reply)) => pending.push((batch, Some(reply))),
+                Ok((batch, reply, ticket)) => {
+                    last_ticket = ticket;
+                    pending.push((batch, Some(reply)));
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     closing = true;
@@ -137,8 +146,9 @@ pub(super) fn run(
                     let (batches, replies): (Vec<Batch>, Vec<Option<Reply>>) =
                         pending.drain(..).unzip();
                     let replies = replies.into_iter().flatten().collect();
+                    // Durable before anyone is answered: an answer may look at the ticket.
+                    signals.wrote(written.durable, last_ticket);
                     answer(runtime.as_ref(), replies, Ok(()), batches);
-                    signals.wrote(written.durable);
                     if log.due() && log.may_fold() {
                         let _ = log.fold(&mut conn);
                     }
