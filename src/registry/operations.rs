@@ -756,8 +756,10 @@ impl Registry {
         operation: impl FnOnce(&mut Slot, Timestamp) -> Change<R>,
     ) -> Result<(R, Option<WhenDurable>)> {
         let mut shard = self.shard(account_id);
+        let mut created = false;
         let slot = shard.get_or_try_insert(account_id, || {
             self.reserve_account()?;
+            created = true;
             crate::metrics::breaker_created();
             Ok::<_, Error>(Slot {
                 breaker: crate::core::Breaker::new(),
@@ -785,12 +787,15 @@ impl Registry {
             relies_on,
         } = operation(slot, now);
         let audit = audit.map(|record| record(before, slot.breaker.state(), now));
-        let mode_changed = slot.mode != mode_before;
+        // A new breaker is stored at once, as its generation 0 begins: permits numbered from
+        // 0 are handed out only once it is durable, so that after a crash its numbering
+        // resumes past them (see `restore`) instead of handing the same permits out again.
+        let mode_changed = slot.mode != mode_before || created;
         let commit = self.after_change(
             account_id,
             slot,
             transitions,
-            persist,
+            persist || created,
             mode_changed,
             operator,
             audit,
