@@ -239,6 +239,10 @@ pub async fn serve(
             move |stopped| follow_store_health(registry, health, stopped)
         }),
         spawn_until(stop.clone(), {
+            let clock = registry.clock_handle();
+            move |stopped| follow_wall_clock(clock, stopped)
+        }),
+        spawn_until(stop.clone(), {
             let registry = registry.clone();
             let config = config.clone();
             let auth = auth.clone();
@@ -267,8 +271,23 @@ pub async fn serve(
     }
     // What was acknowledged is durable already; this writes the rest and leaves the store as
     // a clean stop leaves it, whoever still holds the registry (a stream past its grace).
-    let _ = tokio::task::spawn_blocking(move || store.close()).await;
-    tracing::info!("riskgate stopped");
+    let closed = tokio::task::spawn_blocking(move || store.close())
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Unavailable(format!(
+                "closing the store failed: {e}"
+            )))
+        });
+    let result = match closed {
+        Ok(()) => {
+            tracing::info!("riskgate stopped");
+            result
+        }
+        Err(error) => {
+            tracing::error!(%error, "riskgate stopped with changes that are not on disk");
+            Err(ServeError::Registry(Error::Store(error)))
+        }
+    };
     // A million accounts take seconds to free one by one, which a process that exits next
     // gets back at once: the registry goes on a thread of its own, so that stopping does not
     // wait for it.
@@ -386,6 +405,40 @@ async fn follow_config(
 }
 
 /// Keeps health in step with the store: NOT_SERVING while it cannot write.
+/// How often the service clock is compared with the host's wall clock.
+const WALL_CLOCK_CHECK: Duration = Duration::from_secs(10);
+/// An offset from the wall clock this large is worth an operator's attention.
+const WALL_CLOCK_WARN_NANOS: i128 = 1_000_000_000;
+
+/// Logs when the host's wall clock was stepped away from the service clock (which keeps
+/// measuring durations on the monotonic clock, see `clock`), and when it came back.
+async fn follow_wall_clock(clock: Arc<dyn Clock>, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let mut warned: Option<i128> = None;
+    let mut every = tokio::time::interval(WALL_CLOCK_CHECK);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = every.tick() => {}
+        }
+        let Some(offset) = clock.wall_offset() else {
+            return;
+        };
+        let far = offset.abs() >= WALL_CLOCK_WARN_NANOS;
+        let moved = warned.is_none_or(|w| (offset - w).abs() >= WALL_CLOCK_WARN_NANOS);
+        if far && moved {
+            tracing::warn!(
+                offset_secs = offset as f64 / 1e9,
+                "the host's wall clock is away from riskgate's clock (a step?): running periods are unaffected; timestamps written until the next restart differ from the host's clock by this much, and a restart applies the difference to stored recovery times"
+            );
+            warned = Some(offset);
+        } else if !far && warned.is_some() {
+            tracing::info!("the host's wall clock agrees with riskgate's clock again");
+            warned = None;
+        }
+    }
+}
+
 async fn follow_store_health(
     registry: Arc<Registry>,
     health: HealthReporter,

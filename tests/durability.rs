@@ -367,7 +367,7 @@ async fn closing_a_store_writes_what_was_submitted_refuses_more_and_frees_the_di
     let first = open(dir.path()).expect("open");
     // Submitted, not yet awaited: closing writes it before it returns.
     let pending = first.submit(batch("BEFORE"));
-    first.close();
+    first.close().expect("everything written");
     pending
         .durable()
         .await
@@ -807,5 +807,42 @@ fn the_writer_waits_for_work_as_batch_work_so_its_wake_ups_do_not_preempt_the_ca
         policies.iter().all(|&policy| policy == SCHED_BATCH),
         "{policies:?}"
     );
-    store.close();
+    store.close().expect("everything written");
+}
+
+/// A halt answered "in force but not yet on disk" that still cannot be written when the server
+/// stops is not dropped silently: the stop fails, naming the halts that are not in the store.
+#[tokio::test]
+async fn a_halt_not_written_by_shutdown_makes_the_stop_fail_loudly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("disk"), "16m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = tmpfs.0.join("data");
+    let server = start(&data).await;
+    server.fail("ACC-1", 1).await;
+    truncate_wal(&data);
+    fill(&tmpfs.0.join("filler"));
+    let halted = server
+        .admin()
+        .halt_all(HaltAllRequest {
+            reason: "incident".into(),
+            operator: "alice".into(),
+        })
+        .await
+        .expect_err("the halt cannot be written");
+    assert_eq!(halted.code(), Code::Unavailable);
+    assert!(
+        halted.message().contains("in force but not yet on disk"),
+        "{}",
+        halted.message()
+    );
+    let stopped = server.stop_result().await;
+    let error = stopped.expect_err("the stop says what it could not write");
+    assert!(
+        error.contains("halts or resumes") && error.contains("ListHalts"),
+        "{error}"
+    );
+    drop(tmpfs);
 }

@@ -400,3 +400,66 @@ async fn a_restart_restores_every_breaker_across_load_chunks() {
         assert_eq!(answer.state, State::Closed);
     }
 }
+
+/// The clock stepped while the service was down: a step back lengthens what is left of an open
+/// period; a step forward may shorten it, but recovery is still tested through probes.
+#[tokio::test]
+async fn clock_steps_across_a_restart_never_skip_recovery_testing() {
+    const T: u64 = 1_700_000_000_000_000_000;
+    let store = Arc::new(MemoryStore::new(100));
+    let options = || RegistryOptions {
+        policy: opening_at_two(),
+        ..RegistryOptions::default()
+    };
+    let start = |clock: Arc<ManualClock>| {
+        let registry = Registry::new(options(), store.clone(), clock);
+        registry.load().expect("loads");
+        registry
+    };
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(T)));
+    let registry = start(clock.clone());
+    fail(&registry, "ACC").await;
+    fail(&registry, "ACC").await;
+    let opened = registry.get("ACC").await.expect("breaker");
+    assert_eq!(opened.state, State::Open);
+    let recovery_at = opened.recovery_at.expect("a recovery time");
+    drop(registry);
+
+    // Down 100 s, and the wall clock stepped back an hour meanwhile: still OPEN, recovery at
+    // the stored instant, which is now further away than the 200 s that were left.
+    let back = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(
+        T + 100_000_000_000 - 3_600_000_000_000,
+    )));
+    let registry = start(back.clone());
+    registry.fire_due(back.now()).await;
+    let view = registry.get("ACC").await.expect("breaker");
+    assert_eq!(view.state, State::Open);
+    assert_eq!(view.recovery_at, Some(recovery_at));
+    assert!(
+        !registry
+            .check("ACC", Intent::New)
+            .await
+            .expect("check")
+            .allowed
+    );
+    drop(registry);
+
+    // Down 100 s, and the wall clock stepped forward an hour: due at once, and recovery is
+    // tested, not skipped: HALF_OPEN, probes only.
+    let forward = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(
+        T + 100_000_000_000 + 3_600_000_000_000,
+    )));
+    let registry = start(forward.clone());
+    registry.fire_due(forward.now()).await;
+    assert_eq!(
+        registry.get("ACC").await.expect("breaker").state,
+        State::HalfOpen
+    );
+    let tries = opening_at_two().defaults.half_open_max_tries;
+    for _ in 0..tries {
+        let probe = registry.check("ACC", Intent::New).await.expect("check");
+        assert!(probe.allowed && probe.probe, "{probe:?}");
+    }
+    let more = registry.check("ACC", Intent::New).await.expect("check");
+    assert!(!more.allowed, "beyond the probes: {more:?}");
+}

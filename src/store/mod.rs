@@ -207,8 +207,11 @@ pub trait Store: Send + Sync + 'static {
     /// next server); later submits fail with `Unavailable`. Dropping a store closes it too;
     /// this lets a server close it while others still hold it. May block on I/O. A store
     /// with nothing on disk (the default; the in-memory store) has nothing to do and keeps
-    /// accepting submits.
-    fn close(&self) {}
+    /// accepting submits. Fails when changes submitted could not be written (they are lost):
+    /// the server then says so and exits with an error.
+    fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     fn signals(&self) -> Arc<StoreSignals>;
     /// Reads the audit trail. May block on I/O: call from a blocking context.

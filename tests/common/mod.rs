@@ -134,6 +134,19 @@ impl TestServer {
             .expect("server ends cleanly");
     }
 
+    /// Triggers a graceful shutdown and returns how the server ended.
+    pub async fn stop_result(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        drop(self.channel);
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("server stops within patience")
+            .expect("server task")
+            .map_err(|e| e.to_string())
+    }
+
     pub async fn check(&self, account: &str) -> CheckTradeResponse {
         self.gate()
             .check_trade(CheckTradeRequest {

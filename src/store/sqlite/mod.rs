@@ -69,7 +69,7 @@ pub struct SqliteStore {
     /// The writer's queue (`None` once closed), and the last ticket given out: both under one
     /// lock, so that tickets reach the writer in their order.
     jobs: Mutex<(Option<Sender<Job>>, u64)>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<writer::Unwritten>>>,
     /// Reads (start-up load, audit queries) run beside the writer: WAL readers do not block it.
     /// `None` once closing.
     reader: Mutex<Option<Connection>>,
@@ -280,7 +280,9 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.close();
+        // A store closed before (the server's stop) returns at once; otherwise the writer has
+        // logged what it could not write.
+        let _ = self.close();
     }
 }
 
@@ -384,7 +386,7 @@ impl Store for SqliteStore {
         }
     }
 
-    fn close(&self) {
+    fn close(&self) -> Result<(), StoreError> {
         // The reader closes first, so that the writer's connection is the last one: closing it
         // checkpoints the WAL into the database file and removes it.
         self.reader
@@ -402,14 +404,29 @@ impl Store for SqliteStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(writer) = writer {
-            let _ = writer.join();
-        }
+        let unwritten = match writer.map(JoinHandle::join) {
+            Some(Ok(unwritten)) => unwritten,
+            Some(Err(_)) => writer::Unwritten {
+                changes: 1,
+                halts: 0,
+                error: "the writer thread stopped unexpectedly".into(),
+            },
+            None => writer::Unwritten::default(),
+        };
         // Another server may use the directory from now on.
         self.lock_file
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        if unwritten.changes == 0 {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "{} changes, {} of them halts or resumes, could not be written before the store closed ({}); \
+             they were answered UNAVAILABLE (\"not yet on disk\") and are not in the store: \
+             check ListHalts after the restart and halt again where needed",
+            unwritten.changes, unwritten.halts, unwritten.error
+        )))
     }
 
     fn signals(&self) -> Arc<StoreSignals> {

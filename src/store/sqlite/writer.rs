@@ -57,6 +57,15 @@ const FOLD_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
+/// What the writer could not write before it stopped: nothing after a clean stop.
+#[derive(Debug, Default)]
+pub(super) struct Unwritten {
+    pub changes: usize,
+    /// Halts and resumes among them (answered "in force but not yet on disk").
+    pub halts: usize,
+    pub error: String,
+}
+
 pub(super) struct Retention {
     pub events: usize,
     pub max_age: Duration,
@@ -72,7 +81,7 @@ pub(super) fn run(
     path: String,
     runtime: Option<Handle>,
     started: SyncSender<()>,
-) {
+) -> Unwritten {
     // The writer starts out waiting for work.
     let mut policy = Policy::default();
     policy.wait_as_batch_work();
@@ -92,7 +101,7 @@ pub(super) fn run(
         if pending.is_empty() {
             if closing {
                 let _ = log.fold(&mut conn);
-                return;
+                return Unwritten::default();
             }
             let wait = if log.changes > 0 {
                 FOLD_WHEN_IDLE
@@ -121,7 +130,7 @@ pub(super) fn run(
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let _ = log.fold(&mut conn);
-                    return;
+                    return Unwritten::default();
                 }
             }
         }
@@ -163,8 +172,13 @@ pub(super) fn run(
                     if closing {
                         attempts_left = attempts_left.saturating_sub(1);
                         if attempts_left == 0 {
-                            tracing::error!(changes = pending.len(), %message, "closing with changes that could not be written");
-                            return;
+                            let unwritten = Unwritten {
+                                changes: pending.len(),
+                                halts: pending.iter().filter(|(b, _)| b.halt.is_some()).count(),
+                                error: message,
+                            };
+                            tracing::error!(changes = unwritten.changes, halts = unwritten.halts, error = %unwritten.error, "closing with changes that could not be written");
+                            return unwritten;
                         }
                     }
                     std::thread::sleep(RETRY_AFTER);
