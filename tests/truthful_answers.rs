@@ -670,3 +670,53 @@ async fn a_reload_reaches_open_trade_sessions() {
     }
     server.kill();
 }
+
+/// After a reset that is not yet on disk, no order is allowed under it: a crash would undo the
+/// reset after orders had been allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_order_is_allowed_under_a_reset_that_is_not_yet_durable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let file = settings_file(dir.path(), SETTINGS);
+    let server = Server::start(&data, &file).await;
+    server
+        .admin()
+        .trip_breaker(TripBreakerRequest {
+            account_id: "ACC-1".into(),
+            reason: "incident".into(),
+            operator: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("TripBreaker");
+
+    let held = Held::hold(&data);
+    let mut reset = Request::new(ResetBreakerRequest {
+        account_id: "ACC-1".into(),
+        reason: "over".into(),
+        operator: "alice".into(),
+    });
+    reset.set_timeout(Duration::from_millis(300));
+    let answered = server.admin().reset_breaker(reset).await;
+    assert!(answered.as_ref().is_err_and(given_up), "held: {answered:?}");
+    let mut check = Request::new(CheckTradeRequest {
+        account_id: "ACC-1".into(),
+        ..Default::default()
+    });
+    check.set_timeout(Duration::from_millis(500));
+    match server.gate().check_trade(check).await {
+        Ok(answer) => assert!(
+            !answer.get_ref().allowed,
+            "allowed under a reset not on disk: {:?}",
+            answer.get_ref()
+        ),
+        Err(status) => assert!(given_up(&status), "{status:?}"),
+    }
+    server.kill();
+    drop(held);
+
+    let server = Server::start(&data, &file).await;
+    let check = server.check("ACC-1").await;
+    assert_eq!(check.denial, Denial::OperatorTrip as i32, "{check:?}");
+    server.kill();
+}
