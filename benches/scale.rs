@@ -50,7 +50,7 @@ fn memory(accounts: usize) {
         registry
             .check(&format!("acct-{i:07}"), Intent::New)
             .now_or_never()
-            .expect("CLOSED never waits")
+            .expect("the store is durable at once")
             .expect("check");
     }
     let at_once = rss_bytes();
@@ -62,7 +62,7 @@ fn memory(accounts: usize) {
         registry
             .check(&format!("acct-{:07}", i % accounts), Intent::New)
             .now_or_never()
-            .expect("CLOSED never waits")
+            .expect("the store is durable at once")
             .expect("check");
         i += 1;
     }

@@ -96,11 +96,13 @@ struct Slot {
     /// (a report's disposition, a view) waits until it is durable: a crash must not take back
     /// what an answer relied on.
     ticket: u64,
-    /// The store ticket of the latest batch that began a generation or changed the mode. An
-    /// answer that allows an order waits until it is durable, so that no order is allowed by a
-    /// reset, a recovery or a mode that a crash would undo, and no permit of a generation that
-    /// a crash would undo is handed out (it could be handed out again after the restart).
-    allow_after: u64,
+    /// Whether a batch up to `ticket` began a generation (the breaker's creation included) or
+    /// changed the mode, and `ticket` was not yet seen durable. An answer that allows an order
+    /// then waits for `ticket`, so that no order is allowed by a reset, a recovery or a mode
+    /// that a crash would undo, and no permit of a generation a crash would undo is handed out
+    /// (it could be handed out again after the restart). One flag rather than a second ticket
+    /// keeps the slot small; the price is waiting, rarely, for a later batch than needed.
+    loosened: bool,
 }
 
 /// What an answer waits for before it is given: its own batch (which covers every earlier
@@ -349,7 +351,7 @@ impl Registry {
                 mode: stored.mode,
                 // Everything loaded is durable.
                 ticket: 0,
-                allow_after: 0,
+                loosened: false,
             },
             account_id,
         }
@@ -604,9 +606,7 @@ impl Registry {
         let loosening = mode_changed || !transitions.is_empty();
         let commit = self.record_change(account_id, slot, transitions, operator, audit);
         slot.ticket = commit.ticket();
-        if loosening {
-            slot.allow_after = commit.ticket();
-        }
+        slot.loosened |= loosening;
         Some(commit)
     }
 

@@ -769,7 +769,7 @@ impl Registry {
                 scheduled: None,
                 mode: None,
                 ticket: 0,
-                allow_after: 0,
+                loosened: false,
             })
         })?;
         // Read under the lock, so that one breaker never sees time go backwards. A recent
@@ -805,7 +805,13 @@ impl Registry {
         // not yet durable.
         let relied_on = match relies_on {
             Reliance::Nothing => 0,
-            Reliance::Allowing => slot.allow_after,
+            Reliance::Allowing if slot.loosened => {
+                if self.signals.is_durable(slot.ticket) {
+                    slot.loosened = false;
+                }
+                slot.ticket
+            }
+            Reliance::Allowing => 0,
             Reliance::Everything => slot.ticket,
         };
         let when = match commit {
