@@ -15,7 +15,8 @@ use std::time::Duration;
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use futures_util::FutureExt;
 use riskgate::core::{Breaker, Decision, Intent, Outcome, Settings, Timestamp};
-use riskgate::registry::{OperatorAction, Registry};
+use riskgate::history::OperatorAction;
+use riskgate::registry::Registry;
 
 /// Counts allocations, so a bench can say how many one operation makes.
 struct Counting;
@@ -75,7 +76,7 @@ fn count_allocations() {
             .now_or_never()
             .expect("a check in CLOSED never waits")
             .expect("check");
-        riskgate::metrics::checked(&result, &riskgate::metrics::Timer::start());
+        riskgate::metrics::checked(result.metric(), &riskgate::metrics::Timer::start());
         black_box(riskgate::api::convert::check_response(result));
     }
     let answered = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64;

@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use crate::core::PermitError;
+use crate::history::HistoryError;
 use crate::store::StoreError;
 
 #[derive(Debug, Error)]
@@ -46,3 +47,13 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<HistoryError> for Error {
+    fn from(error: HistoryError) -> Self {
+        match error {
+            HistoryError::MissingField { field } => Error::MissingField { field },
+            HistoryError::FieldTooLong { field, max } => Error::FieldTooLong { field, max },
+            HistoryError::ControlCharacters => Error::InvalidArgument(error.to_string()),
+        }
+    }
+}

@@ -29,6 +29,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod registry;

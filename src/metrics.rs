@@ -15,7 +15,6 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::core::{Disposition, FailureKind, State, Transition};
-use crate::registry::{CheckResult, Denied, Layer, ReportResult};
 
 /// Handling-time buckets, in seconds: 25 µs to 1 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,68 +116,62 @@ pub fn state(state: State) -> &'static str {
     }
 }
 
-fn layer(layer: &Layer) -> &'static str {
-    match layer {
-        Layer::Firm => "firm",
-        Layer::Group(_) => "group",
-        Layer::Account => "account",
-    }
-}
-
-fn denial(denied: &Denied) -> &'static str {
-    use crate::core::Denial;
-    match denied {
-        Denied::Breaker(Denial::Open { .. }) => "breaker_open",
-        Denied::Breaker(Denial::Tripped { .. }) => "operator_trip",
-        Denied::Breaker(Denial::ProbesInFlight { .. }) => "probes_in_flight",
-        Denied::Breaker(Denial::ReduceOnlyWhileRecovering) => "reduce_only_while_recovering",
-        Denied::StoreUnavailable => "store_unavailable",
-        Denied::Halted {
-            layer: Layer::Group(_),
-            ..
-        } => "group_halted",
-        Denied::Halted { .. } => "firm_halted",
-    }
+/// A check's answer, as its series are labelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    Allowed,
+    /// Allowed without a permit (a cancel, a reduce-only order).
+    Passed,
+    /// Denied (`shadow`: would have been, in shadow mode) by `layer`, for `reason`.
+    Denied {
+        shadow: bool,
+        layer: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// Called on every `CheckTrade`. The answers that are not denials name their series with
 /// literal labels, so the key is a static: the `metrics` macros build a key with runtime label
 /// values in a fresh `Vec` on every call, recorder or not.
-pub fn checked(result: &CheckResult, timer: &Timer) {
+pub fn checked(checked: Checked, timer: &Timer) {
     let Some(took) = timer.elapsed() else {
         return;
     };
-    match (result.denied(), result.allowed) {
-        (None, _) if result.passed().is_some() => counter!(
+    match checked {
+        Checked::Passed => counter!(
             "riskgate_checks_total", "decision" => "passed", "layer" => "none", "reason" => "none"
         )
         .increment(1),
-        (None, _) => counter!(
+        Checked::Allowed => counter!(
             "riskgate_checks_total", "decision" => "allowed", "layer" => "none", "reason" => "none"
         )
         .increment(1),
-        (Some(d), allowed) => counter!(
+        Checked::Denied {
+            shadow,
+            layer,
+            reason,
+        } => counter!(
             "riskgate_checks_total",
-            "decision" => if allowed { "would_deny" } else { "denied" },
-            "layer" => layer(&d.layer()),
-            "reason" => denial(d)
+            "decision" => if shadow { "would_deny" } else { "denied" },
+            "layer" => layer,
+            "reason" => reason
         )
         .increment(1),
     }
     histogram!("riskgate_check_seconds").record(took.as_secs_f64());
 }
 
-pub fn reported(failed: bool, kind: FailureKind, result: &ReportResult, timer: &Timer) {
+pub fn reported(failed: bool, kind: FailureKind, disposition: Disposition, timer: &Timer) {
     let Some(took) = timer.elapsed() else {
         return;
     };
-    let disposition = match result.disposition {
+    let label = match disposition {
         Disposition::Recorded => "recorded",
         Disposition::Stale => "stale",
         Disposition::Duplicate => "duplicate",
         Disposition::Ignored => "ignored",
     };
-    if !failed && result.disposition == Disposition::Recorded {
+    if !failed && disposition == Disposition::Recorded {
         // The common answer, with a static key (see `checked`).
         counter!(
             "riskgate_outcomes_total", "result" => "success", "kind" => "none", "disposition" => "recorded"
@@ -190,7 +183,7 @@ pub fn reported(failed: bool, kind: FailureKind, result: &ReportResult, timer: &
         } else {
             ("success", "none")
         };
-        counter!("riskgate_outcomes_total", "result" => result_label, "kind" => kind, "disposition" => disposition)
+        counter!("riskgate_outcomes_total", "result" => result_label, "kind" => kind, "disposition" => label)
             .increment(1);
     }
     histogram!("riskgate_report_seconds").record(took.as_secs_f64());
@@ -201,7 +194,7 @@ pub fn transition(t: &Transition) {
         "riskgate_transitions_total",
         "from" => state(t.from),
         "to" => state(t.to),
-        "cause" => crate::registry::cause_name(t.cause)
+        "cause" => t.cause.key()
     )
     .increment(1);
     gauge!("riskgate_breakers", "state" => state(t.from)).decrement(1.0);

@@ -395,7 +395,7 @@ async fn follow_config(
                 if new.version() == current.version() {
                     continue;
                 }
-                registry.reload(new.policy());
+                registry.reload(new.rulebook());
                 auth.reload(&new);
                 tracing::info!(trigger = why, from = %current.version(), to = %new.version(), "configuration reloaded");
                 current = new;

@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use riskgate::clock::SystemClock;
+use riskgate::history::AuditRecord;
 use riskgate::registry::{Registry, RegistryOptions};
 use riskgate::store::{
-    AuditQuery, AuditRecord, Batch, Commit, Loading, Recovered, Store, StoreError, StoreSignals,
+    AuditQuery, Batch, Commit, Loading, Recovered, Store, StoreError, StoreSignals,
 };
 
 /// A store that keeps nothing and calls every batch durable at once: what the registry itself

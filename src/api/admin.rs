@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::error::Error;
+use crate::history::{OperatorAction, Scope};
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::{
     GetConfigRequest, GetConfigResponse, HaltAllRequest, HaltAllResponse, HaltGroupRequest,
@@ -14,7 +15,7 @@ use crate::proto::{
     ResumeAllResponse, ResumeGroupRequest, ResumeGroupResponse, SetModeRequest, SetModeResponse,
     TripBreakerRequest, TripBreakerResponse,
 };
-use crate::registry::{validate_account_id, Layer, OperatorAction, Registry};
+use crate::registry::{validate_account_id, Registry};
 use crate::store::AuditQuery;
 
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -93,7 +94,7 @@ impl AdminService for Admin {
         request: Request<HaltAllRequest>,
     ) -> Result<Response<HaltAllResponse>, Status> {
         let halts = self
-            .halt_call(request, true, |r| (Layer::Firm, r.operator, r.reason))
+            .halt_call(request, true, |r| (Scope::Firm, r.operator, r.reason))
             .await?;
         Ok(Response::new(HaltAllResponse { halts }))
     }
@@ -103,7 +104,7 @@ impl AdminService for Admin {
         request: Request<ResumeAllRequest>,
     ) -> Result<Response<ResumeAllResponse>, Status> {
         let halts = self
-            .halt_call(request, false, |r| (Layer::Firm, r.operator, r.reason))
+            .halt_call(request, false, |r| (Scope::Firm, r.operator, r.reason))
             .await?;
         Ok(Response::new(ResumeAllResponse { halts }))
     }
@@ -114,7 +115,7 @@ impl AdminService for Admin {
     ) -> Result<Response<HaltGroupResponse>, Status> {
         let halts = self
             .halt_call(request, true, |r| {
-                (Layer::Group(r.group), r.operator, r.reason)
+                (Scope::Group(r.group), r.operator, r.reason)
             })
             .await?;
         Ok(Response::new(HaltGroupResponse { halts }))
@@ -126,7 +127,7 @@ impl AdminService for Admin {
     ) -> Result<Response<ResumeGroupResponse>, Status> {
         let halts = self
             .halt_call(request, false, |r| {
-                (Layer::Group(r.group), r.operator, r.reason)
+                (Scope::Group(r.group), r.operator, r.reason)
             })
             .await?;
         Ok(Response::new(ResumeGroupResponse { halts }))
@@ -145,10 +146,10 @@ impl AdminService for Admin {
         &self,
         _request: Request<GetConfigRequest>,
     ) -> Result<Response<GetConfigResponse>, Status> {
-        let policy = self.registry.policy();
+        let rulebook = self.registry.rulebook();
         Ok(Response::new(GetConfigResponse {
-            version: policy.version.to_string(),
-            toml: policy.text.to_string(),
+            version: rulebook.version.to_string(),
+            toml: rulebook.text.to_string(),
         }))
     }
 
@@ -208,33 +209,30 @@ impl Admin {
             .collect())
     }
 
-    /// A halt or resume call: who acts (the principal, with authentication on), on which layer,
+    /// A halt or resume call: who acts (the principal, with authentication on), over which scope,
     /// why; answered with the halts in force after it.
     async fn halt_call<T>(
         &self,
         request: Request<T>,
         halt: bool,
-        parts: impl FnOnce(T) -> (Layer, String, String),
+        parts: impl FnOnce(T) -> (Scope, String, String),
     ) -> Result<Vec<crate::proto::Halt>, Status> {
         let peer = peer(&request);
         let principal = crate::auth::principal_name(&request);
-        let (layer, operator, reason) = parts(request.into_inner());
+        let (scope, operator, reason) = parts(request.into_inner());
         let action = operator_action(principal, &operator, &reason)?;
-        if let Layer::Group(name) = &layer {
+        if let Scope::Group(name) = &scope {
             validate_account_id(name).map_err(|e| {
                 Error::InvalidArgument(format!("group is not a valid group name: {e}"))
             })?;
         }
-        let scope = match &layer {
-            Layer::Group(name) => format!("group {name}"),
-            _ => "firm-wide".to_owned(),
-        };
+        let described = scope.describe();
         if halt {
-            tracing::warn!(%scope, operator = %action.operator, reason = %action.reason, %peer, "halt");
-            self.registry.halt(layer, action, &peer).await?;
+            tracing::warn!(scope = %described, operator = %action.operator, reason = %action.reason, %peer, "halt");
+            self.registry.halt(scope, action, &peer).await?;
         } else {
-            tracing::warn!(%scope, operator = %action.operator, reason = %action.reason, %peer, "resume");
-            self.registry.resume(layer, action, &peer).await?;
+            tracing::warn!(scope = %described, operator = %action.operator, reason = %action.reason, %peer, "resume");
+            self.registry.resume(scope, action, &peer).await?;
         }
         Ok(self.halts().await?)
     }
@@ -248,8 +246,8 @@ fn operator_action(
     reason: &str,
 ) -> Result<OperatorAction, Error> {
     match principal {
-        Some(name) => OperatorAction::new(&name, reason),
-        None => OperatorAction::new(given, reason),
+        Some(name) => Ok(OperatorAction::new(&name, reason)?),
+        None => Ok(OperatorAction::new(given, reason)?),
     }
 }
 

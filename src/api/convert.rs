@@ -7,9 +7,9 @@ use crate::core::{
     Settings, State, Timestamp,
 };
 use crate::error::Error;
+use crate::history::{AuditAction, AuditRecord, Event, Halt, Layer, Scope};
 use crate::proto;
-use crate::registry::{BreakerView, CheckResult, Denied, Event, Layer, ReportResult};
-use crate::store::{AuditAction, AuditRecord, Halt};
+use crate::registry::{BreakerView, CheckResult, Denied, ReportResult};
 
 /// Longest order id accepted with an outcome.
 pub const MAX_ORDER_ID_LEN: usize = 128;
@@ -164,8 +164,8 @@ pub fn failure(failure: &Failure) -> proto::FailureRecord {
     }
 }
 
-pub fn halt(layer_of: &Layer, halt: &Halt) -> proto::Halt {
-    let (layer, group) = layer(layer_of);
+pub fn halt(scope: &Scope, halt: &Halt) -> proto::Halt {
+    let (layer, group) = layer(&Layer::from(scope));
     proto::Halt {
         layer: layer.into(),
         group,
@@ -237,10 +237,12 @@ pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
         }
         Some(Denied::StoreUnavailable) => (proto::Denial::StoreUnavailable, None, None),
         Some(Denied::Halted {
-            layer: Layer::Group(_),
+            scope: Scope::Group(_),
             ..
         }) => (proto::Denial::GroupHalted, None, None),
-        Some(Denied::Halted { .. }) => (proto::Denial::FirmHalted, None, None),
+        Some(Denied::Halted {
+            scope: Scope::Firm, ..
+        }) => (proto::Denial::FirmHalted, None, None),
     };
     let (layer, group) = result
         .denied()
@@ -427,7 +429,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::registry::OperatorAction;
+    use crate::history::OperatorAction;
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]

@@ -1,31 +1,22 @@
 //! `riskgate.v1.GateService`: validate, delegate to the registry, convert. The unary calls and
-//! the trade session share one handler per message kind, so both answer alike.
+//! the trade session (`session`) share one handler per message kind, so both answer alike.
 
 use std::sync::Arc;
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use super::session::SESSION_WINDOW;
 use crate::auth::{Principal, SessionCredentials};
 use crate::core::FailureKind;
 use crate::proto::gate_service_server::GateService;
-use crate::proto::trade_session_request::Kind as In;
-use crate::proto::trade_session_response::Kind as Out;
 use crate::proto::{
     CheckTradeRequest, CheckTradeResponse, ReportOutcomeRequest, ReportOutcomeResponse,
-    SessionError, TradeSessionBatchResponse, TradeSessionRequest, TradeSessionResponse,
+    TradeSessionRequest, TradeSessionResponse,
 };
 use crate::registry::{CheckResult, Registry, ReportResult, WhenDurable};
-
-/// Messages of one trade session in progress at once; past it the stream is not read.
-pub const SESSION_WINDOW: usize = 1024;
-
-/// Messages in one batch of a trade session, at most.
-pub const MAX_BATCH: usize = 1024;
 
 pub struct Gate {
     registry: Arc<Registry>,
@@ -42,21 +33,21 @@ impl Gate {
 
 /// A check's answer: ready at once, or once what it relies on is durable (a probe it granted;
 /// a reset, a recovery or a mode it allows the order under, not yet on disk).
-enum Checked {
+pub(super) enum Checked {
     Ready(CheckTradeResponse),
     Durable(Box<PendingCheck>),
 }
 
-struct PendingCheck {
-    account_id: String,
-    result: CheckResult,
-    when: WhenDurable,
-    timer: crate::metrics::Timer,
+pub(super) struct PendingCheck {
+    pub(super) account_id: String,
+    pub(super) result: CheckResult,
+    pub(super) when: WhenDurable,
+    pub(super) timer: crate::metrics::Timer,
 }
 
 /// Decides a check without waiting: most checks are answered here, so the trade session
 /// answers them without building a future.
-fn check_now(
+pub(super) fn check_now(
     registry: &Registry,
     principal: Option<&Principal>,
     request: CheckTradeRequest,
@@ -66,7 +57,7 @@ fn check_now(
     let intent = convert::intent(request.intent)?;
     Ok(match registry.decide(&request.account_id, intent)? {
         (result, None) => {
-            crate::metrics::checked(&result, &timer);
+            crate::metrics::checked(result.metric(), &timer);
             Checked::Ready(convert::check_response(result))
         }
         (result, Some(when)) => Checked::Durable(Box::new(PendingCheck {
@@ -79,7 +70,7 @@ fn check_now(
 }
 
 /// Answers a check once what it relies on is durable.
-async fn check_durable(
+pub(super) async fn check_durable(
     registry: &Registry,
     pending: PendingCheck,
 ) -> Result<CheckTradeResponse, Status> {
@@ -92,7 +83,7 @@ async fn check_durable(
     let result = registry
         .settle_check(&account_id, result, Some(when))
         .await?;
-    crate::metrics::checked(&result, &timer);
+    crate::metrics::checked(result.metric(), &timer);
     Ok(convert::check_response(result))
 }
 
@@ -108,16 +99,16 @@ async fn check(
 }
 
 /// A report applied to its breaker, its answer waiting for the disk.
-struct PendingReport {
-    result: ReportResult,
-    when: Option<WhenDurable>,
-    failed: bool,
-    kind: FailureKind,
-    timer: crate::metrics::Timer,
+pub(super) struct PendingReport {
+    pub(super) result: ReportResult,
+    pub(super) when: Option<WhenDurable>,
+    pub(super) failed: bool,
+    pub(super) kind: FailureKind,
+    pub(super) timer: crate::metrics::Timer,
 }
 
 /// Applies a report at once; its answer waits in [`report_durable`].
-fn report_now(
+pub(super) fn report_now(
     registry: &Registry,
     principal: Option<&Principal>,
     request: &ReportOutcomeRequest,
@@ -136,7 +127,7 @@ fn report_now(
     })
 }
 
-async fn report_durable(
+pub(super) async fn report_durable(
     registry: &Registry,
     pending: PendingReport,
 ) -> Result<ReportOutcomeResponse, Status> {
@@ -144,7 +135,7 @@ async fn report_durable(
     crate::metrics::reported(
         pending.failed,
         pending.kind,
-        &pending.result,
+        pending.result.disposition,
         &pending.timer,
     );
     Ok(convert::report_response(pending.result))
@@ -157,254 +148,6 @@ async fn report(
 ) -> Result<ReportOutcomeResponse, Status> {
     let pending = report_now(registry, principal, &request)?;
     report_durable(registry, pending).await
-}
-
-/// A session message that could not be answered at once. Every message in it has already
-/// taken effect, in the order sent; only answers wait.
-struct Unfinished {
-    correlation_id: u64,
-    /// One answer, or a batch's answers in order: ready, or waiting for the disk.
-    answers: Vec<(u64, Answer)>,
-    batch: bool,
-}
-
-/// One message's answer as its message took effect.
-enum Answer {
-    Ready(Out),
-    Check(Box<PendingCheck>),
-    Report(Box<PendingReport>),
-}
-
-/// Applies one message of a trade session (a check, a report or a batch of them) at once, in
-/// the order sent, and answers it at once if no answer in it waits for the disk; otherwise
-/// returns the answers to wait for, for [`finish`].
-fn session_message_now(
-    registry: &Registry,
-    principal: Option<&Principal>,
-    message: TradeSessionRequest,
-) -> Result<TradeSessionResponse, Box<Unfinished>> {
-    let correlation_id = message.correlation_id;
-    match message.kind {
-        Some(In::Batch(batch)) if batch.messages.len() > MAX_BATCH => Ok(TradeSessionResponse {
-            correlation_id,
-            kind: Some(session_error(Status::invalid_argument(format!(
-                "a batch holds at most {MAX_BATCH} messages, not {}",
-                batch.messages.len()
-            )))),
-        }),
-        Some(In::Batch(batch)) => {
-            // In the order given: a report follows the check it answers.
-            let answers: Vec<(u64, Answer)> = batch
-                .messages
-                .into_iter()
-                .map(|m| (m.correlation_id, apply(registry, principal, m.kind)))
-                .collect();
-            if answers.iter().all(|(_, a)| matches!(a, Answer::Ready(_))) {
-                let messages = answers
-                    .into_iter()
-                    .map(|(id, answer)| TradeSessionResponse {
-                        correlation_id: id,
-                        kind: match answer {
-                            Answer::Ready(out) => Some(out),
-                            _ => None,
-                        },
-                    })
-                    .collect();
-                return Ok(TradeSessionResponse {
-                    correlation_id,
-                    kind: Some(Out::Batch(TradeSessionBatchResponse { messages })),
-                });
-            }
-            Err(Box::new(Unfinished {
-                correlation_id,
-                answers,
-                batch: true,
-            }))
-        }
-        kind => match apply(registry, principal, kind) {
-            Answer::Ready(out) => Ok(TradeSessionResponse {
-                correlation_id,
-                kind: Some(out),
-            }),
-            waiting => Err(Box::new(Unfinished {
-                correlation_id,
-                answers: vec![(correlation_id, waiting)],
-                batch: false,
-            })),
-        },
-    }
-}
-
-/// Gives the answers of what [`session_message_now`] applied, once each may be given.
-async fn finish(registry: Arc<Registry>, unfinished: Box<Unfinished>) -> TradeSessionResponse {
-    let Unfinished {
-        correlation_id,
-        answers,
-        batch,
-    } = *unfinished;
-    let mut messages = Vec::with_capacity(answers.len());
-    for (id, answer) in answers {
-        let out = match answer {
-            Answer::Ready(out) => out,
-            Answer::Check(pending) => check_durable(&registry, *pending)
-                .await
-                .map_or_else(session_error, Out::Check),
-            Answer::Report(pending) => report_durable(&registry, *pending)
-                .await
-                .map_or_else(session_error, Out::Report),
-        };
-        messages.push(TradeSessionResponse {
-            correlation_id: id,
-            kind: Some(out),
-        });
-    }
-    match (batch, messages.pop()) {
-        (false, Some(only)) => only,
-        (_, last) => {
-            messages.extend(last);
-            TradeSessionResponse {
-                correlation_id,
-                kind: Some(Out::Batch(TradeSessionBatchResponse { messages })),
-            }
-        }
-    }
-}
-
-/// Applies one check or report of a session: it takes effect now, whether or not its answer
-/// must wait for the disk.
-fn apply(registry: &Registry, principal: Option<&Principal>, kind: Option<In>) -> Answer {
-    // Every message of a session is a gate call, under the principal's rate.
-    if let Err(status) = principal.map_or(Ok(()), Principal::admit_gate_call) {
-        return Answer::Ready(session_error(status));
-    }
-    match kind {
-        Some(In::Check(request)) => match check_now(registry, principal, request) {
-            Ok(Checked::Ready(answer)) => Answer::Ready(Out::Check(answer)),
-            Ok(Checked::Durable(pending)) => Answer::Check(pending),
-            Err(status) => Answer::Ready(session_error(status)),
-        },
-        Some(In::Report(request)) => match report_now(registry, principal, &request) {
-            Ok(pending) if pending.when.is_none() => {
-                Answer::Ready(report_ready(pending).map_or_else(session_error, Out::Report))
-            }
-            Ok(pending) => Answer::Report(Box::new(pending)),
-            Err(status) => Answer::Ready(session_error(status)),
-        },
-        Some(In::Batch(_)) => Answer::Ready(session_error(Status::invalid_argument(
-            "a batch cannot hold another batch",
-        ))),
-        None => Answer::Ready(session_error(Status::invalid_argument(
-            "a trade session message holds a check, a report or a batch",
-        ))),
-    }
-}
-
-/// The answer of a report that waits for nothing.
-fn report_ready(pending: PendingReport) -> Result<ReportOutcomeResponse, Status> {
-    crate::metrics::reported(
-        pending.failed,
-        pending.kind,
-        &pending.result,
-        &pending.timer,
-    );
-    Ok(convert::report_response(pending.result))
-}
-
-fn session_error(status: Status) -> Out {
-    Out::Error(SessionError {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
-    })
-}
-
-/// Reads a session's messages and applies each as it arrives, in order; answers each at once
-/// or, when its answer waits for the disk, as soon as it may be given (answers may overtake
-/// one another; effects never do). Reads no more while `SESSION_WINDOW` are in progress (so
-/// at most `SESSION_WINDOW + MAX_BATCH`). Before each message, a reloaded configuration is
-/// applied to the caller: the session ends if it is no longer accepted.
-async fn run_session(
-    registry: Arc<Registry>,
-    mut principal: Option<Arc<Principal>>,
-    credentials: Option<Arc<SessionCredentials>>,
-    mut inbound: Streaming<TradeSessionRequest>,
-    answers: mpsc::Sender<Result<TradeSessionResponse, Status>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut pending = FuturesUnordered::new();
-    // Messages in `pending`, a batch counting each of its own: reading stops at the window.
-    let mut in_progress = 0usize;
-    let mut stopping = *shutdown.borrow();
-    let mut reading = !stopping;
-    loop {
-        tokio::select! {
-            changed = shutdown.changed(), if !stopping => {
-                let now_stopping = changed.is_err() || *shutdown.borrow();
-                if now_stopping {
-                    stopping = true;
-                    reading = false;
-                }
-            }
-            message = inbound.message(), if reading && in_progress < SESSION_WINDOW => {
-                match message {
-                    Ok(Some(message)) => {
-                        if let (Some(credentials), Some(current)) = (&credentials, &principal) {
-                            match credentials.refresh(current) {
-                                Ok(None) => {}
-                                Ok(Some(renewed)) => principal = Some(renewed),
-                                Err(status) => {
-                                    // What was applied before stays applied; its answers
-                                    // are not awaited.
-                                    let _ = answers.send(Err(status)).await;
-                                    return;
-                                }
-                            }
-                        }
-                        let weight = match &message.kind {
-                            Some(In::Batch(batch)) => batch.messages.len().max(1),
-                            _ => 1,
-                        };
-                        match session_message_now(&registry, principal.as_deref(), message) {
-                            Ok(done) => {
-                                if answers.send(Ok(done)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(unfinished) => {
-                                in_progress += weight;
-                                let answer = finish(registry.clone(), unfinished);
-                                pending.push(Box::pin(answer).map(move |done| (weight, done)));
-                            }
-                        }
-                    }
-                    // The client closed its side: answer what is in progress, then end.
-                    Ok(None) => reading = false,
-                    Err(status) => {
-                        tracing::debug!(%status, "trade session ended by the client");
-                        reading = false;
-                    }
-                }
-            }
-            Some((weight, done)) = pending.next(), if !pending.is_empty() => {
-                in_progress -= weight;
-                if answers.send(Ok(done)).await.is_err() {
-                    // Nobody listens any more. What is in progress is already submitted to the
-                    // store; only the answers are lost.
-                    return;
-                }
-            }
-            else => return,
-        }
-        if !reading && pending.is_empty() {
-            if stopping {
-                let _ = answers
-                    .send(Err(Status::unavailable(
-                        "riskgate is shutting down; every message sent before was answered",
-                    )))
-                    .await;
-            }
-            return;
-        }
-    }
 }
 
 /// The authenticated caller the auth layer put in the request, if any.
@@ -448,7 +191,7 @@ impl GateService for Gate {
             .get::<Arc<SessionCredentials>>()
             .cloned();
         let (answers, stream) = mpsc::channel(SESSION_WINDOW);
-        tokio::spawn(run_session(
+        tokio::spawn(super::session::run_session(
             self.registry.clone(),
             principal,
             credentials,

@@ -7,6 +7,7 @@ mod admin;
 pub mod convert;
 mod gate;
 mod monitor;
+mod session;
 mod status;
 mod watch;
 

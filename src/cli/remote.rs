@@ -229,7 +229,7 @@ pub(super) async fn act(
                 "tripped",
                 format!(
                     ", held for {}, then recovery is tested",
-                    crate::registry::human_duration(hold)
+                    crate::core::human_duration(hold)
                 ),
             ),
         };

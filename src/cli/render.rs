@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::core::human_duration;
 use crate::proto::{
     AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, FailureKind, Halt, Layer, Mode,
     TransitionCause,
 };
-use crate::registry::human_duration;
 
 pub fn state_name(state: i32) -> &'static str {
     match BreakerState::try_from(state) {

@@ -44,7 +44,7 @@ async fn follow_until_error(addr: &str, accounts: Vec<String>) -> Result<ExitCod
         }
         eprintln!(
             "riskgate watch: reconnecting in {}",
-            crate::registry::human_duration(backoff)
+            crate::core::human_duration(backoff)
         );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

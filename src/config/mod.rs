@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::core::{FailureKind, KindAction, KindActions, Mode, Settings};
-use crate::registry::{validate_account_id, AccountPattern, Policy, RegistryOptions};
+use crate::registry::{validate_account_id, AccountPattern, RegistryOptions, Rulebook};
 
 mod security;
 
@@ -336,9 +336,9 @@ impl Config {
 
     /// The registry's view of the configuration: settings and groups. Call on a validated
     /// config.
-    pub fn policy(&self) -> Policy {
+    pub fn rulebook(&self) -> Rulebook {
         let defaults = Arc::new(self.breaker.settings());
-        Policy {
+        Rulebook {
             overrides: self
                 .accounts
                 .iter()
@@ -365,7 +365,7 @@ impl Config {
     /// The registry's options. Call on a validated config.
     pub fn registry_options(&self) -> RegistryOptions {
         RegistryOptions {
-            policy: self.policy(),
+            rulebook: self.rulebook(),
             max_accounts: self.server.max_accounts,
             retained_events: self.events.retained,
             retained_age: self.retained_age(),

@@ -30,7 +30,7 @@ fn error_of(result: Result<Config, ConfigError>) -> String {
 fn the_embedded_default_parses_and_matches_the_documented_defaults() {
     let config = Config::load_with_env(None, env(&[])).expect("default config");
     let options = config.registry_options();
-    assert_eq!(*options.policy.defaults, Settings::default());
+    assert_eq!(*options.rulebook.defaults, Settings::default());
     assert_eq!(options.max_accounts, 100_000);
     assert_eq!(
         config.listen_addr().expect("listen"),
@@ -39,7 +39,7 @@ fn the_embedded_default_parses_and_matches_the_documented_defaults() {
     assert_eq!(config.log.format, LogFormat::Human);
     assert_eq!(config.store.kind, StoreKind::Sqlite);
     assert_eq!(config.store.path, PathBuf::from("./riskgate-data"));
-    assert!(options.policy.overrides.is_empty());
+    assert!(options.rulebook.overrides.is_empty());
 }
 
 #[test]
@@ -56,17 +56,17 @@ fn a_file_overrides_the_default_and_the_environment_overrides_both() {
     )
     .expect("config");
     let options = config.registry_options();
-    assert_eq!(options.policy.defaults.failure_threshold, 3);
+    assert_eq!(options.rulebook.defaults.failure_threshold, 3);
     assert_eq!(
-        options.policy.defaults.open_timeout,
+        options.rulebook.defaults.open_timeout,
         Duration::from_millis(250)
     );
     assert_eq!(
-        options.policy.defaults.failure_window,
+        options.rulebook.defaults.failure_window,
         Duration::from_secs(60)
     );
     // Per-account overrides keep the account id's case and inherit the rest.
-    let acc = &options.policy.overrides["ACC-1"];
+    let acc = &options.rulebook.overrides["ACC-1"];
     assert_eq!(acc.failure_threshold, 2);
     assert_eq!(acc.open_timeout, Duration::from_millis(250));
     assert_eq!(config.server.listen, "127.0.0.1:0");

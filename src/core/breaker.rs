@@ -52,6 +52,27 @@ pub enum Cause {
     Resumed,
 }
 
+impl Cause {
+    /// A short key, for metrics labels and logs.
+    pub fn key(self) -> &'static str {
+        match self {
+            Cause::FailureThresholdReached => "failure_threshold_reached",
+            Cause::OpenTimeoutElapsed => "open_timeout_elapsed",
+            Cause::ProbesSucceeded => "probes_succeeded",
+            Cause::ProbeFailed => "probe_failed",
+            Cause::ProbeExpired => "probe_expired",
+            Cause::OperatorReset => "operator_reset",
+            Cause::OperatorTrip => "operator_trip",
+            Cause::FailureKindTrip => "failure_kind_trip",
+            Cause::FailureRateReached => "failure_rate_reached",
+            Cause::SlowCallRateReached => "slow_call_rate_reached",
+            Cause::TripExpired => "trip_expired",
+            Cause::Halted => "halted",
+            Cause::Resumed => "resumed",
+        }
+    }
+}
+
 /// One state change, as the core saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {

@@ -47,7 +47,7 @@ pub use permit::{Permit, PermitError};
 pub use policy::{FailureKind, Intent, KindAction, KindActions, Mode, Report};
 pub use record::{BreakerRecord, FailureRecord, ProbeRecord};
 pub use settings::Settings;
-pub use time::Timestamp;
+pub use time::{human_duration, Timestamp};
 pub use window::{Bucket, RateWindow, BUCKETS};
 
 #[cfg(test)]

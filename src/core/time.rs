@@ -41,3 +41,44 @@ impl Timestamp {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 }
+
+/// A duration the way an operator reads it: `250ms`, `4.5s`, `5m`, `4m12s`, `2h3m`.
+pub fn human_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    let secs = duration.as_secs();
+    if millis < 1_000 {
+        format!("{millis}ms")
+    } else if secs < 60 {
+        let tenths = millis / 100;
+        if tenths.is_multiple_of(10) {
+            format!("{secs}s")
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        }
+    } else if secs < 3_600 {
+        match secs % 60 {
+            0 => format!("{}m", secs / 60),
+            s => format!("{}m{s}s", secs / 60),
+        }
+    } else {
+        match (secs % 3_600) / 60 {
+            0 => format!("{}h", secs / 3_600),
+            m => format!("{}h{m}m", secs / 3_600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(human_duration(Duration::from_millis(4_500)), "4.5s");
+        assert_eq!(human_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(human_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(human_duration(Duration::from_secs(252)), "4m12s");
+        assert_eq!(human_duration(Duration::from_secs(7_380)), "2h3m");
+    }
+}

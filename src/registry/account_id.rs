@@ -8,7 +8,7 @@ use crate::error::Error;
 pub const MAX_ACCOUNT_ID_LEN: usize = 128;
 
 /// Checks `account_id` against the rule, naming what is wrong.
-pub fn validate(account_id: &str) -> Result<(), Error> {
+pub fn validate_account_id(account_id: &str) -> Result<(), Error> {
     if account_id.is_empty() {
         return Err(Error::InvalidAccountId(
             "is required (1-128 bytes of [A-Za-z0-9._:-])",
@@ -50,17 +50,17 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_alphabet_and_length() {
-        assert!(validate("ACC-1").is_ok());
-        assert!(validate("desk.a:strat_7-x").is_ok());
-        assert!(validate(&"a".repeat(128)).is_ok());
+        assert!(validate_account_id("ACC-1").is_ok());
+        assert!(validate_account_id("desk.a:strat_7-x").is_ok());
+        assert!(validate_account_id(&"a".repeat(128)).is_ok());
     }
 
     #[test]
     fn refuses_empty_oversized_and_ill_charactered_ids() {
         for bad in ["", " ", "a b", "acc/1", "acc\n", "é", "acc\0"] {
-            assert!(validate(bad).is_err(), "{bad:?}");
+            assert!(validate_account_id(bad).is_err(), "{bad:?}");
         }
-        assert!(validate(&"a".repeat(129)).is_err());
+        assert!(validate_account_id(&"a".repeat(129)).is_err());
     }
 
     proptest! {
@@ -69,7 +69,7 @@ mod tests {
             let rule = !id.is_empty()
                 && id.len() <= 128
                 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-            prop_assert_eq!(validate(&id).is_ok(), rule);
+            prop_assert_eq!(validate_account_id(&id).is_ok(), rule);
         }
     }
 }

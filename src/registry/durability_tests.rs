@@ -160,7 +160,7 @@ fn poll_all(pending: &mut Vec<Pending>, given: &mut Vec<Given>) {
 
 fn options() -> RegistryOptions {
     RegistryOptions {
-        policy: Policy {
+        rulebook: Rulebook {
             defaults: Arc::new(Settings {
                 failure_threshold: 2,
                 failure_window: Duration::from_secs(3600),
@@ -169,7 +169,7 @@ fn options() -> RegistryOptions {
                 half_open_timeout: Duration::from_secs(3600),
                 ..Settings::default()
             }),
-            ..Policy::default()
+            ..Rulebook::default()
         },
         ..RegistryOptions::default()
     }

@@ -14,48 +14,8 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::core::{Cause, FailureKind, State, Timestamp};
 use crate::error::Error;
-
-/// Who acted, and why, for operator transitions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OperatorAction {
-    pub operator: String,
-    pub reason: String,
-}
-
-/// Where a decision, a halt or an event applies: the whole firm, a group of accounts (from
-/// configuration), or one account's breaker.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Layer {
-    Firm,
-    Group(String),
-    Account,
-}
-
-/// One state change: of one breaker, or a firm-wide or group halt beginning or ending.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub sequence: u64,
-    /// The account of a breaker's change; empty for firm-wide and group halts.
-    pub account_id: String,
-    /// `Account` for a breaker's change.
-    pub layer: Layer,
-    pub from: State,
-    pub to: State,
-    pub cause: Cause,
-    /// What happened, for people.
-    pub reason: String,
-    pub failure_count: u32,
-    pub at: Timestamp,
-    pub generation: u64,
-    pub recovery_at: Option<Timestamp>,
-    pub operator: Option<OperatorAction>,
-    /// For an opening by a failure kind configured to trip: the kind.
-    pub failure_kind: Option<FailureKind>,
-    /// The configuration version in force when the change happened.
-    pub config_version: Arc<str>,
-}
+use crate::history::Event;
 
 pub(crate) struct EventLog {
     inner: Mutex<Log>,

@@ -11,19 +11,19 @@ use crate::core::{FailureKind, Intent, Report, Timestamp};
 use crate::store::MemoryStore;
 
 /// Breakers that open at the second failure.
-fn opening_at_two() -> Policy {
-    Policy {
+fn opening_at_two() -> Rulebook {
+    Rulebook {
         defaults: Arc::new(Settings {
             failure_threshold: 2,
             ..Settings::default()
         }),
-        ..Policy::default()
+        ..Rulebook::default()
     }
 }
 
 fn registry(clock: Arc<ManualClock>) -> Registry {
     let options = RegistryOptions {
-        policy: opening_at_two(),
+        rulebook: opening_at_two(),
         ..RegistryOptions::default()
     };
     let registry = Registry::new(options, Arc::new(MemoryStore::new(100)), clock);
@@ -90,9 +90,9 @@ async fn a_permit_is_refused_for_another_account_and_nothing_changes() {
     assert_eq!(registry.get("B").await.expect("breaker"), before);
 }
 
-fn with_policy(clock: Arc<ManualClock>, store: Arc<MemoryStore>, policy: Policy) -> Registry {
+fn with_policy(clock: Arc<ManualClock>, store: Arc<MemoryStore>, policy: Rulebook) -> Registry {
     let options = RegistryOptions {
-        policy,
+        rulebook: policy,
         ..RegistryOptions::default()
     };
     let registry = Registry::new(options, store, clock);
@@ -100,20 +100,20 @@ fn with_policy(clock: Arc<ManualClock>, store: Arc<MemoryStore>, policy: Policy)
     registry
 }
 
-fn desk_policy() -> Policy {
+fn desk_policy() -> Rulebook {
     let mut groups = std::collections::BTreeMap::new();
     groups.insert(
         "desk-a".to_owned(),
         vec![AccountPattern::parse("desk-a:*").expect("pattern")],
     );
-    Policy {
+    Rulebook {
         defaults: Arc::new(Settings {
             failure_threshold: 2,
             ..Settings::default()
         }),
         groups,
         version: "v1".into(),
-        ..Policy::default()
+        ..Rulebook::default()
     }
 }
 
@@ -135,7 +135,7 @@ async fn a_firm_halt_denies_every_order_but_cancels_and_leaves_breakers_alone() 
     let registry = with_policy(clock, store.clone(), desk_policy());
     registry.check("ACC", Intent::New).await.expect("check");
     registry
-        .halt(Layer::Firm, action("venue outage"), "peer")
+        .halt(Scope::Firm, action("venue outage"), "peer")
         .await
         .expect("halt");
     for intent in [Intent::New, Intent::ReduceOnly] {
@@ -168,7 +168,7 @@ async fn a_firm_halt_denies_every_order_but_cancels_and_leaves_breakers_alone() 
             .allowed
     );
     restarted
-        .resume(Layer::Firm, action("venue back"), "peer")
+        .resume(Scope::Firm, action("venue back"), "peer")
         .await
         .expect("resume");
     assert!(
@@ -179,7 +179,7 @@ async fn a_firm_halt_denies_every_order_but_cancels_and_leaves_breakers_alone() 
             .allowed
     );
     assert!(matches!(
-        restarted.resume(Layer::Firm, action("again"), "peer").await,
+        restarted.resume(Scope::Firm, action("again"), "peer").await,
         Err(Error::NotHalted(_))
     ));
 }
@@ -189,7 +189,7 @@ async fn a_group_halt_denies_its_accounts_only_and_names_the_group() {
     let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(1)));
     let registry = with_policy(clock, Arc::new(MemoryStore::new(100)), desk_policy());
     registry
-        .halt(Layer::Group("desk-a".into()), action("desk review"), "peer")
+        .halt(Scope::Group("desk-a".into()), action("desk review"), "peer")
         .await
         .expect("halt");
     let denied = registry
@@ -209,7 +209,7 @@ async fn a_group_halt_denies_its_accounts_only_and_names_the_group() {
     );
     assert!(matches!(
         registry
-            .halt(Layer::Group("nope".into()), action("x"), "peer")
+            .halt(Scope::Group("nope".into()), action("x"), "peer")
             .await,
         Err(Error::UnknownGroup(_))
     ));
@@ -335,7 +335,7 @@ async fn a_restart_restores_every_breaker_across_load_chunks() {
         })
         .expect("store");
         let options = RegistryOptions {
-            policy: opening_at_two(),
+            rulebook: opening_at_two(),
             max_accounts: 10 * LOAD_CHUNK,
             ..RegistryOptions::default()
         };
@@ -408,7 +408,7 @@ async fn clock_steps_across_a_restart_never_skip_recovery_testing() {
     const T: u64 = 1_700_000_000_000_000_000;
     let store = Arc::new(MemoryStore::new(100));
     let options = || RegistryOptions {
-        policy: opening_at_two(),
+        rulebook: opening_at_two(),
         ..RegistryOptions::default()
     };
     let start = |clock: Arc<ManualClock>| {

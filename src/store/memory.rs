@@ -5,10 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{
-    AuditQuery, AuditRecord, Batch, Commit, Halt, Loading, Recovered, Store, StoreError,
-    StoreSignals, StoredBreaker,
+    AuditQuery, Batch, Commit, Loading, Recovered, Store, StoreError, StoreSignals, StoredBreaker,
 };
-use crate::registry::{Event, Layer};
+use crate::history::{AuditRecord, Event, Halt, Scope};
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -21,7 +20,7 @@ struct Inner {
     breakers: HashMap<String, StoredBreaker>,
     events: VecDeque<Arc<Event>>,
     audit: Vec<AuditRecord>,
-    halts: Vec<(Layer, Halt)>,
+    halts: Vec<(Scope, Halt)>,
     last_sequence: u64,
     /// The last batch's ticket.
     ticket: u64,

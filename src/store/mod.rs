@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
-use crate::core::{BreakerRecord, Mode, State, Timestamp};
-use crate::registry::{Event, Layer};
+use crate::core::{BreakerRecord, Mode, Timestamp};
+use crate::history::{AuditRecord, Event, Halt, Scope};
 
 pub use memory::MemoryStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -61,74 +61,6 @@ pub struct StoredBreaker {
     pub mode: Option<Mode>,
 }
 
-/// A firm-wide or group halt in force.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Halt {
-    pub operator: String,
-    pub reason: String,
-    pub at: Timestamp,
-}
-
-/// An operator action, as the audit trail keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditRecord {
-    /// Assigned by the store; increases with every record. 0 in a submitted batch.
-    pub id: u64,
-    pub at: Timestamp,
-    /// The account acted on; empty for firm-wide and group actions.
-    pub account_id: String,
-    /// The group acted on, for group actions.
-    pub group: String,
-    pub action: AuditAction,
-    pub operator: String,
-    pub reason: String,
-    pub state_before: State,
-    pub state_after: State,
-    /// The caller's address, or empty when unknown.
-    pub peer: String,
-    /// What else the action said (a mode, a trip's end), or empty.
-    pub detail: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuditAction {
-    Reset,
-    Trip,
-    SetMode,
-    HaltAll,
-    ResumeAll,
-    HaltGroup,
-    ResumeGroup,
-}
-
-impl AuditAction {
-    pub const ALL: [AuditAction; 7] = [
-        AuditAction::Reset,
-        AuditAction::Trip,
-        AuditAction::SetMode,
-        AuditAction::HaltAll,
-        AuditAction::ResumeAll,
-        AuditAction::HaltGroup,
-        AuditAction::ResumeGroup,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditAction::Reset => "reset",
-            AuditAction::Trip => "trip",
-            AuditAction::SetMode => "set_mode",
-            AuditAction::HaltAll => "halt_all",
-            AuditAction::ResumeAll => "resume_all",
-            AuditAction::HaltGroup => "halt_group",
-            AuditAction::ResumeGroup => "resume_group",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<AuditAction> {
-        AuditAction::ALL.into_iter().find(|a| a.as_str() == text)
-    }
-}
-
 /// Which audit records to read: newest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -148,8 +80,8 @@ pub struct Batch {
     pub breaker: Option<StoredBreaker>,
     pub events: Vec<Arc<Event>>,
     pub audit: Option<AuditRecord>,
-    /// A halt begun (`Some`) or ended (`None`) at a layer.
-    pub halt: Option<(Layer, Option<Halt>)>,
+    /// A halt begun (`Some`) or ended (`None`).
+    pub halt: Option<(Scope, Option<Halt>)>,
 }
 
 /// Everything a store holds, read back at start-up.
@@ -163,7 +95,7 @@ pub struct Recovered {
     /// The latest sequence ever assigned (events may have been pruned since).
     pub last_sequence: u64,
     /// Firm-wide and group halts in force.
-    pub halts: Vec<(Layer, Halt)>,
+    pub halts: Vec<(Scope, Halt)>,
 }
 
 /// Breakers as a store reads them at start-up.

@@ -7,8 +7,7 @@ use crate::core::{
     BreakerRecord, Bucket, Cause, FailureKind, FailureRecord, Mode, ProbeRecord, RateWindow, State,
     Timestamp, BUCKETS,
 };
-use crate::registry::{Event, Layer, OperatorAction};
-use crate::store::Halt;
+use crate::history::{Event, Halt, Layer, OperatorAction, Scope};
 
 /// A breaker. Its failures (up to 32 per account, and written again with every change of a
 /// failing account) are stored as packed columns: each time as the difference from the one
@@ -578,20 +577,20 @@ pub fn decode_halt(bytes: &[u8]) -> Result<Halt, String> {
 }
 
 /// The key of a halt in the halts table.
-pub fn halt_key(layer: &Layer) -> String {
-    match layer {
-        Layer::Firm => "firm".to_owned(),
-        Layer::Group(name) => format!("group:{name}"),
-        Layer::Account => "account".to_owned(),
+pub fn halt_key(scope: &Scope) -> String {
+    match scope {
+        Scope::Firm => "firm".to_owned(),
+        Scope::Group(name) => format!("group:{name}"),
     }
 }
 
-pub fn halt_layer(key: &str) -> Option<Layer> {
+/// The scope a key of the halts table names.
+pub fn halt_scope(key: &str) -> Option<Scope> {
     match key {
-        "firm" => Some(Layer::Firm),
+        "firm" => Some(Scope::Firm),
         _ => key
             .strip_prefix("group:")
-            .map(|name| Layer::Group(name.to_owned())),
+            .map(|name| Scope::Group(name.to_owned())),
     }
 }
 

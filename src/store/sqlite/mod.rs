@@ -23,10 +23,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    AuditAction, AuditQuery, AuditRecord, Batch, Commit, Loading, Recovered, Store, StoreError,
-    StoreSignals, StoredBreaker, LOAD_CHUNK,
+    AuditQuery, Batch, Commit, Loading, Recovered, Store, StoreError, StoreSignals, StoredBreaker,
+    LOAD_CHUNK,
 };
 use crate::core::Timestamp;
+use crate::history::{AuditAction, AuditRecord};
 use writer::{Reply, Retention};
 
 const DATABASE: &str = "riskgate.db";
@@ -342,7 +343,7 @@ impl Store for SqliteStore {
         while let Some(row) = cursor.next().map_err(fail)? {
             let scope: String = row.get(0).map_err(fail)?;
             let bytes: Vec<u8> = row.get(1).map_err(fail)?;
-            let layer = codec::halt_layer(&scope)
+            let layer = codec::halt_scope(&scope)
                 .ok_or_else(|| self.unusable(format!("the halt scope {scope:?} is unknown")))?;
             let halt = codec::decode_halt(&bytes)
                 .map_err(|e| self.unusable(format!("the halt of {scope} does not decode: {e}")))?;

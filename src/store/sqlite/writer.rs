@@ -83,7 +83,7 @@ pub(super) fn run(
     started: SyncSender<()>,
 ) -> Unwritten {
     // The writer starts out waiting for work.
-    let mut policy = Policy::default();
+    let mut policy = Scheduling::default();
     policy.wait_as_batch_work();
     let _ = started.send(());
     let mut pending: Vec<(Batch, Option<Reply>)> = Vec::new();
@@ -241,14 +241,14 @@ fn answer(
 ///
 /// Where the policy cannot be changed, the writer keeps the default throughout.
 #[derive(Default)]
-struct Policy {
+struct Scheduling {
     /// The writer is batch work now.
     batch: bool,
     /// Setting the policy failed once: it is not tried again.
     fixed: bool,
 }
 
-impl Policy {
+impl Scheduling {
     fn wait_as_batch_work(&mut self) {
         if !self.batch {
             self.batch = self.set(true);
@@ -713,7 +713,7 @@ fn prune(conn: &Connection, retention: &Retention) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Layer;
+    use crate::history::Scope;
     use crate::store::StoredBreaker;
 
     fn folded_mark(conn: &Connection) -> i64 {
@@ -770,7 +770,7 @@ mod tests {
     fn the_writer_waits_as_batch_work_and_works_at_the_default_policy() {
         let policy_now = || unsafe { libc::sched_getscheduler(0) };
         std::thread::spawn(move || {
-            let mut policy = Policy::default();
+            let mut policy = Scheduling::default();
             assert_eq!(policy_now(), libc::SCHED_OTHER);
             policy.wait_as_batch_work();
             assert_eq!(policy_now(), libc::SCHED_BATCH);
@@ -816,7 +816,7 @@ mod tests {
                     .execute_batch("ALTER TABLE halts RENAME TO halts_away")
                     .expect("rename");
                 let ended_halt = Batch {
-                    halt: Some((Layer::Firm, None)),
+                    halt: Some((Scope::Firm, None)),
                     ..Batch::default()
                 };
                 assert!(log

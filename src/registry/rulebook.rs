@@ -51,7 +51,7 @@ impl AccountPattern {
 
 /// The configuration in force, as the registry uses it.
 #[derive(Clone, Debug)]
-pub struct Policy {
+pub struct Rulebook {
     pub defaults: Arc<Settings>,
     /// Per-account settings that replace the defaults for that account.
     pub overrides: HashMap<String, Arc<Settings>>,
@@ -63,9 +63,9 @@ pub struct Policy {
     pub text: Arc<str>,
 }
 
-impl Default for Policy {
+impl Default for Rulebook {
     fn default() -> Self {
-        Policy {
+        Rulebook {
             defaults: Arc::new(Settings::default()),
             overrides: HashMap::new(),
             groups: BTreeMap::new(),
@@ -75,7 +75,7 @@ impl Default for Policy {
     }
 }
 
-impl Policy {
+impl Rulebook {
     pub fn settings_for(&self, account_id: &str) -> Arc<Settings> {
         self.overrides
             .get(account_id)
