@@ -6,8 +6,10 @@
 //! one store. The store is opened only if it is riskgate's and passes SQLite's integrity check;
 //! anything else stops start-up and is left untouched.
 
-mod codec;
+mod folding;
 mod journal;
+mod rows;
+mod scheduling;
 mod schema;
 mod writer;
 
@@ -151,7 +153,7 @@ impl SqliteStore {
         }
         // Changes logged before the last stop (a crash leaves them there) join `breakers`, which
         // is then all start-up has to read.
-        let (folded, journal) = writer::fold(&mut conn).map_err(|e| {
+        let (folded, journal) = folding::fold(&mut conn).map_err(|e| {
             let advice = match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::DatabaseCorrupt) => ADVICE_DAMAGED,
                 _ => ADVICE_IO,
@@ -248,7 +250,7 @@ impl SqliteStore {
                 self.unusable(format!("the breaker of {account_id} is not a blob: {e}"))
             })?;
             let last_sequence: i64 = row.get(2).map_err(fail)?;
-            let (record, mode) = codec::decode_breaker(bytes).map_err(|e| {
+            let (record, mode) = rows::decode_breaker(bytes).map_err(|e| {
                 self.unusable(format!("the breaker of {account_id} does not decode: {e}"))
             })?;
             breakers.push(StoredBreaker {
@@ -343,9 +345,9 @@ impl Store for SqliteStore {
         while let Some(row) = cursor.next().map_err(fail)? {
             let scope: String = row.get(0).map_err(fail)?;
             let bytes: Vec<u8> = row.get(1).map_err(fail)?;
-            let layer = codec::halt_scope(&scope)
+            let layer = rows::halt_scope(&scope)
                 .ok_or_else(|| self.unusable(format!("the halt scope {scope:?} is unknown")))?;
-            let halt = codec::decode_halt(&bytes)
+            let halt = rows::decode_halt(&bytes)
                 .map_err(|e| self.unusable(format!("the halt of {scope} does not decode: {e}")))?;
             halts.push((layer, halt));
         }
@@ -359,7 +361,7 @@ impl Store for SqliteStore {
         while let Some(row) = cursor.next().map_err(fail)? {
             let sequence: i64 = row.get(0).map_err(fail)?;
             let bytes: Vec<u8> = row.get(1).map_err(fail)?;
-            let event = codec::decode_event(&bytes)
+            let event = rows::decode_event(&bytes)
                 .map_err(|e| self.unusable(format!("event {sequence} does not decode: {e}")))?;
             events.push(Arc::new(event));
         }
@@ -495,8 +497,8 @@ impl Store for SqliteStore {
                 action: AuditAction::parse(&action).ok_or_else(damaged)?,
                 operator,
                 reason,
-                state_before: codec::state_from_name(&before).ok_or_else(damaged)?,
-                state_after: codec::state_from_name(&after).ok_or_else(damaged)?,
+                state_before: rows::state_from_name(&before).ok_or_else(damaged)?,
+                state_after: rows::state_from_name(&after).ok_or_else(damaged)?,
                 peer,
                 detail,
             });
