@@ -5,14 +5,15 @@
 //! the transitions that happened. It never reads a clock, never does I/O and never blocks; the
 //! registry owns locking, scheduling (`next_deadline`), events and persistence.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::cold::History;
+use super::decision::{Decision, Denial, Disposition, Failure, Outcome, Pass, Probe};
+use super::inputs::{FailureKind, Intent, KindAction, Report};
 use super::permit::Permit;
-use super::policy::{FailureKind, Intent, KindAction, Report};
 use super::settings::Settings;
 use super::time::Timestamp;
-use super::window::RateWindow;
+use super::transition::{Cause, State, Transition, Transitions};
 
 /// Failures kept beyond the window so that a permit reported again after its failure left the
 /// window is still recognised as a duplicate. Bounds the memory of a failing account.
@@ -20,193 +21,6 @@ pub(crate) const FAILURE_MEMORY: usize = 32;
 
 /// Marks a failure reported without a permit: it cannot be recognised if reported again.
 pub(super) const NO_PERMIT: u64 = u64::MAX;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum State {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-/// Why a breaker changed state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Cause {
-    FailureThresholdReached,
-    OpenTimeoutElapsed,
-    ProbesSucceeded,
-    ProbeFailed,
-    ProbeExpired,
-    OperatorReset,
-    OperatorTrip,
-    /// A failure of a kind configured to trip.
-    FailureKindTrip,
-    /// Failures / outcomes in the window reached the failure-rate threshold.
-    FailureRateReached,
-    /// Slow outcomes / outcomes in the window reached the slow-call-rate threshold.
-    SlowCallRateReached,
-    /// A timed operator trip ended; recovery is being tested.
-    TripExpired,
-    /// A firm-wide or group halt began (an event of the registry, never of one breaker).
-    Halted,
-    /// A firm-wide or group halt ended (an event of the registry, never of one breaker).
-    Resumed,
-}
-
-impl Cause {
-    /// A short key, for metrics labels and logs.
-    pub fn key(self) -> &'static str {
-        match self {
-            Cause::FailureThresholdReached => "failure_threshold_reached",
-            Cause::OpenTimeoutElapsed => "open_timeout_elapsed",
-            Cause::ProbesSucceeded => "probes_succeeded",
-            Cause::ProbeFailed => "probe_failed",
-            Cause::ProbeExpired => "probe_expired",
-            Cause::OperatorReset => "operator_reset",
-            Cause::OperatorTrip => "operator_trip",
-            Cause::FailureKindTrip => "failure_kind_trip",
-            Cause::FailureRateReached => "failure_rate_reached",
-            Cause::SlowCallRateReached => "slow_call_rate_reached",
-            Cause::TripExpired => "trip_expired",
-            Cause::Halted => "halted",
-            Cause::Resumed => "resumed",
-        }
-    }
-}
-
-/// One state change, as the core saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transition {
-    pub from: State,
-    pub to: State,
-    pub cause: Cause,
-    /// The generation the transition started.
-    pub generation: u64,
-    /// The breaker's failure count after the transition.
-    pub failure_count: u32,
-    pub at: Timestamp,
-    /// When recovery will be tested, for transitions into an OPEN that recovers by itself.
-    pub recovery_at: Option<Timestamp>,
-    /// For `FailureKindTrip`: the kind that tripped.
-    pub failure_kind: Option<FailureKind>,
-}
-
-/// The transitions of one operation: at most one caused by time passing and one caused by the
-/// operation itself. Inline, so that operations never allocate for them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Transitions([Option<Transition>; 2]);
-
-impl Transitions {
-    /// Just `transition`.
-    pub fn one(transition: Transition) -> Self {
-        Transitions([Some(transition), None])
-    }
-
-    fn push(&mut self, transition: Transition) {
-        if let Some(slot) = self.0.iter_mut().find(|slot| slot.is_none()) {
-            *slot = Some(transition);
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = Transition> + '_ {
-        self.0.iter().flatten().copied()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0[0].is_none()
-    }
-}
-
-/// How an order ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Success,
-    Failure,
-}
-
-/// The answer to a check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Allowed {
-        permit: Permit,
-        probe: bool,
-    },
-    /// Allowed outside the breaker: no permit, nothing changed.
-    Passed(Pass),
-    Denied(Denial),
-}
-
-/// Why an order passed without a permit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Pass {
-    /// Cancels are never blocked.
-    Cancel,
-    /// A reduce-only order while the breaker is not CLOSED, allowed by the settings.
-    ReduceOnly,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Denial {
-    /// Opened by `rule`; recovery is tested after `retry_after`.
-    Open { retry_after: Duration, rule: Cause },
-    /// Held open by an operator: until reset (`retry_after` unset) or for `retry_after` more.
-    Tripped { retry_after: Option<Duration> },
-    /// Testing recovery with every probe permit in use; the earliest lease ends after
-    /// `retry_after` at the latest.
-    ProbesInFlight { retry_after: Duration },
-    /// Testing recovery: only new orders may pass, as probes, and reduce-only orders are not
-    /// allowed to pass a breaker that is not CLOSED.
-    ReduceOnlyWhileRecovering,
-}
-
-/// What a reported outcome did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Disposition {
-    Recorded,
-    Stale,
-    Duplicate,
-    Ignored,
-}
-
-/// A reported failure (or the outcome that fired a rate rule), kept to count it and to explain
-/// an opening.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub at: Timestamp,
-    /// The permit's sequence, or `NO_PERMIT`.
-    pub(super) sequence: u64,
-    pub kind: FailureKind,
-    pub order_id: Option<Box<str>>,
-    pub detail: Option<Box<str>>,
-}
-
-impl Failure {
-    fn new(at: Timestamp, sequence: u64, report: &Report) -> Self {
-        Failure {
-            at,
-            sequence,
-            kind: report.kind,
-            order_id: report.order_id.clone(),
-            detail: report.detail.clone(),
-        }
-    }
-
-    /// A probe that was never reported.
-    fn expired(at: Timestamp, sequence: u64) -> Self {
-        Failure {
-            at,
-            sequence,
-            kind: FailureKind::Timeout,
-            order_id: None,
-            detail: Some("probe permit expired unreported".into()),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Probe {
-    pub sequence: u64,
-    pub expires_at: Timestamp,
-}
 
 /// One account's breaker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,84 +37,6 @@ pub struct Breaker {
     pub(super) cold: History,
 }
 
-/// What a breaker remembers beyond its state and permit numbering.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Cold {
-    /// CLOSED: this generation's failures in the window, oldest first. OPEN and HALF_OPEN: the
-    /// failures that opened the breaker, plus failed or expired probes: the answer to "why".
-    pub(super) failures: VecDeque<Failure>,
-    /// CLOSED: the permits (sequences) of the newest `FAILURE_MEMORY` failures of this
-    /// generation that left the window, oldest first: kept only to recognise a permit reported
-    /// again.
-    pub(super) remembered: VecDeque<u64>,
-    /// When the breaker last opened.
-    pub(super) opened_at: Option<Timestamp>,
-    /// When recovery is tested; `None` unless OPEN and not tripped.
-    pub(super) recovery_at: Option<Timestamp>,
-    /// HALF_OPEN: outstanding probe permits and when each counts as failed.
-    pub(super) probes: Vec<Probe>,
-    /// HALF_OPEN: probes that succeeded in this generation.
-    pub(super) probe_successes: u32,
-    /// OPEN and HALF_OPEN: the rule that opened the breaker.
-    pub(super) opened_by: Option<Cause>,
-    /// Consecutive openings without `backoff_reset` CLOSED in between (for backoff).
-    pub(super) open_streak: u32,
-    /// When the breaker last closed after being open.
-    pub(super) closed_at: Option<Timestamp>,
-    /// CLOSED with a rate rule: outcome counts over the window.
-    pub(super) window: Option<Box<RateWindow>>,
-}
-
-/// What every breaker without a history reads.
-static NO_HISTORY: Cold = Cold {
-    failures: VecDeque::new(),
-    remembered: VecDeque::new(),
-    opened_at: None,
-    recovery_at: None,
-    probes: Vec::new(),
-    probe_successes: 0,
-    opened_by: None,
-    open_streak: 0,
-    closed_at: None,
-    window: None,
-};
-
-/// A breaker's [`Cold`] part: read as empty until first written, then boxed.
-#[derive(Clone, Debug, Default)]
-pub(super) struct History(Option<Box<Cold>>);
-
-impl History {
-    pub(super) fn of(cold: Cold) -> Self {
-        if cold == NO_HISTORY {
-            History(None)
-        } else {
-            History(Some(Box::new(cold)))
-        }
-    }
-}
-
-impl std::ops::Deref for History {
-    type Target = Cold;
-
-    fn deref(&self) -> &Cold {
-        self.0.as_deref().unwrap_or(&NO_HISTORY)
-    }
-}
-
-impl std::ops::DerefMut for History {
-    fn deref_mut(&mut self) -> &mut Cold {
-        self.0.get_or_insert_with(Box::default)
-    }
-}
-
-impl PartialEq for History {
-    fn eq(&self, other: &Self) -> bool {
-        **self == **other
-    }
-}
-
-impl Eq for History {}
-
 impl Default for Breaker {
     fn default() -> Self {
         Self::new()
@@ -315,7 +51,7 @@ impl Breaker {
             tripped: false,
             generation: 0,
             next_sequence: 0,
-            cold: History(None),
+            cold: History::default(),
         }
     }
 

@@ -32,27 +32,29 @@
 //! ```
 
 mod breaker;
+mod cold;
+mod decision;
+mod inputs;
 pub mod permit;
-mod policy;
 mod record;
 mod settings;
 mod time;
+mod transition;
 mod window;
 
-pub use breaker::{
-    Breaker, Cause, Decision, Denial, Disposition, Failure, Outcome, Pass, Probe, State,
-    Transition, Transitions,
-};
+pub use breaker::Breaker;
+pub use decision::{Decision, Denial, Disposition, Failure, Outcome, Pass, Probe};
+pub use inputs::{FailureKind, Intent, KindAction, KindActions, Mode, Report};
 pub use permit::{Permit, PermitError};
-pub use policy::{FailureKind, Intent, KindAction, KindActions, Mode, Report};
 pub use record::{BreakerRecord, FailureRecord, ProbeRecord};
 pub use settings::Settings;
 pub use time::{human_duration, Timestamp};
+pub use transition::{Cause, State, Transition, Transitions};
 pub use window::{Bucket, RateWindow, BUCKETS};
 
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
-mod policy_tests;
+mod rules_tests;
 #[cfg(test)]
 mod tests;

@@ -3,9 +3,12 @@
 //! Kept apart from [`Breaker`](super::Breaker) so that the breaker's in-memory layout can
 //! change without changing what stores hold.
 
-use super::breaker::{Breaker, Cause, Cold, Failure, History, Probe, State, NO_PERMIT};
-use super::policy::FailureKind;
+use super::breaker::{Breaker, NO_PERMIT};
+use super::cold::{Cold, History};
+use super::decision::{Failure, Probe};
+use super::inputs::FailureKind;
 use super::time::Timestamp;
+use super::transition::{Cause, State};
 use super::window::RateWindow;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

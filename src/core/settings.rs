@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::policy::{KindActions, Mode};
+use super::inputs::{KindActions, Mode};
 
 /// How a breaker decides. Passed by reference into every core operation rather than stored in
 /// each breaker, so that a million idle breakers share one copy and a settings change applies
