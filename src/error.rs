@@ -42,6 +42,43 @@ pub enum Error {
     NotHalted(String),
     #[error("riskgate is loading its store and does not answer yet")]
     Loading,
+    #[error("overloaded: more than {max} calls in flight; retry with backoff")]
+    Overloaded { max: usize },
+    #[error("authentication required: {0}")]
+    Unauthenticated(&'static str),
+    #[error("{principal} may not call {path}: it needs the {needs} role")]
+    RoleRequired {
+        principal: String,
+        path: String,
+        needs: &'static str,
+    },
+    #[error("{principal} may not trade account {account}")]
+    AccountNotGranted { principal: String, account: String },
+    #[error("{principal} is over its limit of {per_sec} GateService calls per second")]
+    RateLimited { principal: String, per_sec: u32 },
+    #[error(
+        "the configuration was reloaded and this session's credentials are no longer accepted: {0}"
+    )]
+    CredentialsRevoked(&'static str),
+    #[error("the configuration was reloaded and {principal} no longer has the bot role")]
+    RoleRevoked { principal: String },
+    #[error("at most {max} watch streams may be open at once (limits.max_watchers)")]
+    TooManyWatchers { max: usize },
+    #[error("this watcher fell behind by {missed} events and was ended; resume with after_sequence={resume_after}")]
+    WatcherLagged { missed: u64, resume_after: u64 },
+    #[error("riskgate is shutting down; resume with after_sequence={resume_after}")]
+    WatchShutdown { resume_after: u64 },
+    #[error("riskgate is shutting down; every message sent before was answered")]
+    SessionShutdown,
+    #[error("a batch holds at most {max} messages, not {got}")]
+    BatchTooLarge { max: usize, got: usize },
+    #[error("a batch cannot hold another batch")]
+    NestedBatch,
+    #[error("a trade session message holds a check, a report or a batch")]
+    EmptySessionMessage,
+    /// A broken invariant of the server's own (a bug), answered rather than panicking.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -87,12 +87,13 @@ impl MonitorService for Monitor {
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let request = request.into_inner();
-        let slot = self.watchers.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "at most {} watch streams may be open at once (limits.max_watchers)",
-                self.max_watchers
-            ))
-        })?;
+        let slot =
+            self.watchers
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::TooManyWatchers {
+                    max: self.max_watchers,
+                })?;
         let subscription = self
             .registry
             .subscribe(&request.account_ids, request.after_sequence)

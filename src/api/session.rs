@@ -14,6 +14,7 @@ use super::gate::{
     check_durable, check_now, report_durable, report_now, Checked, PendingCheck, PendingReport,
 };
 use crate::auth::{Principal, SessionCredentials};
+use crate::error::Error;
 use crate::proto::trade_session_request::Kind as In;
 use crate::proto::trade_session_response::Kind as Out;
 use crate::proto::{
@@ -56,10 +57,13 @@ fn session_message_now(
     match message.kind {
         Some(In::Batch(batch)) if batch.messages.len() > MAX_BATCH => Ok(TradeSessionResponse {
             correlation_id,
-            kind: Some(session_error(Status::invalid_argument(format!(
-                "a batch holds at most {MAX_BATCH} messages, not {}",
-                batch.messages.len()
-            )))),
+            kind: Some(session_error(
+                Error::BatchTooLarge {
+                    max: MAX_BATCH,
+                    got: batch.messages.len(),
+                }
+                .into(),
+            )),
         }),
         Some(In::Batch(batch)) => {
             // In the order given: a report follows the check it answers.
@@ -144,7 +148,7 @@ async fn finish(registry: Arc<Registry>, unfinished: Box<Unfinished>) -> TradeSe
 fn apply(registry: &Registry, principal: Option<&Principal>, kind: Option<In>) -> Answer {
     // Every message of a session is a gate call, under the principal's rate.
     if let Err(status) = principal.map_or(Ok(()), Principal::admit_gate_call) {
-        return Answer::Ready(session_error(status));
+        return Answer::Ready(session_error(status.into()));
     }
     match kind {
         Some(In::Check(request)) => match check_now(registry, principal, request) {
@@ -159,12 +163,8 @@ fn apply(registry: &Registry, principal: Option<&Principal>, kind: Option<In>) -
             Ok(pending) => Answer::Report(Box::new(pending)),
             Err(status) => Answer::Ready(session_error(status)),
         },
-        Some(In::Batch(_)) => Answer::Ready(session_error(Status::invalid_argument(
-            "a batch cannot hold another batch",
-        ))),
-        None => Answer::Ready(session_error(Status::invalid_argument(
-            "a trade session message holds a check, a report or a batch",
-        ))),
+        Some(In::Batch(_)) => Answer::Ready(session_error(Error::NestedBatch.into())),
+        None => Answer::Ready(session_error(Error::EmptySessionMessage.into())),
     }
 }
 
@@ -223,7 +223,7 @@ pub(super) async fn run_session(
                                 Err(status) => {
                                     // What was applied before stays applied; its answers
                                     // are not awaited.
-                                    let _ = answers.send(Err(status)).await;
+                                    let _ = answers.send(Err(status.into())).await;
                                     return;
                                 }
                             }
@@ -265,11 +265,7 @@ pub(super) async fn run_session(
         }
         if !reading && pending.is_empty() {
             if stopping {
-                let _ = answers
-                    .send(Err(Status::unavailable(
-                        "riskgate is shutting down; every message sent before was answered",
-                    )))
-                    .await;
+                let _ = answers.send(Err(Error::SessionShutdown.into())).await;
             }
             return;
         }

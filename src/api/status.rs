@@ -15,8 +15,23 @@ impl From<Error> for Status {
             | Error::MissingField { .. }
             | Error::FieldTooLong { .. }
             | Error::InvalidEnum { .. }
-            | Error::InvalidArgument(_) => Status::invalid_argument(message),
-            Error::AccountLimit { .. } => Status::resource_exhausted(message),
+            | Error::InvalidArgument(_)
+            | Error::BatchTooLarge { .. }
+            | Error::NestedBatch
+            | Error::EmptySessionMessage => Status::invalid_argument(message),
+            Error::AccountLimit { .. }
+            | Error::RateLimited { .. }
+            | Error::TooManyWatchers { .. } => Status::resource_exhausted(message),
+            Error::Unauthenticated(_) | Error::CredentialsRevoked(_) => {
+                Status::unauthenticated(message)
+            }
+            Error::RoleRequired { .. }
+            | Error::AccountNotGranted { .. }
+            | Error::RoleRevoked { .. } => Status::permission_denied(message),
+            Error::WatcherLagged { .. } => Status::aborted(message),
+            Error::Overloaded { .. } | Error::WatchShutdown { .. } | Error::SessionShutdown => {
+                Status::unavailable(message)
+            }
             Error::UnknownAccount(_) | Error::UnknownGroup(_) => Status::not_found(message),
             Error::NotHalted(_) => Status::failed_precondition(message),
             Error::HistoryExpired { .. } | Error::HistoryAhead { .. } => {
@@ -25,7 +40,9 @@ impl From<Error> for Status {
             Error::Loading | Error::Store(StoreError::Unavailable(_)) => {
                 Status::unavailable(message)
             }
-            Error::Store(StoreError::Unusable { .. }) => Status::internal(message),
+            Error::Store(StoreError::Unusable { .. }) | Error::Internal(_) => {
+                Status::internal(message)
+            }
         }
     }
 }

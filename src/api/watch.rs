@@ -17,6 +17,7 @@ use tonic::Status;
 
 use super::convert;
 use crate::clock::Clock;
+use crate::error::Error;
 use crate::proto::{watch_events_response::Kind, Heartbeat, SnapshotComplete, WatchEventsResponse};
 use crate::registry::Subscription;
 
@@ -118,9 +119,7 @@ async fn forward(
         tokio::select! {
             biased;
             _ = options.shutdown.changed() => {
-                out.end(Status::unavailable(format!(
-                    "riskgate is shutting down; resume with after_sequence={current}"
-                )))
+                out.end(Error::WatchShutdown { resume_after: current }.into())
                 .await;
                 return;
             }
@@ -143,9 +142,7 @@ async fn forward(
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, resume_after = current, "ending a watcher that fell behind");
                     crate::metrics::watcher_lagged();
-                    out.end(Status::aborted(format!(
-                        "this watcher fell behind by {missed} events and was ended; resume with after_sequence={current}"
-                    )))
+                    out.end(Error::WatcherLagged { missed, resume_after: current }.into())
                     .await;
                     return;
                 }

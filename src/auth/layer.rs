@@ -11,6 +11,7 @@ use tonic::body::Body;
 use tonic::Status;
 
 use super::{Auth, Service};
+use crate::error::Error;
 
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -60,9 +61,10 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> Answer<F> {
-    fn refused(status: Status) -> Self {
+    /// A refusal, as the one map from errors to statuses words it.
+    fn refused(error: Error) -> Self {
         Answer::Refused {
-            response: Some(status.into_http()),
+            response: Some(Status::from(error).into_http()),
         }
     }
 }
@@ -75,9 +77,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            AnswerProjection::Refused { response } => Poll::Ready(Ok(response
-                .take()
-                .unwrap_or_else(|| Status::internal("answer polled again").into_http()))),
+            AnswerProjection::Refused { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+                    Status::from(Error::Internal("answer polled again")).into_http()
+                })))
+            }
             AnswerProjection::Served { future, .. } => future.poll(cx),
         }
     }
@@ -146,10 +150,9 @@ where
         if count > auth.max_in_flight && service != Service::Health {
             auth.count(&auth.counters.shed);
             crate::metrics::auth_refused("shed");
-            return Answer::refused(Status::unavailable(format!(
-                "overloaded: more than {} calls in flight; retry with backoff",
-                auth.max_in_flight
-            )));
+            return Answer::refused(Error::Overloaded {
+                max: auth.max_in_flight,
+            });
         }
         let certs = client_certs(&request);
         let client_cert = certs.as_deref().and_then(|c| c.first()).map(|c| c.as_ref());
@@ -162,9 +165,7 @@ where
                 auth.count(&auth.counters.unauthenticated);
                 crate::metrics::auth_refused("unauthenticated");
                 tracing::warn!(peer = ?peer(&request), path = request.uri().path(), why, "unauthenticated call refused");
-                return Answer::refused(Status::unauthenticated(format!(
-                    "authentication required: {why}"
-                )));
+                return Answer::refused(Error::Unauthenticated(why));
             }
         };
         if !service.allows(principal.roles) {
@@ -176,16 +177,16 @@ where
                 Service::Monitor => "monitor or operator",
                 _ => "operator",
             };
-            return Answer::refused(Status::permission_denied(format!(
-                "{} may not call {}: it needs the {needs} role",
-                principal.name,
-                request.uri().path()
-            )));
+            return Answer::refused(Error::RoleRequired {
+                principal: principal.name.to_string(),
+                path: request.uri().path().to_owned(),
+                needs,
+            });
         }
         if service == Service::Gate {
-            if let Err(status) = principal.admit_gate_call() {
+            if let Err(error) = principal.admit_gate_call() {
                 auth.count(&auth.counters.rate_limited);
-                return Answer::refused(status);
+                return Answer::refused(error);
             }
         }
         if service == Service::Gate && request.uri().path().ends_with("/TradeSession") {

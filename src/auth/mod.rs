@@ -15,9 +15,9 @@ use std::sync::{Arc, RwLock};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use subtle::ConstantTimeEq;
-use tonic::Status;
 
 use crate::config::{AuthMode, Config};
+use crate::error::Error;
 use crate::registry::AccountPattern;
 
 pub use layer::AuthLayer;
@@ -64,14 +64,14 @@ pub struct Principal {
 
 impl Principal {
     /// Takes one GateService call from the principal's rate, or says the limit.
-    pub fn admit_gate_call(&self) -> Result<(), Status> {
+    pub fn admit_gate_call(&self) -> Result<(), Error> {
         match &self.limiter {
             Some(limiter) if limiter.check().is_err() => {
                 crate::metrics::auth_refused("rate_limited");
-                Err(Status::resource_exhausted(format!(
-                    "{} is over its limit of {} GateService calls per second",
-                    self.name, self.gate_calls_per_sec
-                )))
+                Err(Error::RateLimited {
+                    principal: self.name.to_string(),
+                    per_sec: self.gate_calls_per_sec,
+                })
             }
             _ => Ok(()),
         }
@@ -263,15 +263,15 @@ impl AuthPolicy {
 
 /// Refuses a gate call (or trade session message) for an account the principal may not trade.
 /// The message does not say whether the account exists.
-pub fn authorize(principal: Option<&Principal>, account_id: &str) -> Result<(), Status> {
+pub fn authorize(principal: Option<&Principal>, account_id: &str) -> Result<(), Error> {
     match principal {
         Some(principal) if !principal.may_trade(account_id) => {
             tracing::warn!(principal = %principal.name, account_id, "permission denied: account not granted to this principal");
             crate::metrics::auth_refused("account_not_granted");
-            Err(Status::permission_denied(format!(
-                "{} may not trade account {account_id}",
-                principal.name
-            )))
+            Err(Error::AccountNotGranted {
+                principal: principal.name.to_string(),
+                account: account_id.to_owned(),
+            })
         }
         _ => Ok(()),
     }
@@ -302,7 +302,7 @@ impl SessionCredentials {
     /// The principal under the policy in force: `principal` itself unless the policy was
     /// replaced since; then the principal the same credentials name now, or why the session
     /// may not go on (`UNAUTHENTICATED`, `PERMISSION_DENIED`).
-    pub fn refresh(&self, principal: &Arc<Principal>) -> Result<Option<Arc<Principal>>, Status> {
+    pub fn refresh(&self, principal: &Arc<Principal>) -> Result<Option<Arc<Principal>>, Error> {
         let current = self.auth.policy.load_full();
         let mut seen = self
             .seen
@@ -320,18 +320,15 @@ impl SessionCredentials {
             Err(why) => {
                 crate::metrics::auth_refused("unauthenticated");
                 tracing::warn!(principal = %principal.name, why, "trade session ended: its credentials are no longer accepted");
-                return Err(Status::unauthenticated(format!(
-                    "the configuration was reloaded and this session's credentials are no longer accepted: {why}"
-                )));
+                return Err(Error::CredentialsRevoked(why));
             }
         };
         if !Service::Gate.allows(renewed.roles) {
             crate::metrics::auth_refused("permission_denied");
             tracing::warn!(principal = %renewed.name, "trade session ended: the principal no longer has the bot role");
-            return Err(Status::permission_denied(format!(
-                "the configuration was reloaded and {} no longer has the bot role",
-                renewed.name
-            )));
+            return Err(Error::RoleRevoked {
+                principal: renewed.name.to_string(),
+            });
         }
         *seen = current;
         Ok(Some(renewed))
