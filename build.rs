@@ -17,8 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
-        // Prost's codec with a smaller yield threshold for streams (see src/codec.rs).
-        .codec_path("crate::codec::RiskgateCodec")
+        // Prost's codec with a smaller yield threshold for streams (see src/grpc_codec.rs).
+        .codec_path("crate::grpc_codec::RiskgateCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -7,32 +7,46 @@
 //!
 //! # Layout
 //!
-//! The layers, outermost first; each only calls the one below it.
+//! The layers, outermost first. A module imports only modules of the layers below its own,
+//! never one above and never one beside it, so there is no import circle;
+//! `tests/architecture.rs` reads the source and holds the code to this.
 //!
-//! - [`cli`] and `main.rs`: the `riskgate` binary. `serve` runs the service; `status`, `watch`,
-//!   `reset`, `trip` talk to a running one.
-//! - [`server`]: wires the services, health and reflection onto a listener; graceful shutdown.
-//! - [`api`]: the wire layer. Thin gRPC handlers (validate, delegate, convert), the one mapping
-//!   from [`error::Error`] to `tonic::Status`, and the watch-stream task.
-//! - [`registry`]: every account's breaker behind sharded locks, the clock, sequenced events
-//!   and their fan-out, the deadline timer, and the hand-off to the store.
-//! - [`core`]: the breaker as a pure state machine: `(state, input, now) -> (state, transitions)`.
-//! - [`store`]: persistence behind the narrow [`store::Store`] trait.
-//! - [`config`]: the embedded default, file and environment layers, validated as a whole.
-//! - [`proto`]: code generated from `proto/riskgate/v1/riskgate.proto`.
+//! 1. [`cli`] and `main.rs`: the `riskgate` binary. `serve` runs the service; `status`,
+//!    `watch`, `reset`, `trip`, `halt`, `audit`, `config` talk to a running one.
+//! 2. [`server`]: wires the services, health and reflection onto a listener; reloads the
+//!    configuration; graceful shutdown.
+//! 3. [`api`]: the wire layer. Thin gRPC handlers (validate, delegate, convert), the trade
+//!    session, the watch-stream task, and the one map from [`error::Error`] to `tonic::Status`.
+//! 4. [`auth`]: who is calling and what they may do; the layer that authenticates, authorizes,
+//!    rate-limits and sheds every call before a handler runs.
+//! 5. [`logging`]: the tracing subscriber, human or JSON.
+//! 6. [`config`]: the embedded default, file and environment layers, validated as a whole.
+//! 7. [`registry`]: every account's breaker behind sharded locks, halts, sequenced events and
+//!    their fan-out, the deadline timer, and the hand-off to the store, with what each answer
+//!    must wait for before it is given.
+//! 8. [`error`]: the service's one error type.
+//! 9. [`store`]: persistence behind the narrow [`store::Store`] trait: in memory, or SQLite.
+//! 10. [`history`]: what happened, as the registry records it and the store keeps it (events,
+//!     operator actions, halts, audit records): the vocabulary both speak.
+//! 11. Leaves: [`metrics`] (Prometheus, labelled by plain values), [`clock`] (the service
+//!     clock), [`grpc_codec`] (the gRPC codec), [`runtime`] (the tuned tokio runtime),
+//!     [`proto`] (generated from `proto/riskgate/v1/riskgate.proto`).
+//! 12. [`core`]: the breaker as a pure state machine: `(state, input, now) -> (state,
+//!     transitions)`.
 
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod clock;
-pub mod codec;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod grpc_codec;
 pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod registry;
+pub mod runtime;
 pub mod server;
 pub mod store;
 

@@ -3,7 +3,7 @@
 //! Owns authentication (a bearer token, or the TLS client certificate), the role each RPC
 //! needs, a bot's accounts, the per-principal rate limit on the gate and load shedding. All of
 //! it is applied in one place, [`AuthLayer`], around every service; the gate handlers only ask
-//! [`authorize_account`] whether the principal may trade the account named in the message.
+//! [`authorize`] whether the principal may trade the account named in the message.
 
 mod layer;
 pub mod tls;

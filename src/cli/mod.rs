@@ -32,7 +32,7 @@ pub enum Command {
         /// A TOML file overriding the built-in configuration.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Log format; overrides [log] format.
+        /// Log format; overrides `log.format` in the configuration.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },

@@ -403,83 +403,6 @@ impl Breaker {
         }
     }
 
-    pub fn state(&self) -> State {
-        self.state
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    pub fn is_tripped(&self) -> bool {
-        self.tripped
-    }
-
-    pub fn opened_at(&self) -> Option<Timestamp> {
-        self.cold.opened_at
-    }
-
-    pub fn recovery_at(&self) -> Option<Timestamp> {
-        self.cold.recovery_at
-    }
-
-    pub fn probes(&self) -> &[Probe] {
-        &self.cold.probes
-    }
-
-    pub fn probe_successes(&self) -> u32 {
-        self.cold.probe_successes
-    }
-
-    /// OPEN and HALF_OPEN: the rule that opened the breaker.
-    pub fn opened_by(&self) -> Option<Cause> {
-        (self.state != State::Closed)
-            .then_some(self.cold.opened_by)
-            .flatten()
-    }
-
-    /// Consecutive openings counted for backoff.
-    pub fn open_streak(&self) -> u32 {
-        self.cold.open_streak
-    }
-
-    /// The failures that `failure_count` counts, oldest first: in OPEN and HALF_OPEN, the
-    /// outcomes that opened the breaker.
-    pub fn failures<'a>(
-        &'a self,
-        settings: &'a Settings,
-        now: Timestamp,
-    ) -> impl Iterator<Item = &'a Failure> + 'a {
-        let closed = self.state == State::Closed;
-        self.cold
-            .failures
-            .iter()
-            .filter(move |f| !closed || in_window(settings, f.at, now))
-    }
-
-    /// CLOSED: failures inside the window at `now`. OPEN and HALF_OPEN: the failures that
-    /// opened the breaker, with any failed or expired probes since.
-    pub fn failure_count(&self, settings: &Settings, now: Timestamp) -> u32 {
-        match self.state {
-            State::Closed => self.failures_in_window(settings, now),
-            _ => saturating_u32(self.cold.failures.len()),
-        }
-    }
-
-    /// The times of the failures that `failure_count` counts, oldest first.
-    pub fn failure_times<'a>(
-        &'a self,
-        settings: &'a Settings,
-        now: Timestamp,
-    ) -> impl Iterator<Item = Timestamp> + 'a {
-        let closed = self.state == State::Closed;
-        self.cold
-            .failures
-            .iter()
-            .filter(move |f| !closed || in_window(settings, f.at, now))
-            .map(|f| f.at)
-    }
-
     fn issue_permit(&mut self) -> Permit {
         let permit = Permit {
             generation: self.generation,
@@ -493,7 +416,7 @@ impl Breaker {
         self.cold.probes.iter().map(|p| p.expires_at).min()
     }
 
-    fn failures_in_window(&self, settings: &Settings, now: Timestamp) -> u32 {
+    pub(super) fn failures_in_window(&self, settings: &Settings, now: Timestamp) -> u32 {
         saturating_u32(
             self.cold
                 .failures
@@ -649,10 +572,10 @@ fn unit(generation: u64, now: Timestamp) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn in_window(settings: &Settings, at: Timestamp, now: Timestamp) -> bool {
+pub(super) fn in_window(settings: &Settings, at: Timestamp, now: Timestamp) -> bool {
     now.saturating_duration_since(at) < settings.failure_window
 }
 
-fn saturating_u32(n: usize) -> u32 {
+pub(super) fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }

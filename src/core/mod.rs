@@ -36,6 +36,7 @@ mod cold;
 mod decision;
 mod inputs;
 pub mod permit;
+mod reading;
 mod record;
 mod settings;
 mod time;

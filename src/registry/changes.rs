@@ -14,7 +14,7 @@ pub(super) enum Time {
 }
 
 /// What one core operation produced, for `Registry::update`.
-pub(super) struct Change<R> {
+pub(super) struct Applied<R> {
     pub(super) result: R,
     pub(super) transitions: Transitions,
     /// Durable state changed even without a transition (a failure counted, a probe granted).
@@ -55,7 +55,7 @@ impl Registry {
         time: Time,
         operator: Option<&OperatorAction>,
         audit: Option<&dyn Fn(State, State, Timestamp) -> AuditRecord>,
-        operation: impl FnOnce(&mut Slot, Timestamp) -> Change<R>,
+        operation: impl FnOnce(&mut Slot, Timestamp) -> Applied<R>,
     ) -> Result<(R, Option<WhenDurable>)> {
         let mut shard = self.shard(account_id);
         let mut created = false;
@@ -82,7 +82,7 @@ impl Registry {
         };
         let before = slot.breaker.state();
         let mode_before = slot.mode;
-        let Change {
+        let Applied {
             result,
             transitions,
             persist,

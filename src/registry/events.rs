@@ -18,11 +18,12 @@ use crate::error::Error;
 use crate::history::Event;
 
 pub(crate) struct EventLog {
-    inner: Mutex<Log>,
+    inner: Mutex<Sequenced>,
     live: broadcast::Sender<Arc<Event>>,
 }
 
-struct Log {
+/// The events given sequence numbers: those not yet durable, and those kept for resuming.
+struct Sequenced {
     /// The last sequence assigned.
     last_sequence: u64,
     /// The last sequence shown to watchers: every event up to it is durable.
@@ -49,7 +50,7 @@ impl EventLog {
     pub fn new(capacity: usize, max_age: Duration, subscriber_buffer: usize) -> Self {
         let (live, _) = broadcast::channel(subscriber_buffer.max(1));
         EventLog {
-            inner: Mutex::new(Log {
+            inner: Mutex::new(Sequenced {
                 last_sequence: 0,
                 published: 0,
                 unpublished: VecDeque::new(),
@@ -138,12 +139,12 @@ impl EventLog {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sequenced> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl Log {
+impl Sequenced {
     /// Keeps a published event, dropping the oldest beyond the count or the age.
     fn retain(&mut self, event: Arc<Event>) {
         if self.capacity == 0 {

@@ -72,7 +72,7 @@ impl Registry {
                 } = slot;
                 let state = breaker.state();
                 if mode == Mode::Disabled {
-                    return Change {
+                    return Applied {
                         result: CheckResult::new(
                             true,
                             state,
@@ -122,7 +122,7 @@ impl Registry {
                 } else {
                     Reliance::Nothing
                 };
-                Change {
+                Applied {
                     result,
                     transitions,
                     persist: probe_granted,
@@ -247,7 +247,7 @@ impl Registry {
                 breaker, settings, ..
             } = slot;
             if mode == Mode::Disabled {
-                return Change {
+                return Applied {
                     result: ReportResult {
                         state: breaker.state(),
                         disposition: Disposition::Ignored,
@@ -265,7 +265,7 @@ impl Registry {
             let persist = (disposition == Disposition::Recorded
                 && (report.failed || state != State::Closed || settings.has_rate_rules()))
                 || breaker.probes().len() != probes_before;
-            Change {
+            Applied {
                 result: ReportResult {
                     state,
                     disposition,

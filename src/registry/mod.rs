@@ -52,7 +52,7 @@ pub use views::Subscription;
 
 use accounts::{Accounts, Locked};
 use answers::{shadowed, Explanation, DISABLED};
-use changes::{Change, Reliance, Time, Wait};
+use changes::{Applied, Reliance, Time, Wait};
 use deadlines::DeadlineQueue;
 use events::{EventLog, Feed};
 use halts::Halts;

@@ -100,7 +100,7 @@ impl Registry {
             Time::Exact,
             Some(&action),
             Some(&audit),
-            |slot, now| Change {
+            |slot, now| Applied {
                 result: (),
                 transitions: act(slot, now).map(Transitions::one).unwrap_or_default(),
                 persist: true,

@@ -6,11 +6,8 @@
 //! earlier fold already moved into `breakers`. A slot row never outgrows its page, so SQLite
 //! rewrites it where it is: a commit dirties one page (two when it opens a slot), and allocates,
 //! frees and splits none; consecutive commits share a page, so a checkpoint copies about as many
-//! pages as the changes fill. (Appending one row per change to a log and deleting them at each
-//! fold wrote 5.3 pages a commit: the log's leaves, its root, page 1 and the freelist's trunk.
-//! One slot per commit dirtied one page, but a checkpoint then copied a page for every commit:
-//! 2.6 ms syncs of the database file three times a second, and the p99.9 of a durable call rose
-//! from 3.6-4.2 ms to 5.7-6.4 ms.)
+//! pages as the changes fill. (The layouts tried before, a log of rows and a slot per commit,
+//! wrote or checkpointed more pages: docs/benchmarks.md, "The breaker journal's layout".)
 //!
 //! Each slot holds the number of the write that opened it (1, 2, ... across the ring's turns, 0
 //! for a slot never written) and its changes in order. `counters.journal_folded` is the last

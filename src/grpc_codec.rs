@@ -1,14 +1,10 @@
 //! The gRPC codec of every riskgate service and client: prost's, with a smaller yield
 //! threshold for streams.
 //!
-//! tonic encodes the messages of a stream into one buffer and hands it to HTTP/2 only when the
-//! stream has no further message ready or the buffer passes the yield threshold, 32 KiB by
-//! default. When a trade session's answers are ready in a burst, that held up to 28 answers to
-//! batches of 32 checks (1.2 KiB each) before the first of them left: a bot keeping 64 batches
-//! in flight then waited with nothing to send, and so did the server (measured: its core 72-75%
-//! busy at 0.71-0.78M checks/s; with 256 batches in flight, saturated at 0.95-1.0M). At 4 KiB,
-//! answers leave in groups of two or three; HTTP/2 still writes whatever frames are queued in
-//! one system call. The same holds for a bot's stream of requests and a watcher's events.
+//! tonic hands a stream's encoded messages to HTTP/2 only when no further message is ready or
+//! the buffer passes the yield threshold (32 KiB by default): a burst of trade-session answers
+//! then waits for the last of them, and the bot with it. At 4 KiB answers leave in groups of
+//! two or three (figures: docs/benchmarks.md, "The stream codec's yield threshold").
 
 use std::marker::PhantomData;
 
