@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -162,7 +162,16 @@ impl Drop for Held {
     }
 }
 
-fn settings_file(dir: &Path, text: &str) -> std::path::PathBuf {
+/// A directory for a test's store and configuration: the directory (removed when dropped), the
+/// store's path and the configuration file's.
+fn store_dir(settings: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let file = settings_file(dir.path(), settings);
+    (dir, data, file)
+}
+
+fn settings_file(dir: &Path, text: &str) -> PathBuf {
     let file = dir.join("riskgate.toml");
     std::fs::write(&file, text).expect("write config");
     file
@@ -173,9 +182,7 @@ fn settings_file(dir: &Path, text: &str) -> std::path::PathBuf {
 /// must still hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_report_is_answered_only_once_the_original_is_durable() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let file = settings_file(dir.path(), SETTINGS);
+    let (_dir, data, file) = store_dir(SETTINGS);
     let server = Server::start(&data, &file).await;
     let permit = server.check("ACC-1").await.permit_id;
 
@@ -226,9 +233,7 @@ async fn a_retried_report_is_answered_only_once_the_original_is_durable() {
 /// number once shown is never reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_and_snapshots_show_only_what_is_durable() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let file = settings_file(dir.path(), SETTINGS);
+    let (_dir, data, file) = store_dir(SETTINGS);
     let server = Server::start(&data, &file).await;
     server.check("ACC-1").await;
 
@@ -341,9 +346,7 @@ async fn views_and_snapshots_show_only_what_is_durable() {
 /// stays in force and orders stay denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_takes_effect_only_once_it_is_durable() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let file = settings_file(dir.path(), SETTINGS);
+    let (_dir, data, file) = store_dir(SETTINGS);
     let server = Server::start(&data, &file).await;
     server
         .admin()
@@ -447,9 +450,7 @@ async fn a_resume_takes_effect_only_once_it_is_durable() {
 /// (modes apply to the breaker only), and a resume is refused rather than acted on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_store_denies_every_mode_and_refuses_resumes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let file = settings_file(dir.path(), SETTINGS);
+    let (_dir, data, file) = store_dir(SETTINGS);
     let server = Server::start(&data, &file).await;
     server
         .admin()
@@ -675,9 +676,7 @@ async fn a_reload_reaches_open_trade_sessions() {
 /// reset after orders had been allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_order_is_allowed_under_a_reset_that_is_not_yet_durable() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let file = settings_file(dir.path(), SETTINGS);
+    let (_dir, data, file) = store_dir(SETTINGS);
     let server = Server::start(&data, &file).await;
     server
         .admin()

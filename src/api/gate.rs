@@ -129,16 +129,21 @@ pub(super) fn report_now(
 
 pub(super) async fn report_durable(
     registry: &Registry,
-    pending: PendingReport,
+    mut pending: PendingReport,
 ) -> Result<ReportOutcomeResponse, Status> {
-    registry.wait_durable(pending.when).await?;
+    registry.wait_durable(pending.when.take()).await?;
+    Ok(report_answered(pending))
+}
+
+/// The answer of a report once it may be given.
+pub(super) fn report_answered(pending: PendingReport) -> ReportOutcomeResponse {
     crate::metrics::reported(
         pending.failed,
         pending.kind,
         pending.result.disposition,
         &pending.timer,
     );
-    Ok(convert::report_response(pending.result))
+    convert::report_response(pending.result)
 }
 
 async fn report(

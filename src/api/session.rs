@@ -9,17 +9,16 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::convert;
 use super::gate::{
-    check_durable, check_now, report_durable, report_now, Checked, PendingCheck, PendingReport,
+    check_durable, check_now, report_answered, report_durable, report_now, Checked, PendingCheck,
+    PendingReport,
 };
 use crate::auth::{Principal, SessionCredentials};
 use crate::error::Error;
 use crate::proto::trade_session_request::Kind as In;
 use crate::proto::trade_session_response::Kind as Out;
 use crate::proto::{
-    ReportOutcomeResponse, SessionError, TradeSessionBatchResponse, TradeSessionRequest,
-    TradeSessionResponse,
+    SessionError, TradeSessionBatchResponse, TradeSessionRequest, TradeSessionResponse,
 };
 use crate::registry::Registry;
 
@@ -158,7 +157,7 @@ fn apply(registry: &Registry, principal: Option<&Principal>, kind: Option<In>) -
         },
         Some(In::Report(request)) => match report_now(registry, principal, &request) {
             Ok(pending) if pending.when.is_none() => {
-                Answer::Ready(report_ready(pending).map_or_else(session_error, Out::Report))
+                Answer::Ready(Out::Report(report_answered(pending)))
             }
             Ok(pending) => Answer::Report(Box::new(pending)),
             Err(status) => Answer::Ready(session_error(status)),
@@ -166,17 +165,6 @@ fn apply(registry: &Registry, principal: Option<&Principal>, kind: Option<In>) -
         Some(In::Batch(_)) => Answer::Ready(session_error(Error::NestedBatch.into())),
         None => Answer::Ready(session_error(Error::EmptySessionMessage.into())),
     }
-}
-
-/// The answer of a report that waits for nothing.
-fn report_ready(pending: PendingReport) -> Result<ReportOutcomeResponse, Status> {
-    crate::metrics::reported(
-        pending.failed,
-        pending.kind,
-        pending.result.disposition,
-        &pending.timer,
-    );
-    Ok(convert::report_response(pending.result))
 }
 
 fn session_error(status: Status) -> Out {
