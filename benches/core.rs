@@ -76,7 +76,7 @@ fn count_allocations() {
             .now_or_never()
             .expect("a check in CLOSED never waits")
             .expect("check");
-        riskgate::metrics::checked(result.metric(), &riskgate::metrics::Timer::start());
+        riskgate::metrics::checked(&riskgate::metrics::Timer::start(), || result.metric());
         black_box(riskgate::api::convert::check_response(result));
     }
     let answered = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64;

@@ -133,11 +133,12 @@ pub enum Checked {
 /// Called on every `CheckTrade`. The answers that are not denials name their series with
 /// literal labels, so the key is a static: the `metrics` macros build a key with runtime label
 /// values in a fresh `Vec` on every call, recorder or not.
-pub fn checked(checked: Checked, timer: &Timer) {
+/// `checked` is asked only when a recorder is installed.
+pub fn checked(timer: &Timer, checked: impl FnOnce() -> Checked) {
     let Some(took) = timer.elapsed() else {
         return;
     };
-    match checked {
+    match checked() {
         Checked::Passed => counter!(
             "riskgate_checks_total", "decision" => "passed", "layer" => "none", "reason" => "none"
         )

@@ -57,7 +57,7 @@ pub(super) fn check_now(
     let intent = convert::intent(request.intent)?;
     Ok(match registry.decide(&request.account_id, intent)? {
         (result, None) => {
-            crate::metrics::checked(result.metric(), &timer);
+            crate::metrics::checked(&timer, || result.metric());
             Checked::Ready(convert::check_response(result))
         }
         (result, Some(when)) => Checked::Durable(Box::new(PendingCheck {
@@ -83,7 +83,7 @@ pub(super) async fn check_durable(
     let result = registry
         .settle_check(&account_id, result, Some(when))
         .await?;
-    crate::metrics::checked(result.metric(), &timer);
+    crate::metrics::checked(&timer, || result.metric());
     Ok(convert::check_response(result))
 }
 
