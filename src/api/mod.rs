@@ -4,6 +4,7 @@
 //! registry and convert the answer. Errors become statuses in exactly one place (`status`).
 
 mod admin;
+mod handling;
 pub mod convert;
 mod gate;
 mod monitor;

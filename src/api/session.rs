@@ -9,7 +9,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::gate::{
+use super::handling::{
     check_durable, check_now, report_answered, report_durable, report_now, Checked, PendingCheck,
     PendingReport,
 };

@@ -16,7 +16,6 @@ use rusqlite::{params, Connection};
 
 use super::journal::{self, Change};
 use super::rows;
-use super::writer::Reply;
 use crate::core::{BreakerRecord, Mode};
 use crate::store::Batch;
 
@@ -48,9 +47,9 @@ pub(super) struct Written {
 /// Writes every pending batch in one transaction, its breaker changes into the journal's open
 /// slot (`open`) and then its next ones (at most the free ones). The breaker records written go
 /// to `staged`, in the order of their batches.
-fn write(
+fn write<R>(
     conn: &mut Connection,
-    pending: &[(Batch, Option<Reply>)],
+    pending: &[(Batch, R)],
     journal: &Journal,
     open: Option<&[u8]>,
     staged: &mut Staged,
@@ -261,10 +260,11 @@ impl JournalWriter {
     /// Writes every pending batch in one transaction, and once it commits, counts the changes
     /// it wrote and keeps their records as the latest. With every slot of the ring unfolded, it
     /// folds first: a commit never overwrites changes that are not in `breakers`.
-    pub(super) fn write(
+    /// `pending` pairs each batch with whatever its caller waits on, which this leaves alone.
+    pub(super) fn write<R>(
         &mut self,
         conn: &mut Connection,
-        pending: &[(Batch, Option<Reply>)],
+        pending: &[(Batch, R)],
     ) -> rusqlite::Result<Written> {
         if self.journal.free() == 0 {
             self.fold(conn)?;
@@ -292,7 +292,7 @@ impl JournalWriter {
         }
     }
 
-    fn committed(&mut self, pending: &[(Batch, Option<Reply>)]) {
+    fn committed<R>(&mut self, pending: &[(Batch, R)]) {
         let breakers = pending
             .iter()
             .filter_map(|(batch, _)| batch.breaker.as_ref());
