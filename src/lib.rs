@@ -19,7 +19,9 @@
 //!    session, the watch-stream task, and the one map from [`error::Error`] to `tonic::Status`.
 //! 4. [`auth`]: who is calling and what they may do; the layer that authenticates, authorizes,
 //!    rate-limits and sheds every call before a handler runs.
-//! 5. [`logging`]: the tracing subscriber, human or JSON.
+//! 5. [`cluster`]: a node's leadership of a replicated riskgate, as a pure state machine
+//!    (its role, its self-fence, when a new leader may serve).
+//!    [`logging`]: the tracing subscriber, human or JSON.
 //! 6. [`config`]: the embedded default, file and environment layers, validated as a whole.
 //! 7. [`registry`]: every account's breaker behind sharded locks, halts, sequenced events and
 //!    their fan-out, the deadline timer, and the hand-off to the store, with what each answer
@@ -38,6 +40,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod error;

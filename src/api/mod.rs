@@ -4,9 +4,9 @@
 //! registry and convert the answer. Errors become statuses in exactly one place (`status`).
 
 mod admin;
-mod handling;
 pub mod convert;
 mod gate;
+mod handling;
 mod monitor;
 mod session;
 mod status;
