@@ -128,6 +128,7 @@ impl Server {
                     path: data.to_path_buf(),
                     retained_events: 10_000,
                     retained_age: Duration::from_secs(3600),
+                    audit: riskgate::store::AuditRetention::default(),
                 })
                 .expect("sqlite store"),
             ),

@@ -89,6 +89,7 @@ fn restart(accounts: usize, restarts: usize, keep: Option<std::path::PathBuf>) {
             path: path.clone(),
             retained_events: 10_000,
             retained_age: Duration::from_secs(3600),
+            audit: riskgate::store::AuditRetention::default(),
         })
         .expect("store");
         store.load().expect("load");

@@ -81,6 +81,10 @@ fn describe() {
     describe_counter!("riskgate_store_commits_total", "Store transactions written");
     describe_counter!("riskgate_store_errors_total", "Store writes that failed");
     describe_counter!(
+        "riskgate_audit_pruned_total",
+        "Audit records pruned past their retention ([audit])"
+    );
+    describe_counter!(
         "riskgate_auth_refused_total",
         "Calls refused before any handler, by reason"
     );
@@ -234,6 +238,11 @@ pub fn watchers(change: f64) {
 pub fn store_commit(took: Duration) {
     counter!("riskgate_store_commits_total").increment(1);
     histogram!("riskgate_store_commit_seconds").record(took.as_secs_f64());
+}
+
+/// Audit records pruned past their retention.
+pub fn audit_pruned(records: usize) {
+    counter!("riskgate_audit_pruned_total").increment(records as u64);
 }
 
 pub fn store_error() {

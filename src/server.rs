@@ -78,6 +78,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
                 path: config.store.path.clone(),
                 retained_events: config.events.retained,
                 retained_age: config.retained_age(),
+                audit: config.audit_retention(),
             })
             .map_err(Error::from)?,
         ),

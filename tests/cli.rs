@@ -299,6 +299,43 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
         audit.contains("mode") && audit.contains("[shadow]") && audit.contains("(firm)"),
         "{audit}"
     );
+    // Every record with --limit 0; as JSON lines for archiving; filtered by time.
+    let table_lines = audit.lines().count();
+    let all = stdout(&run(&["audit", "--limit", "0"], &addr));
+    assert_eq!(all.lines().count(), table_lines, "{all}");
+    assert!(!all.contains("no operator actions recorded"), "{all}");
+    let jsonl = stdout(&run(
+        &["audit", "--format", "jsonl", "--since", "1h"],
+        &addr,
+    ));
+    let objects: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(
+        objects.len(),
+        table_lines - 1,
+        "every record but the header: {jsonl}"
+    );
+    let mode = objects
+        .iter()
+        .find(|o| o["action"] == "set_mode")
+        .expect("the mode change");
+    assert_eq!(mode["account_id"], "ACC-2");
+    assert_eq!(mode["detail"], "shadow");
+    assert_eq!(mode["reason"], "trial");
+    assert!(mode["id"].as_u64().is_some_and(|id| id > 0), "{mode}");
+    let future = stdout(&run(
+        &[
+            "audit",
+            "--format",
+            "jsonl",
+            "--since",
+            "2999-01-01T00:00:00Z",
+        ],
+        &addr,
+    ));
+    assert_eq!(future, "", "nothing recorded after 2999");
     let config = stdout(&run(&["config"], &addr));
     assert!(
         config.starts_with("# riskgate configuration in force, version ")

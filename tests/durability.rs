@@ -22,6 +22,7 @@ fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         path: path.to_path_buf(),
         retained_events: 10_000,
         retained_age: Duration::from_secs(3600),
+        audit: riskgate::store::AuditRetention::default(),
     })
 }
 

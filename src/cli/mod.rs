@@ -66,13 +66,24 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Show the audit trail of operator actions, newest first.
+    /// Show the audit trail of operator actions, newest first; with `--format jsonl`, one JSON
+    /// object per line, for archiving before records pass their retention (`[audit]`).
     Audit {
         /// Only this account's records.
         account: Option<String>,
-        /// At most this many records.
+        /// At most this many records; 0 for every record.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only records at or after this time: RFC 3339 (2026-12-01T00:00:00Z) or a duration
+        /// ago (7d, 12h).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<std::time::SystemTime>,
+        /// Only records before this time, in the same forms.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<std::time::SystemTime>,
+        /// `table` for people, `jsonl` for programs.
+        #[arg(long, value_enum, default_value_t = AuditFormat::Table)]
+        format: AuditFormat,
         #[command(flatten)]
         target: Target,
     },
@@ -238,8 +249,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Audit {
             account,
             limit,
+            since,
+            until,
+            format,
             target,
-        } => remote::audit(&target.addr, account, limit).await,
+        } => {
+            let query = remote::AuditQuery {
+                account,
+                limit,
+                since,
+                until,
+                format,
+            };
+            remote::audit(&target.addr, query).await
+        }
     }
 }
 
@@ -317,4 +340,24 @@ async fn shutdown_signal() {
         tracing::error!(%error, "cannot listen for SIGINT");
         std::future::pending::<()>().await;
     }
+}
+
+/// How `riskgate audit` prints records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditFormat {
+    Table,
+    Jsonl,
+}
+
+/// A time on the command line: RFC 3339, or a duration before now.
+fn parse_time(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(at);
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time (2026-12-01T00:00:00Z) nor a duration ago (7d, 12h)")
+    })?;
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| format!("{text} ago is before the epoch"))
 }

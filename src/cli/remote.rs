@@ -336,20 +336,32 @@ pub(super) async fn config(addr: &str) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn audit(
-    addr: &str,
-    account: Option<String>,
-    limit: usize,
-) -> Result<ExitCode, CliError> {
+/// Which audit records `riskgate audit` reads, and how it prints them.
+pub(super) struct AuditQuery {
+    pub account: Option<String>,
+    /// 0: every record.
+    pub limit: usize,
+    pub since: Option<std::time::SystemTime>,
+    pub until: Option<std::time::SystemTime>,
+    pub format: super::AuditFormat,
+}
+
+pub(super) async fn audit(addr: &str, query: AuditQuery) -> Result<ExitCode, CliError> {
     let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let limit = if query.limit == 0 {
+        usize::MAX
+    } else {
+        query.limit
+    };
+    let timestamp = |at: std::time::SystemTime| prost_types::Timestamp::from(at);
     let mut records = Vec::new();
     let mut page_token = String::new();
     while records.len() < limit {
         let page = client
             .list_audit_records(ListAuditRecordsRequest {
-                account_id: account.clone().unwrap_or_default(),
-                since: None,
-                until: None,
+                account_id: query.account.clone().unwrap_or_default(),
+                since: query.since.map(timestamp),
+                until: query.until.map(timestamp),
                 page_size: u32::try_from(limit - records.len()).unwrap_or(u32::MAX),
                 page_token,
             })
@@ -363,7 +375,14 @@ pub(super) async fn audit(
         page_token = page.next_page_token;
     }
     records.truncate(limit);
-    print!("{}", render::audit_table(&records));
+    match query.format {
+        super::AuditFormat::Table => print!("{}", render::audit_table(&records)),
+        super::AuditFormat::Jsonl => {
+            for record in &records {
+                println!("{}", render::audit_json(record));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

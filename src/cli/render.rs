@@ -345,3 +345,28 @@ pub fn audit_table(records: &[AuditRecord]) -> String {
     }
     out
 }
+
+/// One audit record as a JSON object on one line, every field named as in the API.
+pub fn audit_json(r: &AuditRecord) -> String {
+    let action = AuditAction::try_from(r.action)
+        .map(|a| {
+            a.as_str_name()
+                .trim_start_matches("AUDIT_ACTION_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| "unspecified".to_owned());
+    let object = serde_json::json!({
+        "id": r.id,
+        "time": r.time.as_ref().map(time),
+        "account_id": r.account_id,
+        "group": r.group,
+        "action": action,
+        "operator": r.operator,
+        "reason": r.reason,
+        "state_before": state_name(r.state_before),
+        "state_after": state_name(r.state_after),
+        "peer": r.peer,
+        "detail": r.detail,
+    });
+    object.to_string()
+}

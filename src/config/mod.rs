@@ -41,6 +41,7 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub store: StoreConfig,
     pub events: EventsConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
     #[serde(default)]
     pub accounts: BTreeMap<String, BreakerOverride>,
@@ -170,6 +171,16 @@ pub struct EventsConfig {
     pub heartbeat_secs: f64,
 }
 
+/// How long operator actions are kept (`[audit]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Records older than this many days are pruned; 0 keeps them whatever their age.
+    pub retain_days: f64,
+    /// All but the newest this many records are pruned; 0 keeps them whatever their number.
+    pub retain_records: u64,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -208,6 +219,7 @@ impl Config {
             ("server", text(&self.server) != text(&other.server)),
             ("store", text(&self.store) != text(&other.store)),
             ("events", text(&self.events) != text(&other.events)),
+            ("audit", text(&self.audit) != text(&other.audit)),
             ("log", text(&self.log) != text(&other.log)),
             ("limits", text(&self.limits) != text(&other.limits)),
             ("metrics", text(&self.metrics) != text(&other.metrics)),
@@ -256,6 +268,13 @@ impl Config {
         self.metrics.listen_addr()?;
         at_least("events.subscriber_buffer", self.events.subscriber_buffer, 1)?;
         seconds("events.retained_secs", self.events.retained_secs)?;
+        let days = self.audit.retain_days;
+        if !(days.is_finite() && (0.0..=36_500.0).contains(&days)) {
+            return Err(invalid(
+                "audit.retain_days",
+                format!("must be a number of days >= 0 (0: kept whatever their age) and <= 36500, not {days}"),
+            ));
+        }
         if self.store.kind == StoreKind::Sqlite && self.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must name a directory".into()));
         }
@@ -308,6 +327,15 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.server.shutdown_grace_secs)
+    }
+
+    /// How long the audit trail is kept.
+    pub fn audit_retention(&self) -> crate::store::AuditRetention {
+        crate::store::AuditRetention {
+            max_age: (self.audit.retain_days > 0.0)
+                .then(|| Duration::from_secs_f64(self.audit.retain_days * 86_400.0)),
+            records: (self.audit.retain_records > 0).then_some(self.audit.retain_records),
+        }
     }
 
     pub fn retained_age(&self) -> Duration {

@@ -116,3 +116,29 @@ fn unknown_keys_and_missing_files_are_refused() {
     ));
     assert!(message.contains("/nonexistent/riskgate.toml"), "{message}");
 }
+
+#[test]
+fn the_audit_trail_is_kept_a_year_by_default_and_its_retention_is_validated() {
+    let config = Config::load_with_env(None, env(&[])).expect("default");
+    let retention = config.audit_retention();
+    assert_eq!(
+        retention.max_age,
+        Some(std::time::Duration::from_secs(365 * 86_400))
+    );
+    assert_eq!(retention.records, None);
+    let forever = Config::load_with_env(
+        None,
+        env(&[
+            ("RISKGATE__AUDIT__RETAIN_DAYS", "0"),
+            ("RISKGATE__AUDIT__RETAIN_RECORDS", "1000"),
+        ]),
+    )
+    .expect("kept by count only");
+    assert_eq!(forever.audit_retention().max_age, None);
+    assert_eq!(forever.audit_retention().records, Some(1000));
+    let refused = error_of(Config::load_with_env(
+        None,
+        env(&[("RISKGATE__AUDIT__RETAIN_DAYS", "-1")]),
+    ));
+    assert!(refused.contains("audit.retain_days"), "{refused}");
+}

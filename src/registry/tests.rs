@@ -332,6 +332,7 @@ async fn a_restart_restores_every_breaker_across_load_chunks() {
             path: dir.path().join("data"),
             retained_events: 100,
             retained_age: Duration::from_secs(3600),
+            audit: crate::store::AuditRetention::default(),
         })
         .expect("store");
         let options = RegistryOptions {

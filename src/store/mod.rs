@@ -61,6 +61,24 @@ pub struct StoredBreaker {
     pub mode: Option<Mode>,
 }
 
+/// How long the audit trail is kept: records older than `max_age`, and all but the newest
+/// `records`, are pruned in the background. `None`: no such bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditRetention {
+    pub max_age: Option<std::time::Duration>,
+    pub records: Option<u64>,
+}
+
+impl Default for AuditRetention {
+    /// A year, whatever the count.
+    fn default() -> Self {
+        AuditRetention {
+            max_age: Some(std::time::Duration::from_secs(365 * 24 * 3600)),
+            records: None,
+        }
+    }
+}
+
 /// Which audit records to read: newest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditQuery {

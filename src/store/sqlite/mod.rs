@@ -25,8 +25,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    AuditQuery, Batch, Commit, Loading, Recovered, Store, StoreError, StoreSignals, StoredBreaker,
-    LOAD_CHUNK,
+    AuditQuery, AuditRetention, Batch, Commit, Loading, Recovered, Store, StoreError, StoreSignals,
+    StoredBreaker, LOAD_CHUNK,
 };
 use crate::core::Timestamp;
 use crate::history::{AuditAction, AuditRecord};
@@ -54,6 +54,8 @@ pub struct SqliteOptions {
     pub retained_events: usize,
     /// Events older than this are pruned.
     pub retained_age: Duration,
+    /// How long operator actions are kept in the audit trail.
+    pub audit: AuditRetention,
 }
 
 /// One half of the breakers' key range, split at a middle key.
@@ -174,6 +176,7 @@ impl SqliteStore {
         let retention = Retention {
             events: options.retained_events,
             max_age: options.retained_age,
+            audit: options.audit,
         };
         let (started_tx, started_rx) = mpsc::sync_channel(1);
         // The runtime the store is opened from, if any, is the one its callers wait on.

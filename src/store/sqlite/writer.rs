@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::folding::{Journal, JournalWriter, FOLD_WHEN_IDLE};
 use super::scheduling::Scheduling;
-use crate::store::{Batch, StoreError, StoreSignals};
+use crate::store::{AuditRetention, Batch, StoreError, StoreSignals};
 
 /// Most batches in one transaction: bounds the latency of the first one in a burst.
 const MAX_GROUP: usize = 4_096;
@@ -48,6 +48,7 @@ pub(super) struct Unwritten {
 pub(super) struct Retention {
     pub events: usize,
     pub max_age: Duration,
+    pub audit: AuditRetention,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -220,5 +221,89 @@ fn prune(conn: &Connection, retention: &Retention) -> rusqlite::Result<()> {
     if deleted > 0 {
         tracing::debug!(deleted, "pruned old events");
     }
+    prune_audit(conn, &retention.audit, now)
+}
+
+/// Drops the audit records older than the retention's age, and all but its newest count.
+fn prune_audit(
+    conn: &Connection,
+    retention: &AuditRetention,
+    now: Duration,
+) -> rusqlite::Result<()> {
+    let mut deleted = 0;
+    if let Some(max_age) = retention.max_age {
+        let cutoff = now.saturating_sub(max_age).as_nanos();
+        deleted += conn.execute(
+            "DELETE FROM audit WHERE at < ?1",
+            [i64::try_from(cutoff).unwrap_or(i64::MAX)],
+        )?;
+    }
+    if let Some(records) = retention.records {
+        deleted += conn.execute(
+            "DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?1",
+            [i64::try_from(records).unwrap_or(i64::MAX)],
+        )?;
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "pruned audit records past their retention");
+        crate::metrics::audit_pruned(deleted);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audited(conn: &Connection, at_secs: u64) {
+        conn.execute(
+            "INSERT INTO audit (at, account_id, action, operator, reason, state_before, state_after, peer)
+             VALUES (?1, 'ACC', 'trip', 'alice', 'r', 'closed', 'open', '')",
+            [i64::try_from(at_secs * 1_000_000_000).expect("time")],
+        )
+        .expect("insert");
+    }
+
+    fn remaining(conn: &Connection) -> Vec<i64> {
+        let mut statement = conn
+            .prepare("SELECT at / 1000000000 FROM audit ORDER BY id")
+            .expect("select");
+        statement
+            .query_map([], |row| row.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("read")
+    }
+
+    #[test]
+    fn the_audit_trail_keeps_what_its_retention_says_by_age_and_by_count() {
+        let mut conn = Connection::open_in_memory().expect("database");
+        super::super::schema::migrate(&mut conn, 0).expect("schema");
+        for at in [100, 200, 300, 400, 500] {
+            audited(&conn, at);
+        }
+        let now = Duration::from_secs(600);
+        let keep_forever = AuditRetention {
+            max_age: None,
+            records: None,
+        };
+        prune_audit(&conn, &keep_forever, now).expect("prune");
+        assert_eq!(remaining(&conn), vec![100, 200, 300, 400, 500]);
+        let by_age = AuditRetention {
+            max_age: Some(Duration::from_secs(350)),
+            records: None,
+        };
+        prune_audit(&conn, &by_age, now).expect("prune");
+        assert_eq!(
+            remaining(&conn),
+            vec![300, 400, 500],
+            "older than 250 s pruned"
+        );
+        let by_count = AuditRetention {
+            max_age: None,
+            records: Some(2),
+        };
+        prune_audit(&conn, &by_count, now).expect("prune");
+        assert_eq!(remaining(&conn), vec![400, 500], "the newest two kept");
+    }
 }
