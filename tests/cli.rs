@@ -336,6 +336,24 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
         &addr,
     ));
     assert_eq!(future, "", "nothing recorded after 2999");
+    // A reader that went away (`| head -1`, `| true`) ends each command quietly.
+    for command in [&["status"][..], &["config"], &["audit"]] {
+        let mut child = riskgate()
+            .args(command)
+            .args(["--addr", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run riskgate");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("riskgate ends");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && !stderr.contains("panicked"),
+            "{command:?} into a closed pipe: {:?}, {stderr}",
+            output.status
+        );
+    }
     let config = stdout(&run(&["config"], &addr));
     assert!(
         config.starts_with("# riskgate configuration in force, version ")

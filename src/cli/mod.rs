@@ -1,6 +1,7 @@
 //! The `riskgate` command line: `serve` runs the service; the other commands talk to a running
 //! server over gRPC, as an operator would.
 
+mod output;
 mod remote;
 mod render;
 mod watch;
@@ -13,6 +14,7 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError, LogFormat};
 use crate::server::{self, ServeError};
+use output::sayln;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -277,7 +279,7 @@ fn hash_token() -> Result<ExitCode, CliError> {
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    println!("{hex}");
+    sayln!("{hex}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,5 +1,6 @@
 //! The one-shot operator commands: `status`, `reset`, `trip`.
 
+use super::output::{say, sayln};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -156,7 +157,7 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
                 .await
                 .map_err(|s| call_error(addr, s))?;
             if let Some(breaker) = response.into_inner().breaker {
-                print!("{}", render::breaker_detail(&breaker));
+                say!("{}", render::breaker_detail(&breaker));
             }
         }
         None => {
@@ -178,7 +179,7 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
                 }
                 page_token = page.next_page_token;
             }
-            print!("{}", render::breaker_table(&breakers));
+            say!("{}", render::breaker_table(&breakers));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -233,7 +234,7 @@ pub(super) async fn act(
                 ),
             ),
         };
-        println!(
+        sayln!(
             "{verb} {}: now {}{note}",
             breaker.account_id,
             render::state_name(breaker.state)
@@ -267,7 +268,7 @@ pub(super) async fn set_mode(
         .into_inner()
         .breaker;
     if let Some(b) = breaker {
-        println!(
+        sayln!(
             "{}: mode {}{}",
             b.account_id,
             render::mode_name(b.mode),
@@ -317,7 +318,7 @@ pub(super) async fn halt(
             .map(|r| r.into_inner().halts),
     }
     .map_err(|s| call_error(addr, s))?;
-    print!("{}", render::halts(&halts));
+    say!("{}", render::halts(&halts));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -328,11 +329,11 @@ pub(super) async fn config(addr: &str) -> Result<ExitCode, CliError> {
         .await
         .map_err(|s| call_error(addr, s))?
         .into_inner();
-    println!(
+    sayln!(
         "# riskgate configuration in force, version {}",
         config.version
     );
-    print!("{}", config.toml);
+    say!("{}", config.toml);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -376,10 +377,10 @@ pub(super) async fn audit(addr: &str, query: AuditQuery) -> Result<ExitCode, Cli
     }
     records.truncate(limit);
     match query.format {
-        super::AuditFormat::Table => print!("{}", render::audit_table(&records)),
+        super::AuditFormat::Table => say!("{}", render::audit_table(&records)),
         super::AuditFormat::Jsonl => {
             for record in &records {
-                println!("{}", render::audit_json(record));
+                sayln!("{}", render::audit_json(record));
             }
         }
     }
@@ -406,7 +407,7 @@ pub(super) async fn health(addr: &str, service: String) -> Result<ExitCode, CliE
     } else {
         service.as_str()
     };
-    println!("{name}: {}", status.as_str_name());
+    sayln!("{name}: {}", status.as_str_name());
     Ok(if status == ServingStatus::Serving {
         ExitCode::SUCCESS
     } else {

@@ -3,6 +3,7 @@
 //! missed or printed twice; if the server no longer retains that far back, it says so and
 //! starts again from a fresh snapshot.
 
+use super::output::sayln;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -81,17 +82,18 @@ async fn watch_once(
     loop {
         match stream.message().await {
             Ok(Some(message)) => match message.kind {
-                Some(Kind::Snapshot(breaker)) => println!("{}", render::snapshot_line(&breaker)),
+                Some(Kind::Snapshot(breaker)) => sayln!("{}", render::snapshot_line(&breaker)),
                 Some(Kind::SnapshotComplete(complete)) => {
                     *after = Some(complete.as_of_sequence);
-                    println!(
+                    sayln!(
                         "-- {} breakers as of sequence {}; following",
-                        complete.breaker_count, complete.as_of_sequence
+                        complete.breaker_count,
+                        complete.as_of_sequence
                     );
                 }
                 Some(Kind::Event(event)) => {
                     *after = Some(event.sequence);
-                    println!("{}", render::event_line(&event));
+                    sayln!("{}", render::event_line(&event));
                 }
                 Some(Kind::Heartbeat(beat)) => *after = Some(beat.sequence),
                 None => {}
