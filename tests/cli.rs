@@ -266,8 +266,17 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
             && halted.contains("by carol: exchange incident"),
         "{halted}"
     );
+    // A status during a halt says so first, whatever the breakers say.
+    let during = stdout(&run(&["status"], &addr));
+    assert!(
+        during.starts_with("HALTED firm-wide since")
+            && during.contains("by carol: exchange incident"),
+        "{during}"
+    );
     let resumed = stdout(&run(&["resume", "--reason", "all clear"], &addr));
-    assert_eq!(resumed.trim(), "no halt in force");
+    assert_eq!(resumed.trim(), "resumed firm-wide");
+    let after = stdout(&run(&["status"], &addr));
+    assert!(!after.contains("HALTED"), "{after}");
     let refused = run(&["resume", "--reason", "again"], &addr);
     assert!(!refused.status.success());
     assert!(
@@ -291,8 +300,22 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
     let detail = stdout(&run(&["status", "ACC-2"], &addr));
     assert!(
         detail.contains("mode         shadow (set by an operator)")
-            && detail.contains("opened by    operator trip"),
+            && detail.contains("opened by    operator trip")
+            && detail.contains("tripped      held open by ")
+            && detail.contains(" (news) until the recovery time"),
         "{detail}"
+    );
+    // The table shows every account's mode, and counts those not enforcing.
+    let table = stdout(&run(&["status"], &addr));
+    let row = table
+        .lines()
+        .find(|line| line.starts_with("ACC-2 "))
+        .expect("ACC-2's row");
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("MODE"))
+            && row.contains("shadow")
+            && table.contains("1 not enforcing (shadow or disabled)"),
+        "{table}"
     );
     let audit = stdout(&run(&["audit"], &addr));
     assert!(

@@ -15,9 +15,9 @@ use super::{render, ActionArgs, CliError, Target};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::monitor_service_client::MonitorServiceClient;
 use crate::proto::{
-    GetBreakerRequest, GetConfigRequest, HaltAllRequest, HaltGroupRequest, ListAuditRecordsRequest,
-    ListBreakersRequest, Mode, ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest,
-    SetModeRequest, TripBreakerRequest,
+    AuditRecord, GetBreakerRequest, GetConfigRequest, Halt, HaltAllRequest, HaltGroupRequest,
+    Layer, ListAuditRecordsRequest, ListBreakersRequest, ListHaltsRequest, Mode,
+    ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest, SetModeRequest, TripBreakerRequest,
 };
 
 /// How long a one-shot command waits for the server.
@@ -148,8 +148,56 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The operator action that tripped the account last, from the audit trail, if this principal
+/// may read it.
+async fn latest_trip(channel: Conn, account_id: &str) -> Option<AuditRecord> {
+    let page = AdminServiceClient::new(channel)
+        .list_audit_records(ListAuditRecordsRequest {
+            account_id: account_id.to_owned(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .ok()?
+        .into_inner();
+    page.records
+        .into_iter()
+        .find(|r| r.action == crate::proto::AuditAction::Trip as i32)
+}
+
+/// The halts in force, for the banner over a status; a principal that may not read them (it
+/// lacks the operator role) is told so instead.
+async fn halts_banner(
+    addr: &str,
+    channel: Conn,
+    covering: Option<&[String]>,
+) -> Result<String, CliError> {
+    match AdminServiceClient::new(channel)
+        .list_halts(ListHaltsRequest {})
+        .await
+    {
+        Ok(answer) => {
+            let halts: Vec<Halt> = answer
+                .into_inner()
+                .halts
+                .into_iter()
+                .filter(|h| match covering {
+                    None => true,
+                    Some(groups) => h.layer == Layer::Firm as i32 || groups.contains(&h.group),
+                })
+                .collect();
+            Ok(render::halt_banner(&halts))
+        }
+        Err(status) if status.code() == tonic::Code::PermissionDenied => {
+            Ok("(halts not shown: reading them needs the operator role)\n".to_owned())
+        }
+        Err(status) => Err(call_error(addr, status)),
+    }
+}
+
 pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCode, CliError> {
-    let mut client = MonitorServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let channel = connect(addr, Some(CALL_TIMEOUT)).await?;
+    let mut client = MonitorServiceClient::new(channel.clone());
     match account {
         Some(account_id) => {
             let response = client
@@ -157,7 +205,16 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
                 .await
                 .map_err(|s| call_error(addr, s))?;
             if let Some(breaker) = response.into_inner().breaker {
-                say!("{}", render::breaker_detail(&breaker));
+                let banner = halts_banner(addr, channel.clone(), Some(&breaker.groups)).await?;
+                let trip = if breaker.tripped_by_operator {
+                    latest_trip(channel, &breaker.account_id).await
+                } else {
+                    None
+                };
+                say!(
+                    "{banner}{}",
+                    render::breaker_detail(&breaker, trip.as_ref())
+                );
             }
         }
         None => {
@@ -179,7 +236,8 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
                 }
                 page_token = page.next_page_token;
             }
-            say!("{}", render::breaker_table(&breakers));
+            let banner = halts_banner(addr, channel, None).await?;
+            say!("{banner}{}", render::breaker_table(&breakers));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -291,6 +349,9 @@ pub(super) async fn halt(
 ) -> Result<ExitCode, CliError> {
     let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
     let (reason, operator) = (action.reason, action.operator);
+    let scope = group
+        .as_ref()
+        .map_or("firm-wide".to_owned(), |g| format!("group {g}"));
     let halts = match (halt, group) {
         (true, None) => client
             .halt_all(HaltAllRequest { reason, operator })
@@ -318,7 +379,13 @@ pub(super) async fn halt(
             .map(|r| r.into_inner().halts),
     }
     .map_err(|s| call_error(addr, s))?;
-    say!("{}", render::halts(&halts));
+    if halt {
+        say!("{}", render::halts(&halts));
+    } else {
+        // Said first, so that what follows (the halts still in force) is not read as a refusal.
+        sayln!("resumed {scope}");
+        say!("{}", render::halt_banner(&halts));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -63,6 +63,10 @@ pub fn halts(halts: &[Halt]) -> String {
     if halts.is_empty() {
         return "no halt in force\n".to_owned();
     }
+    halts_text(halts)
+}
+
+fn halts_text(halts: &[Halt]) -> String {
     let mut out = String::new();
     for h in halts {
         let scope = match Layer::try_from(h.layer) {
@@ -129,15 +133,16 @@ pub fn breaker_table(breakers: &[Breaker]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<width$}  {:<9}  {:>8}  {:>10}  NOTE",
-        "ACCOUNT", "STATE", "FAILURES", "GENERATION"
+        "{:<width$}  {:<9}  {:<8}  {:>8}  {:>10}  NOTE",
+        "ACCOUNT", "STATE", "MODE", "FAILURES", "GENERATION"
     );
     for b in breakers {
         let _ = writeln!(
             out,
-            "{:<width$}  {:<9}  {:>8}  {:>10}  {}",
+            "{:<width$}  {:<9}  {:<8}  {:>8}  {:>10}  {}",
             b.account_id,
             state_name(b.state),
+            mode_name(b.mode),
             b.failure_count,
             b.generation,
             note(b)
@@ -147,11 +152,30 @@ pub fn breaker_table(breakers: &[Breaker]) -> String {
         .iter()
         .filter(|b| b.state != BreakerState::Closed as i32)
         .count();
-    let _ = writeln!(out, "{} breakers, {} not CLOSED", breakers.len(), open);
+    let unprotected = breakers
+        .iter()
+        .filter(|b| b.mode != Mode::Enforce as i32)
+        .count();
+    let _ = write!(out, "{} breakers, {} not CLOSED", breakers.len(), open);
+    if unprotected > 0 {
+        let _ = write!(out, ", {unprotected} not enforcing (shadow or disabled)");
+    }
+    out.push('\n');
     out
 }
 
-pub fn breaker_detail(b: &Breaker) -> String {
+/// The halts in force, as a banner over a status; empty when none is.
+pub fn halt_banner(halts: &[Halt]) -> String {
+    if halts.is_empty() {
+        return String::new();
+    }
+    let mut out = halts_text(halts);
+    out.push('\n');
+    out
+}
+
+/// One breaker in full; `trip`, the audit record of the operator trip holding it open, if known.
+pub fn breaker_detail(b: &Breaker, trip: Option<&AuditRecord>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "account      {}", b.account_id);
     let _ = writeln!(out, "state        {}", state_name(b.state));
@@ -196,12 +220,16 @@ pub fn breaker_detail(b: &Breaker) -> String {
     if let Some(at) = &b.recovery_at {
         let _ = writeln!(out, "recovery     {} ({})", time(at), from_now(at));
     }
+    let by = trip.map_or("an operator".to_owned(), |t| {
+        let at = t.time.as_ref().map(time).unwrap_or_default();
+        format!("{} at {at} ({})", t.operator, t.reason)
+    });
     if b.tripped_by_operator && b.recovery_at.is_none() {
-        let _ = writeln!(out, "tripped      held open by an operator until reset");
+        let _ = writeln!(out, "tripped      held open by {by} until reset");
     } else if b.tripped_by_operator {
         let _ = writeln!(
             out,
-            "tripped      held open by an operator until the recovery time"
+            "tripped      held open by {by} until the recovery time"
         );
     }
     if b.state == BreakerState::HalfOpen as i32 {
