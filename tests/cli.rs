@@ -11,6 +11,7 @@ fn run(args: &[&str], addr: &str) -> Output {
     riskgate()
         .args(args)
         .args(["--addr", addr])
+        .env("USER", "ops")
         .output()
         .expect("run riskgate")
 }
@@ -439,4 +440,54 @@ fn on_one_core_the_server_runs_one_thread_and_keeps_what_it_acknowledged() {
     }
     signal(&restarted, "TERM");
     assert!(restarted.wait().expect("server exit").success());
+}
+
+/// A server that accepts connections but never answers is named, with the cause, within the
+/// command's --timeout.
+#[test]
+fn a_server_that_never_answers_is_named_with_the_cause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(4) {
+            held.push(stream);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let output = riskgate()
+        .args(["status", "--addr", &addr, "--timeout", "0.5"])
+        .output()
+        .expect("run riskgate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("no answer within 500ms"),
+        "{stderr}"
+    );
+}
+
+/// With $USER unset and no --operator, an operator action is refused before it is sent, rather
+/// than recorded under a made-up name.
+#[test]
+fn an_operator_action_without_an_operator_is_refused() {
+    let output = riskgate()
+        .args([
+            "trip",
+            "ACC-1",
+            "--reason",
+            "r",
+            "--addr",
+            "http://127.0.0.1:9",
+        ])
+        .env_remove("USER")
+        .env_remove("RISKGATE_TOKEN")
+        .output()
+        .expect("run riskgate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        stderr.contains("who acts? pass --operator NAME"),
+        "{stderr}"
+    );
 }

@@ -159,6 +159,9 @@ pub struct Target {
     /// A bearer token (auth.mode = "token").
     #[arg(long, env = "RISKGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How long to wait for each answer, in seconds.
+    #[arg(long, env = "RISKGATE_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub timeout: f64,
 }
 
 #[derive(Debug, Args)]
@@ -166,8 +169,9 @@ pub struct ActionArgs {
     /// Why (recorded with the event).
     #[arg(long)]
     pub reason: String,
-    /// Who acts (default: $USER).
-    #[arg(long, env = "USER", default_value = "cli")]
+    /// Who acts (default: $USER). Required when $USER is not set, unless a --token names the
+    /// principal (the server then records the principal, whatever this says).
+    #[arg(long, env = "USER", default_value = "")]
     pub operator: String,
 }
 

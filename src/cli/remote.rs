@@ -28,6 +28,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 struct ClientOptions {
     tls: Option<ClientTlsConfig>,
     token: Option<MetadataValue<Ascii>>,
+    /// How long a one-shot command waits for an answer (`--timeout`).
+    timeout: Option<Duration>,
 }
 
 static CLIENT: OnceLock<ClientOptions> = OnceLock::new();
@@ -68,7 +70,18 @@ pub(super) fn configure(target: &Target) -> Result<(), CliError> {
         ),
         None => None,
     };
-    let _ = CLIENT.set(ClientOptions { tls, token });
+    if !(target.timeout.is_finite() && target.timeout > 0.0 && target.timeout <= 3600.0) {
+        return Err(CliError::Refused(format!(
+            "--timeout must be a number of seconds > 0 and <= 3600, not {}",
+            target.timeout
+        )));
+    }
+    let timeout = Some(Duration::from_secs_f64(target.timeout));
+    let _ = CLIENT.set(ClientOptions {
+        tls,
+        token,
+        timeout,
+    });
     Ok(())
 }
 
@@ -112,7 +125,12 @@ pub(super) async fn connect(addr: &str, call_timeout: Option<Duration>) -> Resul
             .tls_config(tls)
             .map_err(|e| unreachable(error_chain(&e)))?;
     }
-    if let Some(timeout) = call_timeout {
+    // A one-shot command waits as long as --timeout says; a health check its own short time.
+    let timeout = match call_timeout {
+        Some(CALL_TIMEOUT) => options.timeout.or(call_timeout),
+        other => other,
+    };
+    if let Some(timeout) = timeout {
         endpoint = endpoint.timeout(timeout);
     }
     let channel = endpoint
@@ -122,8 +140,33 @@ pub(super) async fn connect(addr: &str, call_timeout: Option<Duration>) -> Resul
     Ok(InterceptedService::new(channel, Token(options.token)))
 }
 
+/// Who acts: the operator given, or with a token the principal it names (the server records
+/// that one); never a made-up name.
+fn who(operator: String) -> Result<String, CliError> {
+    let has_token = CLIENT.get().is_some_and(|o| o.token.is_some());
+    if operator.trim().is_empty() && !has_token {
+        return Err(CliError::Refused(
+            "who acts? pass --operator NAME ($USER is not set), or a --token naming the principal"
+                .into(),
+        ));
+    }
+    Ok(operator)
+}
+
 /// A refused or failed call, as one line.
 pub(super) fn call_error(addr: &str, status: Status) -> CliError {
+    let timed_out = status.code() == Code::DeadlineExceeded
+        || (status.code() == Code::Cancelled && status.message().contains("Timeout"));
+    if timed_out {
+        let waited = CLIENT.get().and_then(|o| o.timeout).unwrap_or(CALL_TIMEOUT);
+        return CliError::Unreachable {
+            addr: addr.to_owned(),
+            detail: format!(
+                "no answer within {}: something accepts connections there but does not answer (a riskgate that is overloaded or paused, or not riskgate); --timeout waits longer",
+                crate::core::human_duration(waited)
+            ),
+        };
+    }
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => CliError::Unreachable {
             addr: addr.to_owned(),
@@ -257,8 +300,8 @@ pub(super) async fn act(
     account_id: String,
     action: ActionArgs,
 ) -> Result<ExitCode, CliError> {
+    let (reason, operator) = (action.reason, who(action.operator)?);
     let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
-    let (reason, operator) = (action.reason, action.operator);
     let breaker = match kind {
         Action::Reset => client
             .reset_breaker(ResetBreakerRequest {
@@ -313,13 +356,14 @@ pub(super) async fn set_mode(
         "disabled" => Mode::Disabled,
         _ => Mode::Unspecified,
     };
+    let operator = who(action.operator)?;
     let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
     let breaker = client
         .set_mode(SetModeRequest {
             account_id,
             mode: mode.into(),
             reason: action.reason,
-            operator: action.operator,
+            operator,
         })
         .await
         .map_err(|s| call_error(addr, s))?
@@ -347,8 +391,8 @@ pub(super) async fn halt(
     group: Option<String>,
     action: ActionArgs,
 ) -> Result<ExitCode, CliError> {
+    let (reason, operator) = (action.reason, who(action.operator)?);
     let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
-    let (reason, operator) = (action.reason, action.operator);
     let scope = group
         .as_ref()
         .map_or("firm-wide".to_owned(), |g| format!("group {g}"));
