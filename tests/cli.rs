@@ -293,6 +293,27 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
         tripped.trim(),
         "tripped ACC-2: now OPEN, held for 15m, then recovery is tested"
     );
+    // A long hold reads as a date, and is remarked on.
+    let long = run(
+        &["trip", "ACC-9", "--for", "100y", "--reason", "slip"],
+        &addr,
+    );
+    let said = stdout(&long);
+    assert!(
+        said.contains("held until recovery is tested on ") && said.contains(" days)"),
+        "{said}"
+    );
+    let remark = String::from_utf8_lossy(&long.stderr);
+    assert!(
+        remark.contains("is held open for 365") && remark.contains("riskgate reset ACC-9"),
+        "{remark}"
+    );
+    let status = stdout(&run(&["status", "ACC-9"], &addr));
+    assert!(
+        status.contains("recovery     21") && status.contains(" days)"),
+        "{status}"
+    );
+    assert!(!status.contains("876"), "hours no one can read: {status}");
     let moded = stdout(&run(
         &["mode", "ACC-2", "shadow", "--reason", "trial"],
         &addr,

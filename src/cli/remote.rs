@@ -20,6 +20,9 @@ use crate::proto::{
     ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest, SetModeRequest, TripBreakerRequest,
 };
 
+/// A hold longer than this is worth a second look (`trip --for 100y` is usually a slip).
+const LONG_HOLD: Duration = Duration::from_secs(30 * 86_400);
+
 /// How long a one-shot command waits for the server.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -327,14 +330,31 @@ pub(super) async fn act(
         let (verb, note) = match kind {
             Action::Reset => ("reset", String::new()),
             Action::Trip(None) => ("tripped", ", held until reset".to_owned()),
-            Action::Trip(Some(hold)) => (
+            Action::Trip(Some(hold)) if hold.as_secs() < 86_400 => (
                 "tripped",
                 format!(
                     ", held for {}, then recovery is tested",
                     crate::core::human_duration(hold)
                 ),
             ),
+            Action::Trip(Some(hold)) => (
+                "tripped",
+                format!(
+                    ", held until recovery is tested {}",
+                    render::ahead(hold, std::time::SystemTime::now() + hold)
+                ),
+            ),
         };
+        if let Action::Trip(Some(hold)) = kind {
+            if hold > LONG_HOLD {
+                eprintln!(
+                    "riskgate: note: {} is held open for {} days; `riskgate reset {}` lifts it sooner",
+                    breaker.account_id,
+                    hold.as_secs() / 86_400,
+                    breaker.account_id
+                );
+            }
+        }
         sayln!(
             "{verb} {}: now {}{note}",
             breaker.account_id,

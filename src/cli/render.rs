@@ -94,11 +94,32 @@ fn time(at: &prost_types::Timestamp) -> String {
 }
 
 /// `in 4m12s` (or `due` once passed).
+/// How far ahead `at` is, for people: a time within a day, a date beyond.
 fn from_now(at: &prost_types::Timestamp) -> String {
     match system_time(at).duration_since(SystemTime::now()) {
-        Ok(left) => format!("in {}", human_duration(left)),
+        Ok(left) => ahead(left, system_time(at)),
         Err(_) => "due".to_owned(),
     }
+}
+
+/// `in 4m12s` within a day, `in 19 days` beyond: beside a time already written out.
+fn how_long(at: &prost_types::Timestamp) -> String {
+    match system_time(at).duration_since(SystemTime::now()) {
+        Ok(left) if left.as_secs() < 24 * 3600 => format!("in {}", human_duration(left)),
+        Ok(left) => format!("in {} days", left.as_secs() / (24 * 3600)),
+        Err(_) => "due".to_owned(),
+    }
+}
+
+/// `in 4m12s` within a day; `on 2026-12-24 at 09:00:00Z (in 19 days)` beyond.
+pub fn ahead(left: Duration, at: SystemTime) -> String {
+    const DAY: u64 = 24 * 3600;
+    if left.as_secs() < DAY {
+        return format!("in {}", human_duration(left));
+    }
+    let stamp = humantime::format_rfc3339_seconds(at).to_string();
+    let (date, clock) = stamp.split_once('T').unwrap_or((stamp.as_str(), ""));
+    format!("on {date} at {clock} (in {} days)", left.as_secs() / DAY)
 }
 
 fn note(b: &Breaker) -> String {
@@ -218,7 +239,7 @@ pub fn breaker_detail(b: &Breaker, trip: Option<&AuditRecord>) -> String {
         let _ = writeln!(out, "opened at    {}", time(at));
     }
     if let Some(at) = &b.recovery_at {
-        let _ = writeln!(out, "recovery     {} ({})", time(at), from_now(at));
+        let _ = writeln!(out, "recovery     {} ({})", time(at), how_long(at));
     }
     let by = trip.map_or("an operator".to_owned(), |t| {
         let at = t.time.as_ref().map(time).unwrap_or_default();
