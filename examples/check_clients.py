@@ -146,7 +146,7 @@ def main():
         watched = lines_of(monitor.stdout)
         wait_for(watched, "snapshot 1 breakers as of 1", "monitor snapshot")
         trip = [riskgate, "trip", "--addr", f"http://{addr}", "--reason", "client check",
-                "--operator", "client-check"]
+                "--operator", "client-check", "--new"]
         subprocess.run(trip + ["mon-1"], check=True, capture_output=True)
         wait_for(watched, "event 2 mon-1 BREAKER_STATE_CLOSED -> BREAKER_STATE_OPEN", "live event")
         server.stop()

@@ -52,10 +52,20 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
     let unknown = run(&["health", "--service", "no.such.Service"], &addr);
     assert!(!unknown.status.success());
 
+    // An account never seen is refused as a likely typo, and nothing is created; --new acts.
+    let typo = run(&["trip", "ACC-1", "--reason", "runaway algo"], &addr);
+    assert!(!typo.status.success());
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("ACC-1 has never been seen by riskgate")
+            && String::from_utf8_lossy(&typo.stderr).contains("pass --new"),
+        "{typo:?}"
+    );
+    assert!(stdout(&run(&["status"], &addr)).contains("no breakers yet"));
     let tripped = stdout(&run(
         &[
             "trip",
             "ACC-1",
+            "--new",
             "--reason",
             "runaway algo",
             "--operator",
@@ -179,7 +189,10 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
         "{notice:?}"
     );
     wait_for(&watched, "0 breakers as of sequence 0; following");
-    stdout(&run(&["trip", "ACC-9", "--reason", "after restart"], &addr));
+    stdout(&run(
+        &["trip", "ACC-9", "--new", "--reason", "after restart"],
+        &addr,
+    ));
     wait_for(&watched, "#1 ACC-9 CLOSED -> OPEN (operator trip)");
 
     signal(&watch, "INT");
@@ -286,7 +299,7 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
     );
 
     let tripped = stdout(&run(
-        &["trip", "ACC-2", "--for", "15m", "--reason", "news"],
+        &["trip", "ACC-2", "--new", "--for", "15m", "--reason", "news"],
         &addr,
     ));
     assert_eq!(
@@ -295,7 +308,9 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
     );
     // A long hold reads as a date, and is remarked on.
     let long = run(
-        &["trip", "ACC-9", "--for", "100y", "--reason", "slip"],
+        &[
+            "trip", "ACC-9", "--new", "--for", "100y", "--reason", "slip",
+        ],
         &addr,
     );
     let said = stdout(&long);
@@ -438,7 +453,10 @@ fn on_one_core_the_server_runs_one_thread_and_keeps_what_it_acknowledged() {
     );
     // Each change is answered by the store's writer thread, from outside the runtime.
     for account in ["ONE-1", "ONE-2", "ONE-3"] {
-        let tripped = stdout(&run(&["trip", account, "--reason", "one core"], &addr));
+        let tripped = stdout(&run(
+            &["trip", account, "--new", "--reason", "one core"],
+            &addr,
+        ));
         assert!(tripped.contains("now OPEN"), "{tripped}");
     }
     let reset = stdout(&run(&["reset", "ONE-2", "--reason", "one core"], &addr));

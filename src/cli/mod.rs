@@ -53,7 +53,12 @@ pub enum Command {
     },
     /// Close a breaker and clear its counters.
     Reset {
+        /// The account, as its bots name it (for example desk-a:momo).
         account: String,
+        /// Act on an account riskgate has never seen (before its first order); without it, such
+        /// an account is refused as a likely typo.
+        #[arg(long)]
+        new: bool,
         #[command(flatten)]
         action: ActionArgs,
         #[command(flatten)]
@@ -91,7 +96,12 @@ pub enum Command {
     },
     /// Open a breaker and hold it open until it is reset (or, with --for, for that long).
     Trip {
+        /// The account, as its bots name it (for example desk-a:momo).
         account: String,
+        /// Act on an account riskgate has never seen (before its first order); without it, such
+        /// an account is refused as a likely typo.
+        #[arg(long)]
+        new: bool,
         /// Hold it open this long (e.g. 15m, 2h), then test recovery as usual.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         hold: Option<std::time::Duration>,
@@ -103,7 +113,12 @@ pub enum Command {
     /// Set how strictly an account's breaker is applied: enforce, shadow, disabled, or
     /// configured (back to what the configuration says).
     Mode {
+        /// The account, as its bots name it (for example desk-a:momo).
         account: String,
+        /// Act on an account riskgate has never seen (before its first order); without it, such
+        /// an account is refused as a likely typo.
+        #[arg(long)]
+        new: bool,
         #[arg(value_parser = ["enforce", "shadow", "disabled", "configured"])]
         mode: String,
         #[command(flatten)]
@@ -114,6 +129,7 @@ pub enum Command {
     /// Halt trading firm-wide (or, with --group, one configured group): every order but cancels
     /// is denied until `riskgate resume`.
     Halt {
+        /// Halt only this group of accounts (`[groups.NAME]` in the configuration).
         #[arg(long)]
         group: Option<String>,
         #[command(flatten)]
@@ -225,21 +241,33 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Watch { accounts, target } => watch::follow(&target.addr, accounts).await,
         Command::Reset {
             account,
+            new,
             action,
             target,
-        } => remote::act(&target.addr, remote::Action::Reset, account, action).await,
+        } => remote::act(&target.addr, remote::Action::Reset, account, new, action).await,
         Command::Trip {
             account,
+            new,
             hold,
             action,
             target,
-        } => remote::act(&target.addr, remote::Action::Trip(hold), account, action).await,
+        } => {
+            remote::act(
+                &target.addr,
+                remote::Action::Trip(hold),
+                account,
+                new,
+                action,
+            )
+            .await
+        }
         Command::Mode {
             account,
+            new,
             mode,
             action,
             target,
-        } => remote::set_mode(&target.addr, account, &mode, action).await,
+        } => remote::set_mode(&target.addr, account, &mode, new, action).await,
         Command::Halt {
             group,
             action,

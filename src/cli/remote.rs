@@ -143,6 +143,28 @@ pub(super) async fn connect(addr: &str, call_timeout: Option<Duration>) -> Resul
     Ok(InterceptedService::new(channel, Token(options.token)))
 }
 
+/// Refuses to act on an account riskgate has never seen, a likely typo, unless `new` says it
+/// is meant (a pre-emptive trip of an account before its first order).
+async fn known(addr: &str, account_id: &str, new: bool) -> Result<(), CliError> {
+    let mut client = MonitorServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    match client
+        .get_breaker(GetBreakerRequest {
+            account_id: account_id.to_owned(),
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == Code::NotFound && new => {
+            eprintln!("riskgate: note: {account_id} has never been seen; acting on it as a new account (--new)");
+            Ok(())
+        }
+        Err(status) if status.code() == Code::NotFound => Err(CliError::Refused(format!(
+            "{account_id} has never been seen by riskgate (a typo? `riskgate status` lists the accounts); to act on it before its first order, pass --new"
+        ))),
+        Err(status) => Err(call_error(addr, status)),
+    }
+}
+
 /// Who acts: the operator given, or with a token the principal it names (the server records
 /// that one); never a made-up name.
 fn who(operator: String) -> Result<String, CliError> {
@@ -301,9 +323,11 @@ pub(super) async fn act(
     addr: &str,
     kind: Action,
     account_id: String,
+    new: bool,
     action: ActionArgs,
 ) -> Result<ExitCode, CliError> {
     let (reason, operator) = (action.reason, who(action.operator)?);
+    known(addr, &account_id, new).await?;
     let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
     let breaker = match kind {
         Action::Reset => client
@@ -368,6 +392,7 @@ pub(super) async fn set_mode(
     addr: &str,
     account_id: String,
     mode: &str,
+    new: bool,
     action: ActionArgs,
 ) -> Result<ExitCode, CliError> {
     let mode = match mode {
@@ -377,6 +402,7 @@ pub(super) async fn set_mode(
         _ => Mode::Unspecified,
     };
     let operator = who(action.operator)?;
+    known(addr, &account_id, new).await?;
     let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
     let breaker = client
         .set_mode(SetModeRequest {
