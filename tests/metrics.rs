@@ -36,6 +36,7 @@ fn cli(args: &[&str], addr: &str) {
     let output = riskgate()
         .args(args)
         .args(["--addr", addr])
+        .env("USER", "ops")
         .output()
         .expect("run");
     assert!(output.status.success(), "{output:?}");
