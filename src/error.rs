@@ -38,8 +38,6 @@ pub enum Error {
     HistoryAhead { after: u64, latest: u64 },
     #[error("no group {0} is defined in the configuration ([groups.{0}])")]
     UnknownGroup(String),
-    #[error("{0} is not halted")]
-    NotHalted(String),
     #[error("riskgate is loading its store and does not answer yet")]
     Loading,
     #[error("overloaded: more than {max} calls in flight; retry with backoff")]

@@ -291,12 +291,24 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
     assert_eq!(resumed.trim(), "resumed firm-wide");
     let after = stdout(&run(&["status"], &addr));
     assert!(!after.contains("HALTED"), "{after}");
-    let refused = run(&["resume", "--reason", "again"], &addr);
-    assert!(!refused.status.success());
+    let again = stdout(&run(&["resume", "--reason", "again"], &addr));
+    assert_eq!(again.trim(), "firm-wide was not halted: nothing to resume");
+    // Halting twice keeps the first responder's halt, and says so.
+    stdout(&run(
+        &["halt", "--reason", "first", "--operator", "dave"],
+        &addr,
+    ));
+    let twice = stdout(&run(
+        &["halt", "--reason", "second", "--operator", "erin"],
+        &addr,
+    ));
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("the firm is not halted"),
-        "{refused:?}"
+        twice.starts_with("firm-wide was already halted: that halt stays, as it was")
+            && twice.contains("by dave: first")
+            && !twice.contains("erin"),
+        "{twice}"
     );
+    stdout(&run(&["resume", "--reason", "clear"], &addr));
 
     let tripped = stdout(&run(
         &["trip", "ACC-2", "--new", "--for", "15m", "--reason", "news"],

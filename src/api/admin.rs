@@ -93,44 +93,56 @@ impl AdminService for Admin {
         &self,
         request: Request<HaltAllRequest>,
     ) -> Result<Response<HaltAllResponse>, Status> {
-        let halts = self
+        let (halts, changed) = self
             .halt_call(request, true, |r| (Scope::Firm, r.operator, r.reason))
             .await?;
-        Ok(Response::new(HaltAllResponse { halts }))
+        Ok(Response::new(HaltAllResponse {
+            halts,
+            began: changed,
+        }))
     }
 
     async fn resume_all(
         &self,
         request: Request<ResumeAllRequest>,
     ) -> Result<Response<ResumeAllResponse>, Status> {
-        let halts = self
+        let (halts, changed) = self
             .halt_call(request, false, |r| (Scope::Firm, r.operator, r.reason))
             .await?;
-        Ok(Response::new(ResumeAllResponse { halts }))
+        Ok(Response::new(ResumeAllResponse {
+            halts,
+            ended: changed,
+        }))
     }
 
     async fn halt_group(
         &self,
         request: Request<HaltGroupRequest>,
     ) -> Result<Response<HaltGroupResponse>, Status> {
-        let halts = self
+        let (halts, changed) = self
             .halt_call(request, true, |r| {
                 (Scope::Group(r.group), r.operator, r.reason)
             })
             .await?;
-        Ok(Response::new(HaltGroupResponse { halts }))
+        Ok(Response::new(HaltGroupResponse {
+            halts,
+            began: changed,
+        }))
     }
 
     async fn resume_group(
         &self,
         request: Request<ResumeGroupRequest>,
     ) -> Result<Response<ResumeGroupResponse>, Status> {
-        let halts = self
+        let (halts, changed) = self
             .halt_call(request, false, |r| {
                 (Scope::Group(r.group), r.operator, r.reason)
             })
             .await?;
-        Ok(Response::new(ResumeGroupResponse { halts }))
+        Ok(Response::new(ResumeGroupResponse {
+            halts,
+            ended: changed,
+        }))
     }
 
     async fn list_halts(
@@ -210,13 +222,13 @@ impl Admin {
     }
 
     /// A halt or resume call: who acts (the principal, with authentication on), over which scope,
-    /// why; answered with the halts in force after it.
+    /// why; answered with the halts in force after it, and whether it changed them.
     async fn halt_call<T>(
         &self,
         request: Request<T>,
         halt: bool,
         parts: impl FnOnce(T) -> (Scope, String, String),
-    ) -> Result<Vec<crate::proto::Halt>, Status> {
+    ) -> Result<(Vec<crate::proto::Halt>, bool), Status> {
         let peer = peer(&request);
         let principal = crate::auth::principal_name(&request);
         let (scope, operator, reason) = parts(request.into_inner());
@@ -227,14 +239,14 @@ impl Admin {
             })?;
         }
         let described = scope.describe();
-        if halt {
+        let changed = if halt {
             tracing::warn!(scope = %described, operator = %action.operator, reason = %action.reason, %peer, "halt");
-            self.registry.halt(scope, action, &peer).await?;
+            self.registry.halt(scope, action, &peer).await?
         } else {
             tracing::warn!(scope = %described, operator = %action.operator, reason = %action.reason, %peer, "resume");
-            self.registry.resume(scope, action, &peer).await?;
-        }
-        Ok(self.halts().await?)
+            self.registry.resume(scope, action, &peer).await?
+        };
+        Ok((self.halts().await?, changed))
     }
 }
 

@@ -33,7 +33,6 @@ impl From<Error> for Status {
                 Status::unavailable(message)
             }
             Error::UnknownAccount(_) | Error::UnknownGroup(_) => Status::not_found(message),
-            Error::NotHalted(_) => Status::failed_precondition(message),
             Error::HistoryExpired { .. } | Error::HistoryAhead { .. } => {
                 Status::out_of_range(message)
             }

@@ -442,15 +442,21 @@ pub(super) async fn halt(
     let scope = group
         .as_ref()
         .map_or("firm-wide".to_owned(), |g| format!("group {g}"));
-    let halts = match (halt, group) {
+    let (halts, changed) = match (halt, group) {
         (true, None) => client
             .halt_all(HaltAllRequest { reason, operator })
             .await
-            .map(|r| r.into_inner().halts),
+            .map(|r| {
+                let r = r.into_inner();
+                (r.halts, r.began)
+            }),
         (false, None) => client
             .resume_all(ResumeAllRequest { reason, operator })
             .await
-            .map(|r| r.into_inner().halts),
+            .map(|r| {
+                let r = r.into_inner();
+                (r.halts, r.ended)
+            }),
         (true, Some(group)) => client
             .halt_group(HaltGroupRequest {
                 group,
@@ -458,7 +464,10 @@ pub(super) async fn halt(
                 operator,
             })
             .await
-            .map(|r| r.into_inner().halts),
+            .map(|r| {
+                let r = r.into_inner();
+                (r.halts, r.began)
+            }),
         (false, Some(group)) => client
             .resume_group(ResumeGroupRequest {
                 group,
@@ -466,16 +475,27 @@ pub(super) async fn halt(
                 operator,
             })
             .await
-            .map(|r| r.into_inner().halts),
+            .map(|r| {
+                let r = r.into_inner();
+                (r.halts, r.ended)
+            }),
     }
     .map_err(|s| call_error(addr, s))?;
-    if halt {
-        say!("{}", render::halts(&halts));
-    } else {
-        // Said first, so that what follows (the halts still in force) is not read as a refusal.
-        sayln!("resumed {scope}");
-        say!("{}", render::halt_banner(&halts));
+    // Said first, so that what follows (the halts in force) is not read as the answer.
+    match (halt, changed) {
+        (true, true) => {}
+        (true, false) => sayln!("{scope} was already halted: that halt stays, as it was"),
+        (false, true) => sayln!("resumed {scope}"),
+        (false, false) => sayln!("{scope} was not halted: nothing to resume"),
     }
+    say!(
+        "{}",
+        if halt {
+            render::halts(&halts)
+        } else {
+            render::halt_banner(&halts)
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -67,8 +67,10 @@ impl Registry {
     /// Halts trading firm-wide or for a group: every non-cancel check of the accounts it
     /// covers is denied until resumed. Breakers keep their own state underneath. Takes effect
     /// at once, even while the store cannot write (it is then retried until it is durable, and
-    /// the call says so).
-    pub async fn halt(&self, scope: Scope, action: OperatorAction, peer: &str) -> Result<()> {
+    /// the call says so). A halt already in force stays as it is, with its first operator,
+    /// reason and time (the first responder stays visible); the call is audited all the same.
+    /// Returns whether a halt began.
+    pub async fn halt(&self, scope: Scope, action: OperatorAction, peer: &str) -> Result<bool> {
         self.ensure_ready()?;
         self.check_group(&scope)?;
         let now = self.clock.now();
@@ -77,40 +79,56 @@ impl Registry {
             reason: action.reason.clone(),
             at: now,
         };
-        let commit = {
+        let (commit, began) = {
             let mut halts = write(&self.halts);
-            let before = if halts.get(&scope).is_some() {
-                State::Open
-            } else {
-                State::Closed
-            };
-            halts.set(&scope, Some(halt.clone()));
-            // A resume still on its way to disk no longer ends anything: this halt replaced
-            // the one it ended, and reaches the store after it.
-            halts.resuming.retain(|r| r.scope != scope);
-            self.halted.store(true, Ordering::Release);
-            crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
-            let commit =
-                self.halt_changed(&scope, before, State::Open, Some(halt), action, peer, now);
-            halts.ticket = commit.ticket();
-            commit
+            let resuming = halts.resuming.iter().any(|r| r.scope == scope);
+            match halts.get(&scope).cloned() {
+                Some(first) if !resuming => {
+                    let detail = format!(
+                        "already halted by {} ({}): that halt stays in force",
+                        first.operator, first.reason
+                    );
+                    let commit = self.audit_only(&scope, true, action, peer, now, detail);
+                    halts.ticket = commit.ticket();
+                    (commit, false)
+                }
+                before => {
+                    halts.set(&scope, Some(halt.clone()));
+                    // A resume still on its way to disk no longer ends anything: this halt
+                    // replaced the one it ended, and reaches the store after it.
+                    halts.resuming.retain(|r| r.scope != scope);
+                    self.halted.store(true, Ordering::Release);
+                    crate::metrics::halts(halts.firm.is_some(), halts.groups.len());
+                    let from = if before.is_some() {
+                        State::Open
+                    } else {
+                        State::Closed
+                    };
+                    let commit =
+                        self.halt_changed(&scope, from, State::Open, Some(halt), action, peer, now);
+                    halts.ticket = commit.ticket();
+                    (commit, true)
+                }
+            }
         };
         self.wait_halt_durable(WhenDurable(Wait::Commit(commit)), "halt")
-            .await
+            .await?;
+        Ok(began)
     }
 
     /// Ends a firm-wide or group halt, once the resume is durable: until then the halt stays
     /// in force (a crash before would bring it back after orders were allowed). Refused while
-    /// the store cannot write.
-    pub async fn resume(&self, scope: Scope, action: OperatorAction, peer: &str) -> Result<()> {
+    /// the store cannot write. Resuming what is not halted changes nothing and is audited, as a
+    /// second halt is. Returns whether a halt ended (or is ending, once durable).
+    pub async fn resume(&self, scope: Scope, action: OperatorAction, peer: &str) -> Result<bool> {
         self.ensure_writable()?;
         let now = self.clock.now();
-        let when = {
+        let (when, ended) = {
             let mut halts = write(&self.halts);
             let in_force = halts.get(&scope).cloned();
             if let Some(pending) = halts.resuming.iter().find(|r| r.scope == scope) {
                 // Resumed already, not yet on disk: this call waits for that resume.
-                WhenDurable(Wait::Ticket(pending.ticket))
+                (WhenDurable(Wait::Ticket(pending.ticket)), true)
             } else if let Some(ended) = in_force {
                 let commit =
                     self.halt_changed(&scope, State::Open, State::Closed, None, action, peer, now);
@@ -121,15 +139,44 @@ impl Registry {
                     halt: ended,
                 });
                 self.resuming.store(true, Ordering::Release);
-                WhenDurable(Wait::Commit(commit))
+                (WhenDurable(Wait::Commit(commit)), true)
             } else {
-                return Err(Error::NotHalted(match &scope {
-                    Scope::Group(name) => format!("group {name}"),
-                    Scope::Firm => "the firm".to_owned(),
-                }));
+                let detail = "nothing was halted".to_owned();
+                let commit = self.audit_only(&scope, false, action, peer, now, detail);
+                halts.ticket = commit.ticket();
+                (WhenDurable(Wait::Commit(commit)), false)
             }
         };
-        self.wait_halt_durable(when, "resume").await
+        self.wait_halt_durable(when, "resume").await?;
+        Ok(ended)
+    }
+
+    /// The audit record of a halt or resume that changed nothing (already halted, or nothing
+    /// to resume), alone in its batch.
+    fn audit_only(
+        &self,
+        scope: &Scope,
+        halt: bool,
+        action: OperatorAction,
+        peer: &str,
+        now: Timestamp,
+        detail: String,
+    ) -> Commit {
+        let state = if halt { State::Open } else { State::Closed };
+        let audit = AuditRecord {
+            group: match scope {
+                Scope::Group(name) => name.clone(),
+                Scope::Firm => String::new(),
+            },
+            state_before: state,
+            state_after: state,
+            detail,
+            ..AuditRecord::new(AuditAction::of_halt(scope, halt), action, peer, now)
+        };
+        self.store.submit(Batch {
+            audit: Some(audit),
+            ..Batch::default()
+        })
     }
 
     /// Ends every halt whose resume is durable. Called whenever something became durable

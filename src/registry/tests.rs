@@ -178,10 +178,37 @@ async fn a_firm_halt_denies_every_order_but_cancels_and_leaves_breakers_alone() 
             .expect("check")
             .allowed
     );
-    assert!(matches!(
-        restarted.resume(Scope::Firm, action("again"), "peer").await,
-        Err(Error::NotHalted(_))
-    ));
+    // Resuming what is not halted changes nothing, and says so.
+    assert!(!restarted
+        .resume(Scope::Firm, action("again"), "peer")
+        .await
+        .expect("resume"));
+    // A second halt keeps the first: its operator, reason and time stay in force.
+    assert!(restarted
+        .halt(Scope::Firm, action("first"), "peer")
+        .await
+        .expect("halt"));
+    assert!(!restarted
+        .halt(Scope::Firm, action("second"), "peer")
+        .await
+        .expect("halt again"));
+    let halts = restarted.halts().await.expect("halts");
+    assert_eq!(halts.len(), 1);
+    assert_eq!(halts[0].1.reason, "first");
+    let audited = restarted
+        .audit(crate::store::AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    assert!(
+        audited[0]
+            .detail
+            .starts_with("already halted by ops (first)"),
+        "{audited:?}"
+    );
+    assert_eq!(audited[2].detail, "nothing was halted", "{audited:?}");
 }
 
 #[tokio::test]
