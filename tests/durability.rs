@@ -452,17 +452,26 @@ async fn health_of(server: &TestServer, service: &str) -> i32 {
         .status
 }
 
-#[tokio::test]
-async fn a_full_disk_fails_closed_and_recovers_by_itself() {
+/// A server on a 16 MiB tmpfs of its own, with one failure of ACC-1 written: the directory
+/// holding the mount, the mount, the store's path and the server. `None` (the test skips,
+/// saying so) where mounting is not allowed; CI runs as root, so there it always runs.
+async fn on_a_small_disk() -> Option<(tempfile::TempDir, Tmpfs, PathBuf, TestServer)> {
     let dir = tempfile::tempdir().expect("temp dir");
     let Some(tmpfs) = Tmpfs::mount(&dir.path().join("disk"), "16m") else {
-        // Mounting needs root; CI runs as root, so there this test always runs.
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
+        return None;
     };
     let data = tmpfs.0.join("data");
     let server = start(&data).await;
     server.fail("ACC-1", 1).await;
+    Some((dir, tmpfs, data, server))
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_closed_and_recovers_by_itself() {
+    let Some((_dir, tmpfs, data, server)) = on_a_small_disk().await else {
+        return;
+    };
     assert_eq!(health(&server).await, ServingStatus::Serving as i32);
 
     // The WAL keeps the space it has grown to, and commits reuse it: hand it back before the
@@ -815,14 +824,9 @@ fn the_writer_waits_for_work_as_batch_work_so_its_wake_ups_do_not_preempt_the_ca
 /// stops is not dropped silently: the stop fails, naming the halts that are not in the store.
 #[tokio::test]
 async fn a_halt_not_written_by_shutdown_makes_the_stop_fail_loudly() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("disk"), "16m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+    let Some((_dir, tmpfs, data, server)) = on_a_small_disk().await else {
         return;
     };
-    let data = tmpfs.0.join("data");
-    let server = start(&data).await;
-    server.fail("ACC-1", 1).await;
     truncate_wal(&data);
     fill(&tmpfs.0.join("filler"));
     let halted = server

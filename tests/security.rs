@@ -2,6 +2,8 @@
 //! bot held to its accounts, mutual TLS with generated certificates (unknown, expired and
 //! foreign ones refused), TLS certificates re-read on SIGHUP, and hostile input.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::sha256_hex;
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
@@ -31,14 +34,6 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn sha256_hex(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 struct Served {
     addr: SocketAddr,

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::process::{free_port, lines, riskgate, signal, wait_for, Running};
-use common::PATIENCE;
+use common::{sha256_hex, PATIENCE};
 use riskgate::proto::admin_service_client::AdminServiceClient;
 use riskgate::proto::gate_service_client::GateServiceClient;
 use riskgate::proto::monitor_service_client::MonitorServiceClient;
@@ -125,6 +125,28 @@ impl Server {
             Err(status) if status.code() == Code::NotFound => None,
             Err(status) => panic!("GetBreaker: {status:?}"),
         }
+    }
+
+    async fn halt_firm(&self) {
+        self.admin()
+            .halt_all(HaltAllRequest {
+                reason: "incident".into(),
+                operator: "alice".into(),
+            })
+            .await
+            .expect("HaltAll");
+    }
+
+    /// Halts the group `desk` (accounts DESK-*).
+    async fn halt_desk(&self) {
+        self.admin()
+            .halt_group(HaltGroupRequest {
+                group: "desk".into(),
+                reason: "desk incident".into(),
+                operator: "alice".into(),
+            })
+            .await
+            .expect("HaltGroup");
     }
 
     async fn halts(&self) -> Vec<Halt> {
@@ -348,23 +370,8 @@ async fn views_and_snapshots_show_only_what_is_durable() {
 async fn a_resume_takes_effect_only_once_it_is_durable() {
     let (_dir, data, file) = store_dir(SETTINGS);
     let server = Server::start(&data, &file).await;
-    server
-        .admin()
-        .halt_all(HaltAllRequest {
-            reason: "incident".into(),
-            operator: "alice".into(),
-        })
-        .await
-        .expect("HaltAll");
-    server
-        .admin()
-        .halt_group(HaltGroupRequest {
-            group: "desk".into(),
-            reason: "desk incident".into(),
-            operator: "alice".into(),
-        })
-        .await
-        .expect("HaltGroup");
+    server.halt_firm().await;
+    server.halt_desk().await;
 
     let held = Held::hold(&data);
     for resume_group in [false, true] {
@@ -452,15 +459,7 @@ async fn a_resume_takes_effect_only_once_it_is_durable() {
 async fn a_failing_store_denies_every_mode_and_refuses_resumes() {
     let (_dir, data, file) = store_dir(SETTINGS);
     let server = Server::start(&data, &file).await;
-    server
-        .admin()
-        .halt_group(HaltGroupRequest {
-            group: "desk".into(),
-            reason: "desk incident".into(),
-            operator: "alice".into(),
-        })
-        .await
-        .expect("HaltGroup");
+    server.halt_desk().await;
     for account in ["SHADOW", "OFF"] {
         assert!(server.check(account).await.allowed);
     }
@@ -567,14 +566,6 @@ async fn a_check_after_a_report_on_one_stream_sees_the_report() {
         allowed_after_open.first()
     );
     server.kill();
-}
-
-fn sha256_hex(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn principals(bot_a: bool, bot_b_accounts: &str) -> String {

@@ -121,17 +121,9 @@ impl TestServer {
         MonitorServiceClient::new(channel)
     }
 
-    /// Triggers a graceful shutdown and waits for the server to finish.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        drop(self.channel);
-        tokio::time::timeout(PATIENCE, self.task)
-            .await
-            .expect("server stops within patience")
-            .expect("server task")
-            .expect("server ends cleanly");
+    /// Triggers a graceful shutdown and waits for the server to finish cleanly.
+    pub async fn stop(self) {
+        self.stop_result().await.expect("server ends cleanly");
     }
 
     /// Triggers a graceful shutdown and returns how the server ended.
@@ -255,6 +247,15 @@ impl TestServer {
             .expect("WatchEvents")
             .into_inner()
     }
+}
+
+/// The hex SHA-256 of a token, as `auth.principals` holds it.
+pub fn sha256_hex(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Waits (within patience) until the server's health says SERVING: the store is loaded.
