@@ -188,6 +188,13 @@ fn serve_then_status_trip_watch_reset_and_sigterm() {
             .is_some_and(|l| l.contains("ahead of the latest sequence 0")),
         "{notice:?}"
     );
+    // It says it is back, not only that it is reconnecting.
+    let back = wait_for(&watch_errors, "reconnected to");
+    assert!(
+        back.last()
+            .is_some_and(|l| l.contains(&addr) && l.contains("reading a fresh snapshot")),
+        "{back:?}"
+    );
     wait_for(&watched, "0 breakers as of sequence 0; following");
     stdout(&run(
         &["trip", "ACC-9", "--new", "--reason", "after restart"],

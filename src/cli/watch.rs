@@ -77,6 +77,15 @@ async fn watch_once(
         }
         Err(status) => return Err(call_error(addr, status)),
     };
+    if *connected_once {
+        // Said, so that the last line is not "reconnecting" while events flow again.
+        match *after {
+            Some(sequence) => {
+                eprintln!("riskgate watch: reconnected to {addr}; resuming after #{sequence}")
+            }
+            None => eprintln!("riskgate watch: reconnected to {addr}; reading a fresh snapshot"),
+        }
+    }
     *connected_once = true;
     *backoff = Duration::from_millis(250);
     loop {
