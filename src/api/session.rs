@@ -187,6 +187,11 @@ pub(super) async fn run_session(
     answers: mpsc::Sender<Result<TradeSessionResponse, Status>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The policy the caller was last authenticated under, beside its credentials.
+    let mut credentials = credentials.map(|c| {
+        let seen = c.authenticated_under();
+        (c, seen)
+    });
     let mut pending = FuturesUnordered::new();
     // Messages in `pending`, a batch counting each of its own: reading stops at the window.
     let mut in_progress = 0usize;
@@ -204,8 +209,10 @@ pub(super) async fn run_session(
             message = inbound.message(), if reading && in_progress < SESSION_WINDOW => {
                 match message {
                     Ok(Some(message)) => {
-                        if let (Some(credentials), Some(current)) = (&credentials, &principal) {
-                            match credentials.refresh(current) {
+                        if let (Some((credentials, seen)), Some(current)) =
+                            (&mut credentials, &principal)
+                        {
+                            match credentials.refresh(seen, current) {
                                 Ok(None) => {}
                                 Ok(Some(renewed)) => principal = Some(renewed),
                                 Err(status) => {

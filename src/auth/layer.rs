@@ -194,7 +194,7 @@ where
                 auth: auth.clone(),
                 authorization: request.headers().get(http::header::AUTHORIZATION).cloned(),
                 client_cert: client_cert.map(<[u8]>::to_vec),
-                seen: std::sync::Mutex::new(Arc::clone(&policy)),
+                authenticated_under: Arc::clone(&policy),
             };
             request.extensions_mut().insert(Arc::new(credentials));
         }

@@ -294,21 +294,27 @@ pub struct SessionCredentials {
     auth: Arc<Auth>,
     authorization: Option<http::HeaderValue>,
     client_cert: Option<Vec<u8>>,
-    /// The policy the principal was last authenticated under.
-    seen: std::sync::Mutex<Arc<AuthPolicy>>,
+    /// The policy the call was authenticated under.
+    authenticated_under: Arc<AuthPolicy>,
 }
 
 impl SessionCredentials {
-    /// The principal under the policy in force: `principal` itself unless the policy was
-    /// replaced since; then the principal the same credentials name now, or why the session
-    /// may not go on (`UNAUTHENTICATED`, `PERMISSION_DENIED`).
-    pub fn refresh(&self, principal: &Arc<Principal>) -> Result<Option<Arc<Principal>>, Error> {
-        let current = self.auth.policy.load_full();
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if Arc::ptr_eq(&current, &seen) {
+    /// The policy the call was authenticated under: where the session's `seen` starts.
+    pub fn authenticated_under(&self) -> Arc<AuthPolicy> {
+        self.authenticated_under.clone()
+    }
+
+    /// The principal under the policy in force: `None` (keep `principal`) while the policy is
+    /// still `seen`, which costs one pointer comparison; after a reload, the principal the same
+    /// credentials name now (and `seen` becomes the new policy), or why the session may not go
+    /// on (`UNAUTHENTICATED`, `PERMISSION_DENIED`).
+    pub fn refresh(
+        &self,
+        seen: &mut Arc<AuthPolicy>,
+        principal: &Arc<Principal>,
+    ) -> Result<Option<Arc<Principal>>, Error> {
+        let current = self.auth.policy.load();
+        if Arc::ptr_eq(&current, seen) {
             return Ok(None);
         }
         let mut headers = http::HeaderMap::new();
@@ -330,7 +336,7 @@ impl SessionCredentials {
                 principal: renewed.name.to_string(),
             });
         }
-        *seen = current;
+        *seen = arc_swap::Guard::into_inner(current);
         Ok(Some(renewed))
     }
 }

@@ -216,16 +216,21 @@ impl StoreSignals {
         }
         let receiver = {
             let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
-            // Checked again under the lock: `wrote` and `failed` answer waiters under it.
-            if self.is_durable(ticket) {
+            // Counted before the durable ticket is read again (both SeqCst, as in `wrote`, which
+            // stores the ticket before it reads the count): either this reads the new ticket,
+            // or `wrote` sees a waiter and takes the lock, which it gets once this one is queued.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if self.durable_ticket.load(Ordering::SeqCst) >= ticket {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
                 return Ok(());
             }
+            // `failed` marks the store unwritable, then answers every waiter under the lock.
             if ticket == NEVER_DURABLE || !self.is_writable() {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
                 return Err(self.not_durable());
             }
             let (sender, receiver) = oneshot::channel();
             waiters.entry(ticket).or_default().push(sender);
-            self.waiting.fetch_add(1, Ordering::AcqRel);
             receiver
         };
         receiver.await.unwrap_or_else(|_| Err(self.not_durable()))
@@ -269,13 +274,16 @@ impl StoreSignals {
         if let Some(sequence) = durable_sequence {
             changed |= self.durable_sequence.fetch_max(sequence, Ordering::AcqRel) < sequence;
         }
-        self.durable_ticket.fetch_max(ticket, Ordering::AcqRel);
-        if self.waiting.load(Ordering::Acquire) > 0 {
+        let through = self
+            .durable_ticket
+            .fetch_max(ticket, Ordering::SeqCst)
+            .max(ticket);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
             let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
-            let later = waiters.split_off(&ticket.saturating_add(1));
+            let later = waiters.split_off(&through.saturating_add(1));
             let done = std::mem::replace(&mut *waiters, later);
             for sender in done.into_values().flatten() {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
                 let _ = sender.send(Ok(()));
             }
         }
@@ -309,7 +317,7 @@ impl StoreSignals {
         let waiting =
             std::mem::take(&mut *self.waiters.lock().unwrap_or_else(PoisonError::into_inner));
         for sender in waiting.into_values().flatten() {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             let _ = sender.send(Err(self.not_durable()));
         }
         self.changed.send_replace(());
