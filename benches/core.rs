@@ -77,7 +77,7 @@ fn count_allocations() {
             .expect("a check in CLOSED never waits")
             .expect("check");
         riskgate::metrics::checked(&riskgate::metrics::Timer::start(), || result.metric());
-        black_box(riskgate::api::convert::check_response(result));
+        black_box(riskgate::api::convert::check_response(result, 0));
     }
     let answered = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64;
     println!(

@@ -135,6 +135,13 @@ impl<S: TimeSource> Clock for SystemClock<S> {
     }
 }
 
+/// Nanoseconds on the clock that a cluster leader's fence is measured on: the kernel's boot
+/// clock, which, unlike the monotonic clock, keeps counting while the machine is suspended (a
+/// paused virtual machine must come back past its fence, not before it).
+pub fn fence_clock_nanos() -> u64 {
+    monotonic::boottime()
+}
+
 /// The kernel's monotonic clock, in nanoseconds. The coarse reading is the same clock as of the
 /// last timer tick (1-4 ms old, never ahead): it costs a quarter of a precise one on a
 /// virtual machine, where reading the time-stamp counter is slow.
@@ -143,6 +150,16 @@ mod monotonic {
 
     pub(super) fn precise() -> u64 {
         nanos(clock_gettime(ClockId::Monotonic))
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn boottime() -> u64 {
+        nanos(clock_gettime(ClockId::Boottime))
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(super) fn boottime() -> u64 {
+        precise()
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]

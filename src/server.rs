@@ -27,6 +27,7 @@ use crate::api::{Admin, Gate, Monitor, WatchOptions};
 use crate::auth::tls::Tls;
 use crate::auth::{Auth, AuthLayer};
 use crate::clock::Clock;
+use crate::cluster::{LeaderRouting, Membership};
 use crate::config::{Config, StoreKind};
 use crate::error::Error;
 use crate::proto::admin_service_server::AdminServiceServer;
@@ -96,6 +97,21 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_node(listener, config, store, clock, None, shutdown).await
+}
+
+/// Serves as one node of a cluster (`membership`, whose store `store` is), or as a single node
+/// (`None`): as [`serve`], and a node that does not lead sends Gate and Admin calls to the
+/// leader; health reports GateService and AdminService SERVING only on a leader that may
+/// decide, MonitorService on every node whose mirror is current.
+pub async fn serve_node(
+    listener: TcpListener,
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    membership: Option<Arc<dyn Membership>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let registry = Arc::new(Registry::new(
         config.registry_options(),
         store.clone(),
@@ -159,6 +175,7 @@ pub async fn serve(
         )))
         .http2_keepalive_timeout(Some(Duration::from_secs_f64(limits.keepalive_timeout_secs)))
         .layer(AuthLayer::new(auth.clone()))
+        .layer(LeaderRouting::new(membership.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -171,6 +188,7 @@ pub async fn serve(
                 registry.clone(),
                 watch_options,
                 limits.max_watchers,
+                membership.clone(),
             ))
             .max_decoding_message_size(max_message),
         )
@@ -237,7 +255,17 @@ pub async fn serve(
         }),
         spawn_until(stop.clone(), {
             let registry = registry.clone();
-            move |stopped| follow_store_health(registry, health, stopped)
+            let membership = membership.clone();
+            move |stopped| follow_store_health(registry, health, membership, stopped)
+        }),
+        spawn_until(stop.clone(), {
+            let registry = registry.clone();
+            let membership = membership.clone();
+            move |stopped| async move {
+                if let Some(membership) = membership {
+                    membership.run(registry, stopped).await;
+                }
+            }
         }),
         spawn_until(stop.clone(), {
             let clock = registry.clock_handle();
@@ -279,6 +307,9 @@ pub async fn serve(
                 "closing the store failed: {e}"
             )))
         });
+    if let Some(membership) = &membership {
+        membership.resign().await;
+    }
     let result = match closed {
         Ok(()) => {
             tracing::info!("riskgate stopped");
@@ -388,6 +419,7 @@ async fn follow_config(
                     new.log = current.log.clone();
                     new.limits = current.limits.clone();
                     new.metrics = current.metrics.clone();
+                    new.cluster = current.cluster.clone();
                 }
                 if new.tls.enabled() != current.tls.enabled() {
                     tracing::warn!("turning TLS on or off takes effect only after a restart");
@@ -443,24 +475,41 @@ async fn follow_wall_clock(clock: Arc<dyn Clock>, stopped: impl Future<Output = 
 async fn follow_store_health(
     registry: Arc<Registry>,
     health: HealthReporter,
+    membership: Option<Arc<dyn Membership>>,
     stopped: impl Future<Output = ()>,
 ) {
     tokio::pin!(stopped);
     let mut changed = registry.store_signals().subscribe();
+    // A mirror goes stale by time alone: a cluster node looks again twice a second.
+    let mut every = tokio::time::interval(Duration::from_millis(500));
     let mut serving = None;
     loop {
-        let now_serving = registry.is_serving();
-        if serving != Some(now_serving) {
-            serving = Some(now_serving);
-            let status = if now_serving {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
+        let deciding = registry.is_serving();
+        let reading = match &membership {
+            None => deciding,
+            Some(membership) => registry.is_ready() && membership.mirror_current(),
+        };
+        if serving != Some((deciding, reading)) {
+            serving = Some((deciding, reading));
+            let status = |on: bool| {
+                if on {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                }
             };
-            set_health(&health, status).await;
+            for name in HEALTH_NAMES {
+                let on = if name == "riskgate.v1.MonitorService" {
+                    reading
+                } else {
+                    deciding
+                };
+                health.set_service_status(name, status(on)).await;
+            }
         }
         tokio::select! {
             _ = &mut stopped => return,
+            _ = every.tick(), if membership.is_some() => {}
             result = changed.changed() => if result.is_err() { return },
         }
     }

@@ -218,7 +218,8 @@ pub fn duration(duration: Duration) -> prost_types::Duration {
     }
 }
 
-pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
+/// A check's answer; `epoch`: the cluster leader's that decided it (0 on a single node).
+pub fn check_response(result: CheckResult, epoch: u64) -> proto::CheckTradeResponse {
     let (denial, retry_after, opened_by) = match result.denied() {
         None => (proto::Denial::Unspecified, None, None),
         Some(Denied::Breaker(Denial::Open { retry_after, rule })) => {
@@ -275,6 +276,7 @@ pub fn check_response(result: CheckResult) -> proto::CheckTradeResponse {
         mode: mode(result.mode).into(),
         passed: passed.into(),
         reason: result.into_reason(),
+        epoch,
     }
 }
 

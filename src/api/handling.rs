@@ -39,7 +39,10 @@ pub(super) fn check_now(
     Ok(match registry.decide(&request.account_id, intent)? {
         (result, None) => {
             crate::metrics::checked(&timer, || result.metric());
-            Checked::Ready(convert::check_response(result))
+            Checked::Ready(convert::check_response(
+                result,
+                registry.store_signals().epoch(),
+            ))
         }
         (result, Some(when)) => Checked::Durable(Box::new(PendingCheck {
             account_id: request.account_id,
@@ -65,7 +68,10 @@ pub(super) async fn check_durable(
         .settle_check(&account_id, result, Some(when))
         .await?;
     crate::metrics::checked(&timer, || result.metric());
-    Ok(convert::check_response(result))
+    Ok(convert::check_response(
+        result,
+        registry.store_signals().epoch(),
+    ))
 }
 
 pub(super) async fn check(

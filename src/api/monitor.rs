@@ -6,11 +6,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{convert, watch};
+use crate::cluster::{Membership, Role};
 use crate::error::Error;
 use crate::proto::monitor_service_server::MonitorService;
 use crate::proto::{
-    GetBreakerRequest, GetBreakerResponse, ListBreakersRequest, ListBreakersResponse,
-    WatchEventsRequest, WatchEventsResponse,
+    ClusterMember, GetBreakerRequest, GetBreakerResponse, GetClusterRequest, GetClusterResponse,
+    ListBreakersRequest, ListBreakersResponse, NodeRole, WatchEventsRequest, WatchEventsResponse,
 };
 use crate::registry::{validate_account_id, Registry};
 
@@ -23,21 +24,74 @@ pub struct Monitor {
     /// One permit per open watch stream.
     watchers: Arc<tokio::sync::Semaphore>,
     max_watchers: usize,
+    /// The node's cluster; `None` on a single node.
+    membership: Option<Arc<dyn Membership>>,
 }
 
 impl Monitor {
-    pub fn new(registry: Arc<Registry>, watch: watch::WatchOptions, max_watchers: usize) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        watch: watch::WatchOptions,
+        max_watchers: usize,
+        membership: Option<Arc<dyn Membership>>,
+    ) -> Self {
         Monitor {
             registry,
             watch,
             watchers: Arc::new(tokio::sync::Semaphore::new(max_watchers)),
             max_watchers,
+            membership,
         }
+    }
+}
+
+fn node_role(role: Role) -> NodeRole {
+    match role {
+        Role::Leader { .. } => NodeRole::Leader,
+        Role::Standby => NodeRole::Standby,
+        Role::Candidate => NodeRole::Candidate,
+        Role::Fenced { .. } => NodeRole::Fenced,
     }
 }
 
 #[tonic::async_trait]
 impl MonitorService for Monitor {
+    async fn get_cluster(
+        &self,
+        _request: Request<GetClusterRequest>,
+    ) -> Result<Response<GetClusterResponse>, Status> {
+        let Some(membership) = &self.membership else {
+            return Ok(Response::new(GetClusterResponse {
+                clustered: false,
+                role: NodeRole::Single.into(),
+                ..GetClusterResponse::default()
+            }));
+        };
+        let status = membership.status().await.map_err(Status::unavailable)?;
+        Ok(Response::new(GetClusterResponse {
+            clustered: true,
+            node_id: status.node_id,
+            role: node_role(status.role).into(),
+            leader_id: status.leader_id,
+            leader_address: status.leader_address,
+            epoch: status.epoch,
+            etcd_revision: status.etcd_revision,
+            members: status
+                .members
+                .into_iter()
+                .map(|member| ClusterMember {
+                    node_id: member.node_id,
+                    address: member.address,
+                    leader: member.leader,
+                    applied_revision: member.applied_revision,
+                    lag_revisions: member.lag_revisions,
+                    reported_ago: Some(convert::duration(member.reported_ago)),
+                    lease_left: member.lease_left.map(convert::duration),
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_breaker(
         &self,
         request: Request<GetBreakerRequest>,

@@ -146,6 +146,12 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Show the cluster: the node that answers and its role, the leader and its epoch, each
+    /// node's mirror lag and lease time left.
+    Cluster {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Print the configuration the server runs with, and its version.
     Config {
         #[command(flatten)]
@@ -224,6 +230,7 @@ impl Command {
             | Command::Mode { target, .. }
             | Command::Halt { target, .. }
             | Command::Resume { target, .. }
+            | Command::Cluster { target }
             | Command::Config { target } => Some(target),
         }
     }
@@ -279,6 +286,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             target,
         } => remote::halt(&target.addr, false, group, action).await,
         Command::Config { target } => remote::config(&target.addr).await,
+        Command::Cluster { target } => remote::cluster(&target.addr).await,
         Command::Health { service, target } => remote::health(&target.addr, service).await,
         Command::Audit {
             account,
@@ -321,7 +329,7 @@ async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
         .map_err(CliError::Logging)?;
     let addr = config.listen_addr()?;
     // The store first: one that cannot be used stops start-up before anything listens.
-    let store = server::open_store(&config)?;
+    let (store, membership) = open_node(&config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| CliError::Bind {
@@ -344,12 +352,47 @@ async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
         None => None,
     };
     let clock = std::sync::Arc::new(crate::clock::SystemClock::new());
-    let served = server::serve(listener, &config, store, clock, shutdown_signal()).await;
+    let served = server::serve_node(
+        listener,
+        &config,
+        store,
+        clock,
+        membership,
+        shutdown_signal(),
+    )
+    .await;
     if let Some(metrics) = metrics {
         metrics.abort();
     }
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The store, and the cluster node when `[cluster]` names etcd endpoints.
+async fn open_node(
+    config: &Config,
+) -> Result<
+    (
+        std::sync::Arc<dyn crate::store::Store>,
+        Option<std::sync::Arc<dyn crate::cluster::Membership>>,
+    ),
+    CliError,
+> {
+    if !config.cluster.enabled() {
+        return Ok((server::open_store(config)?, None));
+    }
+    #[cfg(feature = "cluster")]
+    {
+        let node = crate::cluster::Node::connect(config)
+            .await
+            .map_err(CliError::Refused)?;
+        let store = node.store();
+        Ok((store, Some(node)))
+    }
+    #[cfg(not(feature = "cluster"))]
+    Err(CliError::Refused(
+        "[cluster] names etcd endpoints, but this riskgate was built without cluster mode: build it with `cargo build --release --features cluster`".into(),
+    ))
 }
 
 /// Resolves on SIGINT or SIGTERM.

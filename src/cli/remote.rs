@@ -15,8 +15,8 @@ use super::{render, ActionArgs, CliError, Target};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::monitor_service_client::MonitorServiceClient;
 use crate::proto::{
-    AuditRecord, GetBreakerRequest, GetConfigRequest, Halt, HaltAllRequest, HaltGroupRequest,
-    Layer, ListAuditRecordsRequest, ListBreakersRequest, ListHaltsRequest, Mode,
+    AuditRecord, GetBreakerRequest, GetClusterRequest, GetConfigRequest, Halt, HaltAllRequest,
+    HaltGroupRequest, Layer, ListAuditRecordsRequest, ListBreakersRequest, ListHaltsRequest, Mode,
     ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest, SetModeRequest, TripBreakerRequest,
 };
 
@@ -275,7 +275,7 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
             if let Some(breaker) = response.into_inner().breaker {
                 let banner = halts_banner(addr, channel.clone(), Some(&breaker.groups)).await?;
                 let trip = if breaker.tripped_by_operator {
-                    latest_trip(channel, &breaker.account_id).await
+                    latest_trip(channel.clone(), &breaker.account_id).await
                 } else {
                     None
                 };
@@ -304,10 +304,36 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
                 }
                 page_token = page.next_page_token;
             }
-            let banner = halts_banner(addr, channel, None).await?;
+            let banner = halts_banner(addr, channel.clone(), None).await?;
             say!("{banner}{}", render::breaker_table(&breakers));
         }
     }
+    if let Some(line) = answered_by(channel).await {
+        sayln!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which cluster node answered, and its role; `None` on a single node (or a server that
+/// predates clusters).
+async fn answered_by(channel: Conn) -> Option<String> {
+    let cluster = MonitorServiceClient::new(channel)
+        .get_cluster(GetClusterRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    cluster.clustered.then(|| render::answered_by(&cluster))
+}
+
+/// `riskgate cluster`: the members, the leader and its epoch, lag and lease time left.
+pub(super) async fn cluster(addr: &str) -> Result<ExitCode, CliError> {
+    let channel = connect(addr, Some(CALL_TIMEOUT)).await?;
+    let cluster = MonitorServiceClient::new(channel)
+        .get_cluster(GetClusterRequest {})
+        .await
+        .map_err(|s| call_error(addr, s))?
+        .into_inner();
+    say!("{}", render::cluster(&cluster));
     Ok(ExitCode::SUCCESS)
 }
 

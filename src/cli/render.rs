@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::core::human_duration;
 use crate::proto::{
-    AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, FailureKind, Halt, Layer, Mode,
-    TransitionCause,
+    AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, FailureKind, GetClusterResponse,
+    Halt, Layer, Mode, NodeRole, TransitionCause,
 };
 
 pub fn state_name(state: i32) -> &'static str {
@@ -418,4 +418,91 @@ pub fn audit_json(r: &AuditRecord) -> String {
         "detail": r.detail,
     });
     object.to_string()
+}
+
+fn role_name(role: i32) -> &'static str {
+    match NodeRole::try_from(role).unwrap_or(NodeRole::Unspecified) {
+        NodeRole::Single => "single node",
+        NodeRole::Leader => "leader",
+        NodeRole::Standby => "standby",
+        NodeRole::Candidate => "candidate",
+        NodeRole::Fenced => "fenced",
+        NodeRole::Unspecified => "unknown role",
+    }
+}
+
+/// The line `riskgate status` ends with in a cluster.
+pub fn answered_by(cluster: &GetClusterResponse) -> String {
+    let role = role_name(cluster.role);
+    if NodeRole::try_from(cluster.role) == Ok(NodeRole::Leader) {
+        format!(
+            "answered by {} ({role}, epoch {})",
+            cluster.node_id, cluster.epoch
+        )
+    } else if cluster.leader_id.is_empty() {
+        format!(
+            "answered by {} ({role}; no leader elected)",
+            cluster.node_id
+        )
+    } else {
+        format!(
+            "answered by {} ({role}; leader {} at {}, epoch {})",
+            cluster.node_id, cluster.leader_id, cluster.leader_address, cluster.epoch
+        )
+    }
+}
+
+/// `riskgate cluster`.
+pub fn cluster(cluster: &GetClusterResponse) -> String {
+    if !cluster.clustered {
+        return "single node: not in a cluster ([cluster] etcd_endpoints is empty)\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", answered_by(cluster));
+    if cluster.leader_id.is_empty() {
+        let _ = writeln!(out, "LEADER  none elected");
+    } else {
+        let _ = writeln!(
+            out,
+            "LEADER  {} at {}, epoch {}",
+            cluster.leader_id, cluster.leader_address, cluster.epoch
+        );
+    }
+    let _ = writeln!(out, "etcd revision {}", cluster.etcd_revision);
+    let _ = writeln!(
+        out,
+        "{:<20} {:<24} {:<8} {:>10} {:>12} {:>10}",
+        "NODE", "ADDRESS", "ROLE", "LAG(REVS)", "REPORTED", "LEASE LEFT"
+    );
+    for member in &cluster.members {
+        let ago = member
+            .reported_ago
+            .map(|d| {
+                human_duration(Duration::new(
+                    d.seconds.max(0) as u64,
+                    d.nanos.max(0) as u32,
+                )) + " ago"
+            })
+            .unwrap_or_else(|| "-".into());
+        let lease = member
+            .lease_left
+            .map(|d| {
+                human_duration(Duration::new(
+                    d.seconds.max(0) as u64,
+                    d.nanos.max(0) as u32,
+                ))
+            })
+            .unwrap_or_else(|| "expired".into());
+        let _ = writeln!(
+            out,
+            "{:<20} {:<24} {:<8} {:>10} {:>12} {:>10}",
+            member.node_id,
+            member.address,
+            if member.leader { "leader" } else { "standby" },
+            member.lag_revisions,
+            ago,
+            lease
+        );
+    }
+    out
 }

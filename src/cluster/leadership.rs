@@ -16,8 +16,8 @@
 //!   node is FENCED: it allows nothing and writes nothing until it has won again.
 //! - **Serving only when whole.** A new leader allows orders only once it has applied every
 //!   change up to the revision at which it won (its mirror holds everything the old leader
-//!   acknowledged), and once a whole TTL has passed since its win, so that an old leader whose
-//!   lease etcd already expired has passed its own fence even if its clock ran a little slow.
+//!   acknowledged). It could win only once the old lease had run out in etcd, by which time
+//!   the old leader has passed its own fence even if its clock ran up to `margin / ttl` slow.
 //! - **Every write fenced by the epoch.** The epoch is the create revision of this node's
 //!   leader key; the adapter conditions every transaction on it, so a deposed leader's writes
 //!   fail in etcd whatever this machine believes. This type only says when not to try.
@@ -53,7 +53,7 @@ pub enum Refusal {
     NotLeader,
     /// The leader has not yet applied every change up to the revision at which it won.
     CatchingUp { applied: i64, won_at_revision: i64 },
-    /// The leader waits out one TTL after its win, for an old leader to pass its fence.
+    /// The leader waits `settle` after its win.
     WaitingOutOldLease { until: Timestamp },
     /// The leader cannot be sure it still is: its fence passed, or it was told so.
     Fenced,
@@ -67,6 +67,9 @@ pub struct LeaseTiming {
     /// How much earlier than the lease's expiry the leader stops: covers this clock running
     /// slower than etcd's, and the time between deciding and answering.
     pub margin: Duration,
+    /// How long a new leader waits after its win before it decides (zero by default: see
+    /// `serves_from`).
+    pub settle: Duration,
 }
 
 impl LeaseTiming {
@@ -77,7 +80,11 @@ impl LeaseTiming {
             .max(Duration::from_millis(100))
             .min(Duration::from_secs(2))
             .min(ttl / 2);
-        LeaseTiming { ttl, margin }
+        LeaseTiming {
+            ttl,
+            margin,
+            settle: Duration::ZERO,
+        }
     }
 }
 
@@ -111,6 +118,17 @@ impl Leadership {
 
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The revision at which this node last won (0 if it never did): changes up to it are the
+    /// old leader's, and a new leader applies them before it decides.
+    pub fn won_at_revision(&self) -> i64 {
+        self.won_at_revision
+    }
+
+    /// The lease timing in force.
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
     }
 
     /// The latest revision applied to this node's registry.
@@ -232,9 +250,14 @@ impl Leadership {
         }
     }
 
-    /// When a leader may start serving, as far as time goes.
+    /// When a leader may start serving, as far as time goes: at its win. The key it won was
+    /// free only because the old leader's lease ran out in etcd (or was given up by a leader
+    /// that had stopped deciding), and an old leader's fence comes a margin before that expiry
+    /// even on a clock up to `margin / ttl` slow (the proptest below); waiting a further TTL
+    /// would double every failover for no safety it does not already have.
     fn serves_from(&self) -> Option<Timestamp> {
-        self.won_at.map(|won| won.saturating_add(self.timing.ttl))
+        self.won_at
+            .map(|won| won.saturating_add(self.timing.settle))
     }
 
     /// The next moment at which time alone changes what this node may do: the fence, or the

@@ -51,7 +51,7 @@ fn a_new_node_is_a_standby_and_decides_nothing() {
 }
 
 #[test]
-fn a_winner_serves_only_once_caught_up_and_a_ttl_after_its_win() {
+fn a_winner_serves_once_caught_up() {
     let mut node = Leadership::new(timing());
     node.campaigning();
     assert_eq!(node.role(), Role::Candidate);
@@ -71,14 +71,24 @@ fn a_winner_serves_only_once_caught_up_and_a_ttl_after_its_win() {
         Some(Refusal::CatchingUp { applied: 9, .. })
     ));
     node.applied_through(10);
+    assert_eq!(node.refusal(at(1_000)), None);
+    assert!(node.may_decide(at(1_000)));
+}
+
+#[test]
+fn a_settle_time_delays_serving_after_a_win() {
+    let mut node = Leadership::new(LeaseTiming {
+        settle: Duration::from_millis(500),
+        ..timing()
+    });
+    node.won(7, 10, at(0), at(0));
+    node.applied_through(10);
     assert_eq!(
-        node.refusal(at(1_000)),
-        Some(Refusal::WaitingOutOldLease { until: at(3_000) })
+        node.refusal(at(100)),
+        Some(Refusal::WaitingOutOldLease { until: at(500) })
     );
-    // Renewed in time, and the TTL after the win has passed: it decides.
-    node.renewed(at(2_500));
-    assert_eq!(node.refusal(at(3_000)), None);
-    assert!(node.may_decide(at(3_000)));
+    assert_eq!(node.next_deadline(at(100)), Some(at(500)));
+    assert!(node.may_decide(at(500)));
 }
 
 #[test]
@@ -138,7 +148,7 @@ fn a_deposed_leader_fences_and_a_deposed_candidate_follows() {
 }
 
 #[test]
-fn a_fenced_node_that_wins_again_waits_again_under_its_new_epoch() {
+fn a_fenced_node_that_wins_again_catches_up_again_under_its_new_epoch() {
     let mut node = serving();
     node.tick(at(10_000));
     assert_eq!(node.role(), Role::Fenced { epoch: 7 });
@@ -150,23 +160,19 @@ fn a_fenced_node_that_wins_again_waits_again_under_its_new_epoch() {
         Some(Refusal::CatchingUp { .. })
     ));
     node.applied_through(30);
-    assert_eq!(
-        node.refusal(at(10_500)),
-        Some(Refusal::WaitingOutOldLease { until: at(13_000) })
-    );
-    node.renewed(at(12_000));
-    assert!(node.may_decide(at(13_000)));
+    assert!(node.may_decide(at(10_500)));
+    // Its fence runs from the renewal sent before the win.
+    assert_eq!(node.refusal(at(12_000)), Some(Refusal::Fenced));
 }
 
 #[test]
-fn the_next_deadline_is_the_earlier_of_the_fence_and_the_start_of_serving() {
+fn the_next_deadline_is_the_fence() {
     let mut node = Leadership::new(timing());
     node.won(7, 10, at(0), at(0));
-    // Fence at 2 s (sent at 0), serving from 3 s: the fence first.
+    // Fence at 2 s (sent at 0).
     assert_eq!(node.next_deadline(at(0)), Some(at(2_000)));
     node.renewed(at(1_500));
-    assert_eq!(node.next_deadline(at(1_500)), Some(at(3_000)));
-    // Once serving, only the fence is ahead.
+    assert_eq!(node.next_deadline(at(1_500)), Some(at(3_500)));
     node.renewed(at(2_900));
     assert_eq!(node.next_deadline(at(3_100)), Some(at(4_900)));
 }
@@ -205,9 +211,10 @@ proptest! {
             );
         }
 
+        // The new leader, caught up, decides from its win: the old one no longer does.
         let mut new = Leadership::new(timing);
         new.won(8, 20, at(won), at(won));
         new.applied_through(20);
-        prop_assert!(!new.may_decide(at(won)));
+        prop_assert!(new.may_decide(at(won)));
     }
 }

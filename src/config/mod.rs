@@ -51,6 +51,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    pub cluster: ClusterConfig,
     /// Where this configuration was read from, so it can be read again on reload: the file
     /// given, if any, and whether the process environment took part.
     #[serde(skip)]
@@ -171,6 +172,94 @@ pub struct EventsConfig {
     pub heartbeat_secs: f64,
 }
 
+/// `[cluster]`: running as one node of a cluster on etcd (docs/cluster.md).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd's client URLs; empty: a single node.
+    pub etcd_endpoints: Vec<String>,
+    pub node_id: String,
+    pub advertise: String,
+    pub lease_secs: u64,
+    pub key_prefix: String,
+    pub max_txn_ops: usize,
+    pub audit_records: usize,
+    pub etcd_username: String,
+    pub etcd_password: String,
+    pub etcd_ca: PathBuf,
+    pub etcd_cert: PathBuf,
+    pub etcd_key: PathBuf,
+}
+
+impl ClusterConfig {
+    /// Whether this node runs in a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        for endpoint in &self.etcd_endpoints {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid(
+                    "cluster.etcd_endpoints",
+                    format!("must be URLs such as http://10.0.0.1:2379, not {endpoint:?}"),
+                ));
+            }
+        }
+        if self.node_id.is_empty() || validate_account_id(&self.node_id).is_err() {
+            return Err(invalid(
+                "cluster.node_id",
+                "must name this node (letters, digits, '-', '_', '.', ':'), unique in the cluster"
+                    .into(),
+            ));
+        }
+        if self.advertise.is_empty() {
+            return Err(invalid(
+                "cluster.advertise",
+                "must be the host:port clients reach this node at".into(),
+            ));
+        }
+        if !(1..=60).contains(&self.lease_secs) {
+            return Err(invalid(
+                "cluster.lease_secs",
+                format!(
+                    "must be whole seconds from 1 to 60, not {}",
+                    self.lease_secs
+                ),
+            ));
+        }
+        if self.key_prefix.is_empty() {
+            return Err(invalid("cluster.key_prefix", "must not be empty".into()));
+        }
+        if !(8..=10_000).contains(&self.max_txn_ops) {
+            return Err(invalid(
+                "cluster.max_txn_ops",
+                format!(
+                    "must be from 8 to 10000 (etcd's --max-txn-ops, 128 by default), not {}",
+                    self.max_txn_ops
+                ),
+            ));
+        }
+        at_least("cluster.audit_records", self.audit_records, 1)?;
+        if self.etcd_username.is_empty() != self.etcd_password.is_empty() {
+            return Err(invalid(
+                "cluster.etcd_username",
+                "and cluster.etcd_password go together: set both or neither".into(),
+            ));
+        }
+        if self.etcd_cert.as_os_str().is_empty() != self.etcd_key.as_os_str().is_empty() {
+            return Err(invalid(
+                "cluster.etcd_cert",
+                "and cluster.etcd_key go together: set both or neither".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How long operator actions are kept (`[audit]`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +312,7 @@ impl Config {
             ("log", text(&self.log) != text(&other.log)),
             ("limits", text(&self.limits) != text(&other.limits)),
             ("metrics", text(&self.metrics) != text(&other.metrics)),
+            ("cluster", text(&self.cluster) != text(&other.cluster)),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -266,6 +356,7 @@ impl Config {
         breaker_settings("breaker", &self.breaker)?;
         security::validate(&self.tls, &self.auth, &self.limits)?;
         self.metrics.listen_addr()?;
+        self.cluster.validate()?;
         at_least("events.subscriber_buffer", self.events.subscriber_buffer, 1)?;
         seconds("events.retained_secs", self.events.retained_secs)?;
         let days = self.audit.retain_days;

@@ -64,7 +64,17 @@ impl Registry {
     /// has come, so time-driven transitions happen on time with no traffic.
     pub async fn run_deadlines(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut signals = self.signals.subscribe();
         loop {
+            // A cluster node that may not decide (a standby) leaves time-driven transitions to
+            // the leader: its breakers change only as the leader's do. Its deadlines wait, so
+            // that they fire on time if it is promoted.
+            while !self.signals.has_authority() {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    result = signals.changed() => if result.is_err() { return },
+                }
+            }
             let changed = self.deadlines.changed();
             tokio::pin!(changed);
             let wait = self
@@ -74,7 +84,11 @@ impl Registry {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = &mut changed => {}
+                result = signals.changed() => if result.is_err() { return },
                 _ = tokio::time::sleep(wait.unwrap_or(std::time::Duration::from_secs(3600))), if wait.is_some() => {}
+            }
+            if !self.signals.has_authority() {
+                continue;
             }
             self.fire_due(self.clock.now()).await;
         }

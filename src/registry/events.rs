@@ -72,6 +72,45 @@ impl EventLog {
         }
     }
 
+    /// Takes in an event a cluster's leader wrote, with its sequence; shown to watchers by
+    /// `publish_through`. An event already held is ignored.
+    pub fn replicate(&self, event: Arc<Event>) {
+        let mut log = self.lock();
+        if event.sequence <= log.last_sequence {
+            return;
+        }
+        log.last_sequence = event.sequence;
+        log.unpublished.push_back(event);
+    }
+
+    /// Numbers on after `sequence` (a cluster's leader assigned it), once every event held is
+    /// published.
+    pub fn advance(&self, sequence: u64) {
+        let mut log = self.lock();
+        if log.unpublished.is_empty() && sequence > log.last_sequence {
+            log.last_sequence = sequence;
+            log.published = sequence;
+        }
+    }
+
+    /// Replaces everything with what a store holds (all of it durable): events not yet durable
+    /// are dropped (nobody was shown them), and live subscribers are sent the durable events
+    /// they have not seen.
+    pub fn reset(&self, events: Vec<Arc<Event>>, last_sequence: u64) {
+        let mut log = self.lock();
+        let seen = log.published;
+        log.unpublished.clear();
+        log.retained.clear();
+        log.last_sequence = last_sequence.max(events.last().map_or(0, |e| e.sequence));
+        log.published = log.last_sequence.max(seen);
+        for event in events {
+            if event.sequence > seen {
+                let _ = self.live.send(event.clone());
+            }
+            log.retain(event);
+        }
+    }
+
     /// Gives `events` the next sequence numbers and hands them to `submit` while still holding
     /// the log, so that batches reach the store in sequence order. They are shown to watchers
     /// by `publish_through` once durable.

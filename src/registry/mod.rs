@@ -21,6 +21,7 @@ mod halts;
 mod load;
 mod operator;
 mod reasons;
+mod replica;
 mod rulebook;
 mod view;
 mod views;
@@ -46,6 +47,7 @@ use crate::store::{
 pub use account_id::validate_account_id;
 pub use answers::{CheckResult, Denied, ReportResult};
 pub use changes::WhenDurable;
+pub use replica::Replicated;
 pub use rulebook::{AccountPattern, Rulebook};
 pub use view::{BreakerView, ProbeView};
 pub use views::Subscription;
@@ -169,6 +171,11 @@ impl Registry {
     /// Whether the registry is loaded and its store accepts writes.
     pub fn is_serving(&self) -> bool {
         self.ready.load(Ordering::Acquire) && self.signals.is_writable()
+    }
+
+    /// Whether the registry is loaded (it answers reads).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     pub fn store_signals(&self) -> &Arc<StoreSignals> {

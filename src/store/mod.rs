@@ -23,6 +23,8 @@
 mod memory;
 mod sqlite;
 
+pub(crate) use sqlite::rows;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -187,6 +189,16 @@ pub struct StoreSignals {
     waiters: Mutex<BTreeMap<u64, Vec<DurableReply>>>,
     /// Entries in `waiters`, so that a commit nobody waits for takes no lock.
     waiting: AtomicUsize,
+    /// Until when this node may decide for accounts, on [`crate::clock::fence_clock_nanos`]:
+    /// `u64::MAX` for a single node (always), `0` for a cluster node that may not (a standby; a
+    /// leader catching up or fenced). Read on every check, one atomic load (and a clock read
+    /// only in a cluster).
+    authority: AtomicU64,
+    /// Why a cluster node may not decide, shown in denials and refusals.
+    authority_reason: Mutex<String>,
+    /// A cluster leader's epoch (0 on a single node), told with every decision so that an
+    /// order gateway can refuse decisions of an older leader.
+    epoch: AtomicU64,
 }
 
 impl StoreSignals {
@@ -199,6 +211,51 @@ impl StoreSignals {
             changed: watch::channel(()).0,
             waiters: Mutex::new(BTreeMap::new()),
             waiting: AtomicUsize::new(0),
+            authority: AtomicU64::new(u64::MAX),
+            authority_reason: Mutex::new(String::new()),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The epoch of the cluster leader this node is (0: a single node, or not the leader).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Lets this node decide for accounts until `until` (on
+    /// [`crate::clock::fence_clock_nanos`]; `None`: not at all, for `reason`). Set by a cluster
+    /// node's leadership, never by a single node. Callers waiting on these signals are woken.
+    pub fn set_authority(&self, until: Option<u64>, reason: &str) {
+        let nanos = until.map_or(0, |at| at.clamp(1, u64::MAX - 1));
+        *self
+            .authority_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = reason.to_owned();
+        let before = self.authority.swap(nanos, Ordering::AcqRel);
+        if before != nanos {
+            self.changed.send_replace(());
+        }
+    }
+
+    /// Whether this node may decide for accounts now: always on a single node; in a cluster,
+    /// only the leader, before its fence.
+    pub fn has_authority(&self) -> bool {
+        match self.authority.load(Ordering::Acquire) {
+            u64::MAX => true,
+            0 => false,
+            until => crate::clock::fence_clock_nanos() < until,
+        }
+    }
+
+    /// Records that a replica holds every event up to `sequence` (written by the leader, so
+    /// durable): watchers are shown them.
+    pub fn replicated(&self, sequence: u64) {
+        if self.durable_sequence.fetch_max(sequence, Ordering::AcqRel) < sequence {
+            self.changed.send_replace(());
         }
     }
 
@@ -245,9 +302,10 @@ impl StoreSignals {
         ))
     }
 
-    /// Whether the last write succeeded.
+    /// Whether changes may be made and orders allowed: the last write succeeded and (in a
+    /// cluster) this node is the leader, before its fence.
     pub fn is_writable(&self) -> bool {
-        self.writable.load(Ordering::Acquire)
+        self.writable.load(Ordering::Acquire) && self.has_authority()
     }
 
     /// Every event up to this sequence is durable.
@@ -255,7 +313,17 @@ impl StoreSignals {
         self.durable_sequence.load(Ordering::Acquire)
     }
 
+    /// Why changes are refused: the last write's error, or why this cluster node may not
+    /// decide.
     pub fn last_error(&self) -> Option<String> {
+        if !self.has_authority() {
+            let reason = self
+                .authority_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            return Some(reason);
+        }
         self.last_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

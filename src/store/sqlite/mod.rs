@@ -8,7 +8,7 @@
 
 mod folding;
 mod journal;
-mod rows;
+pub(crate) mod rows;
 mod scheduling;
 mod schema;
 mod writer;

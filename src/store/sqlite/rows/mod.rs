@@ -373,4 +373,4 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, String> {
 
 #[cfg(test)]
 #[path = "tests.rs"]
-pub(super) mod tests;
+pub(crate) mod tests;

@@ -100,7 +100,7 @@ fn failure(at_nanos: u64, permit: Option<u64>, kind: FailureKind) -> FailureReco
 }
 
 /// A CLOSED breaker's record with `failures` (the writer's tests use it too).
-pub(in crate::store::sqlite) fn record(failures: Vec<FailureRecord>) -> BreakerRecord {
+pub(crate) fn record(failures: Vec<FailureRecord>) -> BreakerRecord {
     BreakerRecord {
         state: State::Closed,
         tripped: false,

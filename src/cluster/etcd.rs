@@ -1,0 +1,637 @@
+//! The store of a cluster node: every change the leader makes goes to etcd in one transaction
+//! conditioned on the leader's epoch, many changes to a transaction (group commit), in the
+//! order they were submitted. A deposed leader's transactions fail in etcd whatever it
+//! believes, and its callers are answered `UNAVAILABLE`, never success.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp,
+};
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Notify};
+
+use super::keys::{self, Counters, Key, Keys};
+use crate::core::Timestamp;
+use crate::history::AuditRecord;
+use crate::store::{
+    AuditQuery, AuditRetention, Batch, Commit, Loading, Recovered, Store, StoreError, StoreSignals,
+    StoredBreaker, LOAD_CHUNK,
+};
+
+/// What the store is built with.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    pub keys: Keys,
+    /// Operations per transaction at most (etcd's `--max-txn-ops`).
+    pub max_txn_ops: usize,
+    pub retained_events: usize,
+    pub retained_age: Duration,
+    pub audit: AuditRetention,
+    /// Audit records kept in etcd at most.
+    pub audit_records: usize,
+    /// How long one transaction may take before it is retried.
+    pub request_timeout: Duration,
+}
+
+/// A cluster node's store: etcd, written only by the leader, fenced by its epoch.
+pub struct EtcdStore {
+    shared: Arc<Shared>,
+}
+
+pub(super) struct Shared {
+    pub(super) options: EtcdOptions,
+    pub(super) client: Client,
+    pub(super) signals: Arc<StoreSignals>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    /// The epoch writes are fenced with; 0 while this node is not the leader (writes refused).
+    epoch: AtomicI64,
+    /// Batches taken from the queue and not yet answered.
+    in_flight: AtomicUsize,
+    /// Told when etcd refused a write because the epoch no longer holds.
+    pub(super) deposed: Notify,
+    /// What the cluster held when the node started, handed to the registry's load.
+    initial: Mutex<Option<Recovered>>,
+    runtime: Handle,
+}
+
+struct Queue {
+    next_ticket: u64,
+    pending: VecDeque<Pending>,
+    counters: Counters,
+    closed: bool,
+}
+
+struct Pending {
+    ticket: u64,
+    batch: Batch,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// One write to etcd.
+enum Write {
+    Put(Vec<u8>),
+    Delete,
+}
+
+/// What the cluster holds, read at one revision.
+pub(super) struct Snapshot {
+    pub(super) recovered: Recovered,
+    pub(super) counters: Counters,
+    pub(super) revision: i64,
+}
+
+fn unavailable(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(what.to_string())
+}
+
+impl EtcdStore {
+    pub(super) fn new(client: Client, options: EtcdOptions, snapshot: Snapshot) -> Self {
+        let signals = Arc::new(StoreSignals::new(snapshot.recovered.last_sequence));
+        // A cluster node decides nothing until its leadership says it may.
+        signals.set_authority(None, "cluster: this node has not yet joined the cluster");
+        EtcdStore {
+            shared: Arc::new(Shared {
+                options,
+                client,
+                signals,
+                queue: Mutex::new(Queue {
+                    next_ticket: 0,
+                    pending: VecDeque::new(),
+                    counters: snapshot.counters,
+                    closed: false,
+                }),
+                wake: Notify::new(),
+                epoch: AtomicI64::new(0),
+                in_flight: AtomicUsize::new(0),
+                deposed: Notify::new(),
+                initial: Mutex::new(Some(snapshot.recovered)),
+                runtime: Handle::current(),
+            }),
+        }
+    }
+
+    pub(super) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// This node won at `epoch`: its writes are fenced with it from now on, numbered on from
+    /// `counters` (read after the win, so nothing older than what the cluster holds).
+    pub(super) fn begin_epoch(&self, epoch: i64, counters: Counters) {
+        let mut queue = self.queue();
+        queue.counters = counters;
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// This node is no longer the leader: nothing more is written, and everything waiting to
+    /// be written is answered `UNAVAILABLE` (it will never be written by this node).
+    pub(super) fn end_epoch(&self, why: &str) {
+        self.epoch.store(0, Ordering::Release);
+        let dropped: Vec<Pending> = self.queue().pending.drain(..).collect();
+        for pending in dropped {
+            let _ = pending.reply.send(Err(unavailable(format!(
+                "cluster: not written, {why}; retry against the leader"
+            ))));
+        }
+        self.wake.notify_one();
+    }
+
+    pub(super) fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Writes what is submitted, in order, until the store closes. Spawned once per node.
+    pub(super) async fn run_writer(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let taken = self.take();
+            if taken.is_empty() {
+                if self.queue().closed {
+                    return;
+                }
+                self.wake.notified().await;
+                continue;
+            }
+            let (writes, counters, latest_sequence) = self.compose(&taken);
+            loop {
+                let epoch = self.epoch();
+                if epoch == 0 {
+                    self.answer(taken, Err(unavailable("cluster: this node lost its leadership before the change was written; retry against the leader")));
+                    break;
+                }
+                match self.commit(epoch, &writes, counters).await {
+                    Ok(true) => {
+                        backoff = Duration::from_millis(20);
+                        let last_ticket = taken.last().map_or(0, |p| p.ticket);
+                        self.queue().counters = counters;
+                        self.signals.wrote(latest_sequence, last_ticket);
+                        self.answer(taken, Ok(()));
+                        break;
+                    }
+                    Ok(false) => {
+                        tracing::error!(
+                            epoch,
+                            "etcd refused a write: this node's leadership no longer holds"
+                        );
+                        self.epoch.store(0, Ordering::Release);
+                        self.deposed.notify_one();
+                        self.answer(taken, Err(unavailable("cluster: this node is no longer the leader (etcd refused its write); retry against the leader")));
+                        break;
+                    }
+                    Err(error) => {
+                        self.signals
+                            .failed(&format!("cluster: etcd did not take a write: {error}"));
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The batches to write next: as many as fit one transaction, in submission order.
+    fn take(&self) -> Vec<Pending> {
+        let mut queue = self.queue();
+        // Two operations per transaction are the counters and the events' retention.
+        let budget = self.options.max_txn_ops.saturating_sub(2).max(1);
+        let mut used = 0;
+        let mut taken = Vec::new();
+        while let Some(next) = queue.pending.front() {
+            let ops = operations(&next.batch);
+            if !taken.is_empty() && used + ops > budget {
+                break;
+            }
+            used += ops;
+            if let Some(pending) = queue.pending.pop_front() {
+                taken.push(pending);
+            }
+        }
+        self.in_flight.fetch_add(taken.len(), Ordering::AcqRel);
+        taken
+    }
+
+    fn answer(&self, taken: Vec<Pending>, result: Result<(), StoreError>) {
+        let count = taken.len();
+        for pending in taken {
+            let _ = pending.reply.send(result.clone());
+        }
+        self.in_flight.fetch_sub(count, Ordering::AcqRel);
+    }
+
+    /// The writes of `taken`, one per key (a later batch's value replaces an earlier one's:
+    /// etcd takes a key once per transaction), the counters after them, and the latest
+    /// sequence among their events.
+    fn compose(&self, taken: &[Pending]) -> (BTreeMap<String, Write>, Counters, Option<u64>) {
+        let keys = &self.options.keys;
+        let mut counters = self.queue().counters;
+        let mut writes = BTreeMap::new();
+        let mut latest = None;
+        for Pending { batch, .. } in taken {
+            if let Some(stored) = &batch.breaker {
+                writes.insert(
+                    keys.breaker(&stored.account_id),
+                    Write::Put(keys::encode_breaker(stored)),
+                );
+            }
+            for event in &batch.events {
+                latest = Some(event.sequence);
+                counters.last_sequence = counters.last_sequence.max(event.sequence);
+                if self.options.retained_events > 0 {
+                    writes.insert(
+                        keys.event(event.sequence),
+                        Write::Put(crate::store::rows::encode_event(event)),
+                    );
+                }
+            }
+            if let Some(audit) = &batch.audit {
+                counters.last_audit_id += 1;
+                let record = AuditRecord {
+                    id: counters.last_audit_id,
+                    ..audit.clone()
+                };
+                writes.insert(
+                    keys.audit(record.id),
+                    Write::Put(keys::encode_audit(&record)),
+                );
+            }
+            if let Some((scope, halt)) = &batch.halt {
+                let write = match halt {
+                    Some(halt) => Write::Put(crate::store::rows::encode_halt(halt)),
+                    None => Write::Delete,
+                };
+                writes.insert(keys.halt(scope), write);
+            }
+        }
+        (writes, counters, latest)
+    }
+
+    /// One transaction: every write, if this node's epoch still holds. `Ok(false)`: it does not.
+    async fn commit(
+        &self,
+        epoch: i64,
+        writes: &BTreeMap<String, Write>,
+        counters: Counters,
+    ) -> Result<bool, String> {
+        let keys = &self.options.keys;
+        let mut ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|(key, write)| match write {
+                Write::Put(value) => TxnOp::put(key.as_str(), value.clone(), None),
+                Write::Delete => TxnOp::delete(key.as_str(), None),
+            })
+            .collect();
+        ops.push(TxnOp::put(keys.counters(), counters.encode(), None));
+        let retained = self.options.retained_events as u64;
+        if retained > 0 && counters.last_sequence > retained {
+            // Events beyond the retained count go in the same transaction; no key written
+            // above is in this range.
+            let below = counters.last_sequence - retained + 1;
+            ops.push(TxnOp::delete(
+                keys.event(0),
+                Some(DeleteOptions::new().with_range(keys.event(below))),
+            ));
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                keys.leader(),
+                CompareOp::Equal,
+                epoch,
+            )])
+            .and_then(ops);
+        let mut client = self.client.clone();
+        match tokio::time::timeout(self.options.request_timeout, client.txn(txn)).await {
+            Ok(Ok(response)) => Ok(response.succeeded()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {:?}",
+                self.options.request_timeout
+            )),
+        }
+    }
+
+    /// Prunes the audit trail and old events in etcd (leader only), fenced like every write;
+    /// says how many keys went.
+    pub(super) async fn prune(&self, now: Timestamp) -> Result<u64, String> {
+        let epoch = self.epoch();
+        if epoch == 0 {
+            return Ok(0);
+        }
+        let keys = &self.options.keys;
+        let counters = self.queue().counters;
+        let mut pruned = 0;
+        // By count: etcd's bound, and [audit] retain_records when set.
+        let mut keep = self.options.audit_records as u64;
+        if let Some(records) = self.options.audit.records {
+            keep = keep.min(records);
+        }
+        let mut below_id = counters.last_audit_id.saturating_sub(keep) + 1;
+        // By age: the oldest records, read a page at a time.
+        if let Some(max_age) = self.options.audit.max_age {
+            let cutoff = now.saturating_sub(max_age);
+            let mut client = self.client.clone();
+            let page = client
+                .get(
+                    keys.audit(0),
+                    Some(
+                        GetOptions::new()
+                            .with_range(keys::range_end(&keys.audits()))
+                            .with_limit(512),
+                    ),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            for kv in page.kvs() {
+                match keys::decode_audit(kv.value()) {
+                    Ok(record) if record.at < cutoff => below_id = below_id.max(record.id + 1),
+                    _ => break,
+                }
+            }
+        }
+        // Events past their age, the oldest first.
+        let mut below_sequence = 0;
+        if self.options.retained_events > 0 {
+            let cutoff = now.saturating_sub(self.options.retained_age);
+            let mut client = self.client.clone();
+            let page = client
+                .get(
+                    keys.event(0),
+                    Some(
+                        GetOptions::new()
+                            .with_range(keys::range_end(&keys.events()))
+                            .with_limit(512),
+                    ),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            for kv in page.kvs() {
+                match crate::store::rows::decode_event(kv.value()) {
+                    Ok(event) if event.at < cutoff => below_sequence = event.sequence + 1,
+                    _ => break,
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        if below_sequence > 0 {
+            ops.push(TxnOp::delete(
+                keys.event(0),
+                Some(DeleteOptions::new().with_range(keys.event(below_sequence))),
+            ));
+        }
+        if below_id > 1 {
+            ops.push(TxnOp::delete(
+                keys.audit(0),
+                Some(DeleteOptions::new().with_range(keys.audit(below_id))),
+            ));
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                keys.leader(),
+                CompareOp::Equal,
+                epoch,
+            )])
+            .and_then(ops);
+        let mut client = self.client.clone();
+        let response = client.txn(txn).await.map_err(|e| e.to_string())?;
+        for op in response.op_responses() {
+            if let etcd_client::TxnOpResponse::Delete(deleted) = op {
+                pruned += deleted.deleted().max(0) as u64;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+/// etcd operations a batch takes.
+fn operations(batch: &Batch) -> usize {
+    usize::from(batch.breaker.is_some())
+        + batch.events.len()
+        + usize::from(batch.audit.is_some())
+        + usize::from(batch.halt.is_some())
+}
+
+/// Reads everything under the cluster's prefix at one revision, a page at a time.
+pub(super) async fn read_snapshot(client: &Client, keys: &Keys) -> Result<Snapshot, String> {
+    let mut client = client.clone();
+    let end = keys::range_end(keys.prefix());
+    let mut from = keys.prefix().as_bytes().to_vec();
+    let mut revision = 0;
+    let mut snapshot = Snapshot {
+        recovered: Recovered::default(),
+        counters: Counters::default(),
+        revision: 0,
+    };
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(1024);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let mut page = client
+            .get(from.clone(), Some(options))
+            .await
+            .map_err(|e| format!("cannot read the cluster's state from etcd: {e}"))?;
+        if revision == 0 {
+            revision = page.header().map_or(0, |h| h.revision());
+        }
+        let more = page.more();
+        let kvs = page.take_kvs();
+        let Some(last) = kvs.last() else { break };
+        from = last.key().to_vec();
+        from.push(0);
+        for kv in &kvs {
+            let damaged = |e: String| format!("{} in etcd: {e}", String::from_utf8_lossy(kv.key()));
+            match keys.classify(kv.key()) {
+                Some(Key::Breaker(account_id)) => snapshot
+                    .recovered
+                    .breakers
+                    .push(keys::decode_breaker(&account_id, kv.value()).map_err(damaged)?),
+                Some(Key::Event(_)) => snapshot.recovered.events.push(Arc::new(
+                    crate::store::rows::decode_event(kv.value()).map_err(damaged)?,
+                )),
+                Some(Key::Halt(scope)) => snapshot.recovered.halts.push((
+                    scope,
+                    crate::store::rows::decode_halt(kv.value()).map_err(damaged)?,
+                )),
+                Some(Key::Counters) => {
+                    snapshot.counters = Counters::decode(kv.value()).map_err(damaged)?
+                }
+                _ => {}
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    snapshot.recovered.events.sort_by_key(|e| e.sequence);
+    snapshot.recovered.last_sequence = snapshot
+        .counters
+        .last_sequence
+        .max(snapshot.recovered.events.last().map_or(0, |e| e.sequence));
+    snapshot.revision = revision;
+    Ok(snapshot)
+}
+
+impl Store for EtcdStore {
+    fn load_streaming(&self, breakers: &(dyn Fn(Loading) + Sync)) -> Result<Recovered, StoreError> {
+        let mut recovered = self
+            .shared
+            .initial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| unavailable("the cluster's state was already loaded"))?;
+        let all: Vec<StoredBreaker> = std::mem::take(&mut recovered.breakers);
+        breakers(Loading::Expect(all.len()));
+        let mut all = all.into_iter().peekable();
+        while all.peek().is_some() {
+            breakers(Loading::Breakers(all.by_ref().take(LOAD_CHUNK).collect()));
+        }
+        Ok(recovered)
+    }
+
+    fn submit(&self, batch: Batch) -> Commit {
+        let shared = &self.shared;
+        let mut queue = shared.queue();
+        if queue.closed {
+            return Commit::refused(unavailable("the store is closed"));
+        }
+        if shared.epoch() == 0 {
+            return Commit::refused(unavailable(
+                "cluster: this node is not the leader; retry against the leader",
+            ));
+        }
+        queue.next_ticket += 1;
+        let ticket = queue.next_ticket;
+        let (reply, receiver) = oneshot::channel();
+        queue.pending.push_back(Pending {
+            ticket,
+            batch,
+            reply,
+        });
+        drop(queue);
+        shared.wake.notify_one();
+        Commit::pending(ticket, receiver)
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        shared.queue().closed = true;
+        shared.wake.notify_one();
+        // What was submitted is written (or refused) within one request's timeout or two.
+        let deadline = std::time::Instant::now() + shared.options.request_timeout * 2;
+        loop {
+            let left = shared.queue().pending.len() + shared.in_flight.load(Ordering::Acquire);
+            if left == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "{left} changes were not written to etcd before the stop"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signals(&self) -> Arc<StoreSignals> {
+        self.shared.signals.clone()
+    }
+
+    fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let shared = &self.shared;
+        let keys = &shared.options.keys;
+        let mut client = shared.client.clone();
+        let mut end = match query.before_id {
+            Some(id) => keys.audit(id).into_bytes(),
+            None => keys::range_end(&keys.audits()),
+        };
+        let start = keys.audit(0);
+        let mut found = Vec::new();
+        shared.runtime.block_on(async {
+            loop {
+                let page = client
+                    .get(
+                        start.as_str(),
+                        Some(
+                            GetOptions::new()
+                                .with_range(end.clone())
+                                .with_sort(SortTarget::Key, SortOrder::Descend)
+                                .with_limit(256),
+                        ),
+                    )
+                    .await
+                    .map_err(|e| unavailable(format!("cannot read the audit trail: {e}")))?;
+                let kvs = page.kvs();
+                let Some(last) = kvs.last() else {
+                    return Ok(());
+                };
+                end = last.key().to_vec();
+                for kv in kvs {
+                    let record = keys::decode_audit(kv.value()).map_err(unavailable)?;
+                    if query.since.is_some_and(|since| record.at < since) {
+                        return Ok(());
+                    }
+                    if query.until.is_some_and(|until| record.at >= until) {
+                        continue;
+                    }
+                    if query
+                        .account_id
+                        .as_ref()
+                        .is_some_and(|account| *account != record.account_id)
+                    {
+                        continue;
+                    }
+                    found.push(record);
+                    if query.limit > 0 && found.len() >= query.limit {
+                        return Ok(());
+                    }
+                }
+                if !page.more() {
+                    return Ok(());
+                }
+            }
+        })?;
+        Ok(found)
+    }
+}
+
+/// Reads the counters (after a win, before the first write).
+pub(super) async fn read_counters(client: &Client, keys: &Keys) -> Result<Counters, String> {
+    let mut client = client.clone();
+    let response = client
+        .get(keys.counters(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    match response.kvs().first() {
+        Some(kv) => Counters::decode(kv.value()),
+        None => Ok(Counters::default()),
+    }
+}
+
+/// Puts `value` at `key` held by `lease`.
+pub(super) async fn put_leased(
+    client: &Client,
+    key: String,
+    value: Vec<u8>,
+    lease: i64,
+) -> Result<(), String> {
+    let mut client = client.clone();
+    client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
