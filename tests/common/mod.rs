@@ -1,6 +1,8 @@
 //! Starts the real server in-process on 127.0.0.1:0 and hands out generated clients.
 #![allow(dead_code)]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod process;
 
 use std::collections::HashMap;
