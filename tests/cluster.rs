@@ -623,7 +623,8 @@ mod cluster {
             "acknowledged actions missing from the audit trail: {missing:?}"
         );
         // Every acknowledged mode is the mode, and every acknowledged failure is kept.
-        for (account, mode) in final_modes.lock().expect("modes").iter() {
+        let final_modes = final_modes.lock().expect("modes").clone();
+        for (account, mode) in &final_modes {
             let breaker = cluster.nodes[leader]
                 .monitor()
                 .get_breaker(GetBreakerRequest {
