@@ -3,13 +3,19 @@
 #   docker run -p 50051:50051 -p 9090:9090 -v riskgate-data:/var/lib/riskgate riskgate
 
 FROM rust:1.95-bookworm AS build
+# protoc, for the etcd client of the cluster feature (riskgate's own proto needs none).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY .cargo ./.cargo
 COPY proto ./proto
 COPY src ./src
 COPY benches ./benches
-RUN cargo build --release --locked --bin riskgate
+# With cluster mode ([cluster] in the configuration; docs/cluster.md).
+RUN cargo build --release --locked --features cluster --bin riskgate
 
 FROM debian:bookworm-slim
 # The binary carries SQLite and rustls; the image needs nothing installed.

@@ -9,7 +9,10 @@ Node client loads proto/ at run time. Checks, for the chosen client:
     placing once its failures open the breaker;
   - with the gate unreachable, the bot places nothing (fail closed);
   - the monitor follows events, resumes after the server restarts without missing or repeating
-    one, and reads the snapshot again when the server's history no longer covers its place.
+    one, and reads the snapshot again when the server's history no longer covers its place;
+  - given every node of a two-node cluster (on a one-member etcd), standby first, the bot
+    follows `riskgate-leader` and places its orders. Skipped when etcd is not installed or the
+    binary was built without the cluster feature, unless RISKGATE_REQUIRE_ETCD=1.
 """
 
 import argparse
@@ -79,6 +82,71 @@ class Server:
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=PATIENCE)
+
+
+def check_cluster(riskgate, client, env, work):
+    """The bot, given a standby and the leader, follows the leader."""
+    required = os.environ.get("RISKGATE_REQUIRE_ETCD") == "1"
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        assert not required, "etcd is not installed and RISKGATE_REQUIRE_ETCD=1"
+        print("SKIPPED: cluster client check (etcd not installed: apt-get install etcd-server)")
+        return
+    client_port, peer_port = free_port(), free_port()
+    etcd_process = subprocess.Popen(
+        [etcd, "--name", "m0", "--data-dir", os.path.join(work, "etcd"),
+         "--listen-client-urls", f"http://127.0.0.1:{client_port}",
+         "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+         "--initial-cluster", f"m0=http://127.0.0.1:{peer_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    nodes = []
+    try:
+        addrs = []
+        for name in ("node-a", "node-b"):
+            port = free_port()
+            addr = f"127.0.0.1:{port}"
+            config = os.path.join(work, f"{name}.toml")
+            with open(config, "w") as f:
+                f.write(f'[server]\nlisten = "{addr}"\n[cluster]\n'
+                        f'etcd_endpoints = ["http://127.0.0.1:{client_port}"]\n'
+                        f'node_id = "{name}"\nadvertise = "{addr}"\nlease_secs = 2\n'
+                        f'key_prefix = "/clients-{client}"\n')
+            process = subprocess.Popen([riskgate, "serve", "--config", config],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            nodes.append(process)
+            output = lines_of(process.stderr)
+            line = wait_for(output, "riskgate", f"{name} start")
+            while "riskgate serving" not in line:
+                if "built without cluster mode" in line:
+                    assert not required, "the binary has no cluster feature and RISKGATE_REQUIRE_ETCD=1"
+                    print("SKIPPED: cluster client check (riskgate built without --features cluster)")
+                    return
+                line = output.get(timeout=PATIENCE) or ""
+            addrs.append(addr)
+            if name == "node-a":
+                deadline = time.time() + PATIENCE
+                while subprocess.run([riskgate, "health", "--service", "riskgate.v1.GateService",
+                                      "--addr", addr], capture_output=True).returncode != 0:
+                    assert time.time() < deadline, "node-a never led"
+                    time.sleep(0.1)
+        out = subprocess.run(
+            client_command(client, "bot", work)
+            + ["--addr", f"{addrs[1]},{addrs[0]}", "--account", f"{client}-cluster", "--orders", "5",
+               "--deadline-ms", "2000"],
+            env=env, capture_output=True, text=True, timeout=PATIENCE, check=True,
+        ).stdout.splitlines()
+        summary = json.loads(out[-1])
+        assert summary["placed"] == 5 and summary["unreported"] == 0, (summary, out)
+        print(f"ok: {client} bot given a standby first followed riskgate-leader: {summary}")
+    finally:
+        for process in nodes:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=PATIENCE)
+        etcd_process.kill()
+        etcd_process.wait()
 
 
 def client_command(client, script, gen):
@@ -165,6 +233,8 @@ def main():
         monitor.wait(timeout=PATIENCE)
         server.stop()
         print(f"ok: {args.client} monitor resumed across a restart and re-read the snapshot")
+
+        check_cluster(riskgate, args.client, env, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -585,17 +585,25 @@ mod cluster {
                 Ok(BreakerState::Open),
                 "round {round}: the failures acknowledged before the kill were lost"
             );
-            // Failover: from the kill to the first allowed check on another node.
-            let first_allowed = history
-                .calls()
-                .iter()
-                .filter(|c| {
-                    c.node != leader
-                        && c.start > killed_at
-                        && matches!(c.what, What::Check { allowed: true, .. })
-                })
-                .map(|c| c.end)
-                .min();
+            // Failover: from the kill to the first allowed check on another node (the bots may
+            // still be finding the new leader).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let first_allowed = loop {
+                let first = history
+                    .calls()
+                    .iter()
+                    .filter(|c| {
+                        c.node != leader
+                            && c.start > killed_at
+                            && matches!(c.what, What::Check { allowed: true, .. })
+                    })
+                    .map(|c| c.end)
+                    .min();
+                if first.is_some() || Instant::now() > deadline {
+                    break first;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
             if let Some(at) = first_allowed {
                 takeovers.push(at - killed_at);
             }

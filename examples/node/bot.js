@@ -7,12 +7,20 @@
 //
 //   node bot.js --addr 127.0.0.1:50051 --account desk-a:momo --orders 20 --fail-every 2
 //
+// With a cluster, give every node: --addr 10.0.0.1:50051,10.0.0.2:50051,10.0.0.3:50051. Calls
+// go to the node believed to lead; a standby answers UNAVAILABLE naming the leader in the
+// `riskgate-leader` metadata, and the call is retried there once, within its deadline. A
+// decision of an older leader epoch than one already seen is refused (not placed).
+//
 // Prints one line per order and a JSON summary last.
 'use strict';
 
 const { grpc, v1, credentials, metadata, arg } = require('./riskgate');
 
-const addr = arg('addr', '127.0.0.1:50051');
+const addrs = arg('addr', '127.0.0.1:50051')
+  .split(',')
+  .map((a) => a.trim())
+  .filter(Boolean);
 const account = arg('account');
 const orders = Number(arg('orders', '10'));
 const failEvery = Number(arg('fail-every', '0'));
@@ -25,14 +33,44 @@ if (!account) {
   process.exit(2);
 }
 
-const gate = new v1.GateService(addr, credentials());
+const gates = new Map(addrs.map((a) => [a, new v1.GateService(a, credentials())]));
+let current = addrs[0];
+let newestEpoch = 0n;
 
-function call(method, request) {
+function once(method, request, deadline) {
   return new Promise((resolve, reject) => {
-    gate[method](request, metadata(token), { deadline: Date.now() + deadlineMs }, (error, answer) =>
+    gates.get(current)[method](request, metadata(token), { deadline }, (error, answer) =>
       error ? reject(error) : resolve(answer),
     );
   });
+}
+
+/** Follows a refusal: to the leader it names, or to the next node. */
+function follow(error) {
+  const named = error.metadata && error.metadata.get('riskgate-leader')[0];
+  if (named && gates.has(String(named))) {
+    current = String(named);
+  } else {
+    current = addrs[(addrs.indexOf(current) + 1) % addrs.length];
+  }
+}
+
+async function call(method, request) {
+  const deadline = Date.now() + deadlineMs;
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      const answer = await once(method, request, deadline);
+      const epoch = BigInt(answer.epoch || 0);
+      if (epoch > 0n && epoch < newestEpoch) {
+        throw new Error(`decision of epoch ${epoch}, older than epoch ${newestEpoch}`);
+      }
+      if (epoch > newestEpoch) newestEpoch = epoch;
+      return answer;
+    } catch (error) {
+      if (error.code !== grpc.status.UNAVAILABLE || attempt === 1) throw error;
+      follow(error);
+    }
+  }
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -74,7 +112,8 @@ async function main() {
     } catch (error) {
       // Unreachable, too slow or refused: fail closed.
       summary.not_placed += 1;
-      console.log(`order ${n} not placed: gate ${grpc.status[error.code]}: ${error.details}`);
+      const why = error.code === undefined ? error.message : `gate ${grpc.status[error.code]}: ${error.details}`;
+      console.log(`order ${n} not placed: ${why}`);
       continue;
     }
     if (!check.allowed) {
@@ -90,7 +129,7 @@ async function main() {
     console.log(`order ${n} placed (${ok ? 'filled' : 'rejected'})`);
   }
   console.log(JSON.stringify(summary));
-  gate.close();
+  for (const gate of gates.values()) gate.close();
 }
 
 main().catch((error) => {

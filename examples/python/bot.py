@@ -7,6 +7,9 @@ permit, which counts once however often it arrives.
 
     python bot.py --addr 127.0.0.1:50051 --account desk-a:momo --orders 20 --fail-every 2
 
+With a cluster, give every node: --addr 10.0.0.1:50051,10.0.0.2:50051,10.0.0.3:50051; calls
+follow the leader (riskgate_client.Leader).
+
 Prints one line per order and a JSON summary last.
 """
 
@@ -16,7 +19,7 @@ import time
 
 import grpc
 
-from riskgate_client import channel, pb, rpc
+from riskgate_client import Leader, StaleEpoch, pb
 
 REPORT_ATTEMPTS = 3
 
@@ -38,7 +41,7 @@ def report(gate, account, permit, ok, deadline, order_id):
     )
     for attempt in range(REPORT_ATTEMPTS):
         try:
-            return gate.ReportOutcome(request, timeout=deadline)
+            return gate.call("ReportOutcome", request, deadline)
         except grpc.RpcError as error:
             # Safe to retry with the same permit: it counts once.
             if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -57,16 +60,20 @@ def main():
     parser.add_argument("--token")
     args = parser.parse_args()
     deadline = args.deadline_ms / 1000
-    gate = rpc.GateServiceStub(channel(args.addr, args.token))
+    gate = Leader(args.addr, args.token)
     summary = {"placed": 0, "not_placed": 0, "failed": 0, "unreported": 0}
     for n in range(1, args.orders + 1):
         order_id = f"{args.account}-{n}"
         try:
-            check = gate.CheckTrade(pb.CheckTradeRequest(account_id=args.account), timeout=deadline)
+            check = gate.call("CheckTrade", pb.CheckTradeRequest(account_id=args.account), deadline)
         except grpc.RpcError as error:
             # Unreachable, too slow or refused: fail closed.
             summary["not_placed"] += 1
             print(f"order {n} not placed: gate {error.code().name}: {error.details()}", flush=True)
+            continue
+        except StaleEpoch as stale:
+            summary["not_placed"] += 1
+            print(f"order {n} not placed: {stale}", flush=True)
             continue
         if not check.allowed:
             summary["not_placed"] += 1

@@ -117,6 +117,7 @@ impl Node {
             }
             options = options.with_tls(tls);
         }
+        tracing::info!(endpoints = ?cluster.etcd_endpoints, node_id = %cluster.node_id, "connecting to etcd");
         let client = tokio::time::timeout(
             Duration::from_secs(10),
             Client::connect(&cluster.etcd_endpoints, Some(options)),
@@ -201,8 +202,15 @@ impl Node {
         Timestamp::from_unix_nanos(crate::clock::fence_clock_nanos())
     }
 
-    /// Brings what the registry may do in line with the leadership, now.
+    /// Brings what the registry may do in line with the leadership, now, and has the deadlines
+    /// task look again.
     fn refresh(&self, state: &mut State) {
+        self.update(state);
+        self.changed.notify_one();
+    }
+
+    /// As `refresh`, for the deadlines task itself.
+    fn update(&self, state: &mut State) {
         let now = self.now();
         state.leadership.tick(now);
         match state.leadership.refusal(now) {
@@ -226,7 +234,6 @@ impl Node {
             self.resync.notify_one();
             self.release.notify_one();
         }
-        self.changed.notify_one();
     }
 
     fn reason(&self, refusal: Refusal, state: &State) -> String {
@@ -267,18 +274,16 @@ impl Node {
             let mut state = self.state();
             self.refresh(&mut state);
         }
-        let tasks = [
-            tokio::spawn(self.shared.clone().run_writer()),
+        let writer = tokio::spawn(self.shared.clone().run_writer());
+        let _tasks = AbortOnDrop(vec![
             tokio::spawn(self.clone().run_lease()),
             tokio::spawn(self.clone().run_mirror(registry)),
             tokio::spawn(self.clone().run_deadlines()),
             tokio::spawn(self.clone().run_report()),
-        ];
+        ]);
         stopped.await;
-        // The writer keeps going until the store is closed (it drains what was submitted).
-        for task in tasks.iter().skip(1) {
-            task.abort();
-        }
+        // The writer goes on until the store is closed: it writes what was submitted.
+        drop(writer);
     }
 
     /// Gives up the lease (and with it the leader key) so that another node takes over now,
@@ -671,7 +676,7 @@ impl Node {
                 }
             }
             let mut state = self.state();
-            self.refresh(&mut state);
+            self.update(&mut state);
         }
     }
 
@@ -853,4 +858,15 @@ fn wall_now() -> Timestamp {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     Timestamp::from_unix_nanos(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Tasks that end when this is dropped (the server stopping drops the node's future).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
