@@ -26,7 +26,23 @@ fn open(path: &Path) -> Result<SqliteStore, StoreError> {
     })
 }
 
+/// Starts on the state kept at `path`: the SQLite store there, or, with `RISKGATE_TEST_ETCD`
+/// set, a cluster node whose state in etcd is named after `path` (so that the tests of what
+/// survives a restart run against a cluster too).
 async fn start(path: &Path) -> TestServer {
+    start_with(config(CONFIG), path).await
+}
+
+async fn start_with(config: riskgate::config::Config, path: &Path) -> TestServer {
+    if let Some(server) = TestServer::start_in_cluster_at(config.clone(), path).await {
+        return server;
+    }
+    let store: Arc<dyn Store> = Arc::new(open(path).expect("open the store"));
+    TestServer::start_with(config, store).await
+}
+
+/// Starts on the SQLite store at `path`, for the tests of the SQLite store itself.
+async fn start_sqlite(path: &Path) -> TestServer {
     let store: Arc<dyn Store> = Arc::new(open(path).expect("open the store"));
     TestServer::start_with(config(CONFIG), store).await
 }
@@ -294,7 +310,7 @@ async fn a_store_that_is_not_riskgates_or_is_damaged_stops_start_up_untouched() 
 
     // A riskgate store with damaged pages.
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = start(dir.path()).await;
+    let server = start_sqlite(dir.path()).await;
     for i in 0..200 {
         server.trip(&format!("ACC-{i:03}"), "filling pages").await;
     }
@@ -462,7 +478,7 @@ async fn on_a_small_disk() -> Option<(tempfile::TempDir, Tmpfs, PathBuf, TestSer
         return None;
     };
     let data = tmpfs.0.join("data");
-    let server = start(&data).await;
+    let server = start_sqlite(&data).await;
     server.fail("ACC-1", 1).await;
     Some((dir, tmpfs, data, server))
 }
@@ -557,7 +573,7 @@ async fn a_full_disk_fails_closed_and_recovers_by_itself() {
     assert_eq!(kept.failure_count, 1);
     server.stop().await;
 
-    let server = start(&data).await;
+    let server = start_sqlite(&data).await;
     assert_eq!(
         server
             .breaker(&format!("NEW-{attempts}"))
@@ -574,8 +590,7 @@ async fn a_full_disk_fails_closed_and_recovers_by_itself() {
 async fn policy_state_survives_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let toml = "[breaker]\nfailure_threshold = 2\n[breaker.failure_kinds]\nmargin_exhausted = \"trip\"\n[groups.desk]\naccounts = [\"desk:*\"]\n";
-    let store: Arc<dyn Store> = Arc::new(open(dir.path()).expect("open"));
-    let server = TestServer::start_with(config(toml), store).await;
+    let server = start_with(config(toml), dir.path()).await;
     let mut admin = server.admin();
     admin
         .halt_group(HaltGroupRequest {
@@ -623,8 +638,7 @@ async fn policy_state_survives_a_restart() {
     .into();
     server.stop().await;
 
-    let store: Arc<dyn Store> = Arc::new(open(dir.path()).expect("reopen"));
-    let server = TestServer::start_with(config(toml), store).await;
+    let server = start_with(config(toml), dir.path()).await;
     for breaker in &before {
         assert_eq!(&server.breaker(&breaker.account_id).await, breaker);
     }
@@ -713,7 +727,7 @@ fn has_table(dir: &Path, name: &str) -> bool {
 #[tokio::test]
 async fn changes_left_in_the_breaker_log_of_schema_4_are_folded_by_the_migration_latest_first() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = start(dir.path()).await;
+    let server = start_sqlite(dir.path()).await;
     server.fail("WOBBLY", 2).await;
     server.trip("HALTED", "runaway algo").await;
     let wobbly = server.breaker("WOBBLY").await;
@@ -745,7 +759,7 @@ async fn changes_left_in_the_breaker_log_of_schema_4_are_folded_by_the_migration
         .expect("a store of schema 4 with changes in its log");
     }
 
-    let server = start(dir.path()).await;
+    let server = start_sqlite(dir.path()).await;
     let as_halted = |account: &str| Breaker {
         account_id: account.into(),
         ..halted.clone()
@@ -761,7 +775,7 @@ async fn changes_left_in_the_breaker_log_of_schema_4_are_folded_by_the_migration
     server.fail("NEW2", 1).await;
     let new2 = server.breaker("NEW2").await;
     server.stop().await;
-    let server = start(dir.path()).await;
+    let server = start_sqlite(dir.path()).await;
     assert_eq!(server.breaker("NEW2").await, new2);
     assert_eq!(server.breaker("WOBBLY").await, as_halted("WOBBLY"));
     server.stop().await;

@@ -49,8 +49,25 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// Starts a single node on an in-memory store; with `RISKGATE_TEST_ETCD` set (etcd client
+    /// URLs, comma-separated) and the `cluster` feature, a cluster node on that etcd instead,
+    /// under a key prefix of its own, so that the same black-box tests run against a cluster.
     pub async fn start(toml: &str) -> Self {
         let config = config(toml);
+        #[cfg(feature = "cluster")]
+        if let Ok(endpoints) = std::env::var("RISKGATE_TEST_ETCD") {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let prefix = format!(
+                "/riskgate-blackbox/{}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            );
+            return Self::start_in_cluster(config, &endpoints, &prefix).await;
+        }
         Self::start_with(
             config.clone(),
             Arc::new(MemoryStore::new(config.events.retained)),
@@ -81,6 +98,63 @@ impl TestServer {
             .connect()
             .await
             .expect("connect to the test server");
+        wait_until_serving(channel.clone()).await;
+        TestServer {
+            addr,
+            store,
+            channel,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// With `RISKGATE_TEST_ETCD` set (and the `cluster` feature): a cluster node whose state
+    /// lives under a key prefix named after `path`, so that starting again on the same `path`
+    /// is a restart. `None` without `RISKGATE_TEST_ETCD`.
+    pub async fn start_in_cluster_at(config: Config, path: &std::path::Path) -> Option<Self> {
+        #[cfg(feature = "cluster")]
+        if let Ok(endpoints) = std::env::var("RISKGATE_TEST_ETCD") {
+            let prefix = format!("/riskgate-durable{}", path.display());
+            return Some(Self::start_in_cluster(config, &endpoints, &prefix).await);
+        }
+        let _ = (config, path);
+        None
+    }
+
+    /// A cluster node alone under `prefix` of `endpoints`: it leads at once.
+    #[cfg(feature = "cluster")]
+    async fn start_in_cluster(mut config: Config, endpoints: &str, prefix: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        config.cluster.etcd_endpoints = endpoints.split(',').map(str::to_owned).collect();
+        config.cluster.node_id = "blackbox".into();
+        config.cluster.advertise = addr.to_string();
+        config.cluster.lease_secs = 2;
+        config.cluster.key_prefix = prefix.to_owned();
+        let node = riskgate::cluster::Node::connect(&config)
+            .await
+            .expect("connect to RISKGATE_TEST_ETCD");
+        let store = node.store();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shared = store.clone();
+        let task = tokio::spawn(async move {
+            server::serve_node(
+                listener,
+                &config,
+                shared,
+                Arc::new(SystemClock::new()),
+                Some(node),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the test node");
         wait_until_serving(channel.clone()).await;
         TestServer {
             addr,
