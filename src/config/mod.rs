@@ -339,6 +339,9 @@ impl Config {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
+            // RISKGATE__CLUSTER__ETCD_ENDPOINTS=http://a:2379,http://b:2379
+            .list_separator(",")
+            .with_list_parse_key("cluster.etcd_endpoints")
             .source(env);
         let config: Config = builder.add_source(environment).build()?.try_deserialize()?;
         config.validate()?;

@@ -142,3 +142,57 @@ fn the_audit_trail_is_kept_a_year_by_default_and_its_retention_is_validated() {
     ));
     assert!(refused.contains("audit.retain_days"), "{refused}");
 }
+
+#[test]
+fn a_cluster_is_configured_from_the_environment_and_checked() {
+    let config = Config::load_with_env(
+        None,
+        env(&[
+            (
+                "RISKGATE__CLUSTER__ETCD_ENDPOINTS",
+                "http://etcd-0:2379,http://etcd-1:2379",
+            ),
+            ("RISKGATE__CLUSTER__NODE_ID", "riskgate-0"),
+            ("RISKGATE__CLUSTER__ADVERTISE", "riskgate-0.nodes:50051"),
+            // A comma elsewhere stays text.
+            ("RISKGATE__LOG__LEVEL", "info,riskgate=debug"),
+        ]),
+    )
+    .expect("config");
+    assert!(config.cluster.enabled());
+    assert_eq!(
+        config.cluster.etcd_endpoints,
+        ["http://etcd-0:2379", "http://etcd-1:2379"]
+    );
+    assert_eq!(config.cluster.node_id, "riskgate-0");
+    assert_eq!(config.log.level, "info,riskgate=debug");
+    assert!(!Config::load_with_env(None, env(&[]))
+        .expect("default")
+        .cluster
+        .enabled());
+
+    let message = error_of(Config::load_with_env(
+        None,
+        env(&[("RISKGATE__CLUSTER__ETCD_ENDPOINTS", "http://etcd:2379")]),
+    ));
+    assert!(message.contains("cluster.node_id"), "{message}");
+    let message = error_of(Config::load_with_env(
+        None,
+        env(&[
+            ("RISKGATE__CLUSTER__ETCD_ENDPOINTS", "etcd:2379"),
+            ("RISKGATE__CLUSTER__NODE_ID", "a"),
+            ("RISKGATE__CLUSTER__ADVERTISE", "a:1"),
+        ]),
+    ));
+    assert!(message.contains("cluster.etcd_endpoints"), "{message}");
+    let message = error_of(Config::load_with_env(
+        None,
+        env(&[
+            ("RISKGATE__CLUSTER__ETCD_ENDPOINTS", "http://etcd:2379"),
+            ("RISKGATE__CLUSTER__NODE_ID", "a"),
+            ("RISKGATE__CLUSTER__ADVERTISE", "a:1"),
+            ("RISKGATE__CLUSTER__MAX_TXN_OPS", "1000000"),
+        ]),
+    ));
+    assert!(message.contains("cluster.max_txn_ops"), "{message}");
+}
