@@ -1044,10 +1044,35 @@ mod cluster {
         assert!(answer.allowed);
         assert_eq!(answer.epoch, epoch);
         assert!(epoch > 0);
-        // riskgate cluster lists every member, the leader first known.
+        // GetCluster on a standby: every member, the leader, leases.
         let status = cluster.nodes[standby].cluster().await.expect("cluster");
         assert_eq!(status.members.len(), 3);
         assert_eq!(status.leader_id, cluster.nodes[leader].id);
         assert!(status.members.iter().all(|m| m.lease_left.is_some()));
+        // The CLI: `riskgate cluster` and the last line of `riskgate status`, on a standby.
+        let run = |args: &[&str]| {
+            let output = super::common::process::riskgate()
+                .args(args)
+                .args(["--addr", &cluster.nodes[standby].addr])
+                .output()
+                .expect("riskgate");
+            assert!(output.status.success(), "{args:?}: {output:?}");
+            String::from_utf8(output.stdout).expect("utf-8")
+        };
+        let shown = run(&["cluster"]);
+        let leader_line = format!(
+            "LEADER  {} at {}, epoch {epoch}",
+            cluster.nodes[leader].id, cluster.nodes[leader].addr
+        );
+        assert!(shown.contains(&leader_line), "{shown}");
+        for node in &cluster.nodes {
+            assert!(shown.contains(&node.id), "{shown}");
+        }
+        let shown = run(&["status"]);
+        let answered = format!(
+            "answered by {} (standby; leader {} at {}, epoch {epoch})",
+            cluster.nodes[standby].id, cluster.nodes[leader].id, cluster.nodes[leader].addr
+        );
+        assert!(shown.trim_end().ends_with(&answered), "{shown}");
     }
 }
