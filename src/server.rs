@@ -118,6 +118,7 @@ pub async fn serve_node(
         clock,
     ));
     let auth = Auth::new(config);
+    let drift = Arc::new(crate::config::ConfigDrift::default());
     let tls = if config.tls.enabled() {
         Some(Tls::load(&config.tls).map_err(ServeError::Tls)?)
     } else {
@@ -193,7 +194,7 @@ pub async fn serve_node(
             .max_decoding_message_size(max_message),
         )
         .add_service(
-            AdminServiceServer::new(Admin::new(registry.clone()))
+            AdminServiceServer::new(Admin::new(registry.clone(), drift.clone()))
                 .max_decoding_message_size(max_message),
         );
     let server: std::pin::Pin<
@@ -276,7 +277,8 @@ pub async fn serve_node(
             let config = config.clone();
             let auth = auth.clone();
             let tls = tls.clone();
-            move |stopped| follow_config(registry, auth, tls, config, hangups, stopped)
+            let drift = drift.clone();
+            move |stopped| follow_config(registry, auth, tls, drift, config, hangups, stopped)
         }),
     ];
 
@@ -362,6 +364,7 @@ async fn follow_config(
     registry: Arc<Registry>,
     auth: Arc<Auth>,
     tls: Option<Arc<Tls>>,
+    drift: Arc<crate::config::ConfigDrift>,
     mut current: Config,
     mut hangups: Option<tokio::signal::unix::Signal>,
     stopped: impl Future<Output = ()>,
@@ -404,11 +407,14 @@ async fn follow_config(
         match reloaded {
             Err(error) => {
                 tracing::error!(%error, trigger = why, version = %current.version(), "configuration reload refused; the configuration in force stays");
+                drift.refused(error.to_string());
             }
             Ok(new) if new.version() == current.version() => {
                 tracing::info!(trigger = why, version = %current.version(), "configuration unchanged");
+                drift.applied(restart_needed(&new, &current));
             }
             Ok(mut new) => {
+                drift.applied(restart_needed(&new, &current));
                 let fixed = new.fixed_sections_changed(&current);
                 if !fixed.is_empty() {
                     tracing::warn!(sections = ?fixed, "these sections take effect only after a restart; the running values stay");
@@ -437,7 +443,20 @@ async fn follow_config(
     }
 }
 
-/// Keeps health in step with the store: NOT_SERVING while it cannot write.
+/// The sections of `new` (as read from the file) that differ from `current` (in force) and
+/// take effect only after a restart.
+fn restart_needed(new: &Config, current: &Config) -> Vec<String> {
+    let mut sections: Vec<String> = new
+        .fixed_sections_changed(current)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if new.tls.enabled() != current.tls.enabled() {
+        sections.push("tls (turning it on or off)".to_owned());
+    }
+    sections
+}
+
 /// How often the service clock is compared with the host's wall clock.
 const WALL_CLOCK_CHECK: Duration = Duration::from_secs(10);
 /// An offset from the wall clock this large is worth an operator's attention.

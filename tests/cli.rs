@@ -294,8 +294,23 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
             && during.contains("by carol: exchange incident"),
         "{during}"
     );
+    // `riskgate halts`, for people and for scripts.
+    let listed = stdout(&run(&["halts"], &addr));
+    assert!(listed.starts_with("HALTED firm-wide since"), "{listed}");
+    let listed = stdout(&run(&["halts", "--json"], &addr));
+    let halts: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(halts.len(), 1, "{listed}");
+    assert_eq!(halts[0]["scope"], "firm");
+    assert_eq!(halts[0]["operator"], "carol");
+    assert_eq!(halts[0]["reason"], "exchange incident");
+    assert!(halts[0]["since"].as_str().is_some_and(|t| t.ends_with('Z')));
     let resumed = stdout(&run(&["resume", "--reason", "all clear"], &addr));
     assert_eq!(resumed.trim(), "resumed firm-wide");
+    assert_eq!(stdout(&run(&["halts"], &addr)).trim(), "no halt in force");
+    assert_eq!(stdout(&run(&["halts", "--json"], &addr)), "");
     let after = stdout(&run(&["status"], &addr));
     assert!(!after.contains("HALTED"), "{after}");
     let again = stdout(&run(&["resume", "--reason", "again"], &addr));
@@ -415,6 +430,24 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
         &addr,
     ));
     assert_eq!(future, "", "nothing recorded after 2999");
+    let json = stdout(&run(&["audit", "--json", "--limit", "0"], &addr));
+    assert_eq!(json, jsonl, "--json is --format jsonl");
+    // Breakers for scripts: one object per line, all of them, or one.
+    let all = stdout(&run(&["status", "--json"], &addr));
+    let breakers: Vec<serde_json::Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(!breakers.is_empty(), "{all}");
+    let acc2 = breakers
+        .iter()
+        .find(|b| b["account_id"] == "ACC-2")
+        .expect("ACC-2 listed");
+    assert_eq!(acc2["mode"], "shadow");
+    assert_eq!(acc2["mode_set_by_operator"], true);
+    let one = stdout(&run(&["status", "ACC-2", "--json"], &addr));
+    let one: serde_json::Value = serde_json::from_str(one.trim()).expect("one JSON object");
+    assert_eq!(&one, acc2);
     // A reader that went away (`| head -1`, `| true`) ends each command quietly.
     for command in [&["status"][..], &["config"], &["audit"]] {
         let mut child = riskgate()
@@ -436,6 +469,30 @@ fn halt_resume_mode_timed_trip_and_config_from_the_command_line() {
     let config = stdout(&run(&["config"], &addr));
     assert!(
         config.starts_with("# riskgate configuration in force, version ")
+            && config.contains("[groups.venue-x]")
+            && !config.contains("NOTE"),
+        "{config}"
+    );
+    // The file changed in a way that needs a restart, then in a way that does not validate:
+    // `riskgate config` says so each time, over what is still in force.
+    std::fs::write(
+        &file,
+        "[groups.venue-x]\naccounts = [\"desk-a:*\"]\n[events]\nretained = 77\n",
+    )
+    .expect("config");
+    wait_for(&logs, "take effect only after a restart");
+    let config = stdout(&run(&["config"], &addr));
+    assert!(
+        config.contains("# NOTE: the configuration file changes sections that take effect only after a restart: events")
+            && config.contains("retained = 10000"),
+        "{config}"
+    );
+    std::fs::write(&file, "[breaker]\nfailure_threshold = 0\n").expect("config");
+    wait_for(&logs, "configuration reload refused");
+    let config = stdout(&run(&["config"], &addr));
+    assert!(
+        config.contains("# NOTE: the configuration file differs: its last reload was refused (")
+            && config.contains("breaker.failure_threshold")
             && config.contains("[groups.venue-x]"),
         "{config}"
     );

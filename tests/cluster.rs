@@ -1068,6 +1068,22 @@ mod cluster {
         for node in &cluster.nodes {
             assert!(shown.contains(&node.id), "{shown}");
         }
+        let lines = run(&["cluster", "--json"]);
+        let members: Vec<serde_json::Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(members.len(), 3, "{lines}");
+        assert!(members
+            .iter()
+            .all(|m| m["leader_id"] == cluster.nodes[leader].id.as_str()
+                && m["epoch"] == epoch
+                && m["lease_left_secs"].as_f64().is_some()));
+        assert_eq!(
+            members.iter().filter(|m| m["leader"] == true).count(),
+            1,
+            "{lines}"
+        );
         let shown = run(&["status"]);
         let answered = format!(
             "answered by {} (standby; leader {} at {}, epoch {epoch})",

@@ -23,11 +23,13 @@ const MAX_PAGE_SIZE: usize = 1_000;
 
 pub struct Admin {
     registry: Arc<Registry>,
+    /// How the configuration file stands against what is in force.
+    drift: Arc<crate::config::ConfigDrift>,
 }
 
 impl Admin {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Admin { registry }
+    pub fn new(registry: Arc<Registry>, drift: Arc<crate::config::ConfigDrift>) -> Self {
+        Admin { registry, drift }
     }
 }
 
@@ -159,9 +161,12 @@ impl AdminService for Admin {
         _request: Request<GetConfigRequest>,
     ) -> Result<Response<GetConfigResponse>, Status> {
         let rulebook = self.registry.rulebook();
+        let drift = self.drift.get();
         Ok(Response::new(GetConfigResponse {
             version: rulebook.version.to_string(),
             toml: rulebook.text.to_string(),
+            reload_refused: drift.reload_refused.unwrap_or_default(),
+            restart_needed: drift.restart_needed,
         }))
     }
 

@@ -41,6 +41,17 @@ pub enum Command {
     /// Show all breakers as a table, or one breaker in full.
     Status {
         account: Option<String>,
+        /// One JSON object per breaker, one per line (halts: `riskgate halts --json`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the halts in force (firm-wide, then groups), with who halted and why.
+    Halts {
+        /// One JSON object per halt, one per line.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -91,6 +102,9 @@ pub enum Command {
         /// `table` for people, `jsonl` for programs.
         #[arg(long, value_enum, default_value_t = AuditFormat::Table)]
         format: AuditFormat,
+        /// One JSON object per record, one per line: the same as `--format jsonl`.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -149,6 +163,9 @@ pub enum Command {
     /// Show the cluster: the node that answers and its role, the leader and its epoch, each
     /// node's mirror lag and lease time left.
     Cluster {
+        /// One JSON object per member, one per line (the leader and epoch on each).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -230,7 +247,8 @@ impl Command {
             | Command::Mode { target, .. }
             | Command::Halt { target, .. }
             | Command::Resume { target, .. }
-            | Command::Cluster { target }
+            | Command::Cluster { target, .. }
+            | Command::Halts { target, .. }
             | Command::Config { target } => Some(target),
         }
     }
@@ -244,7 +262,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::HashToken => hash_token(),
         Command::Serve { config, log_format } => serve(config, log_format).await,
-        Command::Status { account, target } => remote::status(&target.addr, account).await,
+        Command::Status {
+            account,
+            json,
+            target,
+        } => remote::status(&target.addr, account, json).await,
+        Command::Halts { json, target } => remote::halts(&target.addr, json).await,
         Command::Watch { accounts, target } => watch::follow(&target.addr, accounts).await,
         Command::Reset {
             account,
@@ -286,7 +309,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             target,
         } => remote::halt(&target.addr, false, group, action).await,
         Command::Config { target } => remote::config(&target.addr).await,
-        Command::Cluster { target } => remote::cluster(&target.addr).await,
+        Command::Cluster { json, target } => remote::cluster(&target.addr, json).await,
         Command::Health { service, target } => remote::health(&target.addr, service).await,
         Command::Audit {
             account,
@@ -294,6 +317,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             since,
             until,
             format,
+            json,
             target,
         } => {
             let query = remote::AuditQuery {
@@ -301,7 +325,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 limit,
                 since,
                 until,
-                format,
+                format: if json { AuditFormat::Jsonl } else { format },
             };
             remote::audit(&target.addr, query).await
         }

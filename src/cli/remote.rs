@@ -263,7 +263,11 @@ async fn halts_banner(
     }
 }
 
-pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCode, CliError> {
+pub(super) async fn status(
+    addr: &str,
+    account: Option<String>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
     let channel = connect(addr, Some(CALL_TIMEOUT)).await?;
     let mut client = MonitorServiceClient::new(channel.clone());
     match account {
@@ -273,6 +277,10 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
                 .await
                 .map_err(|s| call_error(addr, s))?;
             if let Some(breaker) = response.into_inner().breaker {
+                if json {
+                    sayln!("{}", render::breaker_json(&breaker));
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let banner = halts_banner(addr, channel.clone(), Some(&breaker.groups)).await?;
                 let trip = if breaker.tripped_by_operator {
                     latest_trip(channel.clone(), &breaker.account_id).await
@@ -304,12 +312,38 @@ pub(super) async fn status(addr: &str, account: Option<String>) -> Result<ExitCo
                 }
                 page_token = page.next_page_token;
             }
+            if json {
+                for breaker in &breakers {
+                    sayln!("{}", render::breaker_json(breaker));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let banner = halts_banner(addr, channel.clone(), None).await?;
             say!("{banner}{}", render::breaker_table(&breakers));
         }
     }
     if let Some(line) = answered_by(channel).await {
         sayln!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskgate halts`: the halts in force.
+pub(super) async fn halts(addr: &str, json: bool) -> Result<ExitCode, CliError> {
+    let halts = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?)
+        .list_halts(ListHaltsRequest {})
+        .await
+        .map_err(|s| call_error(addr, s))?
+        .into_inner()
+        .halts;
+    if json {
+        for halt in &halts {
+            sayln!("{}", render::halt_json(halt));
+        }
+    } else if halts.is_empty() {
+        sayln!("no halt in force");
+    } else {
+        say!("{}", render::halt_banner(&halts));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -326,14 +360,20 @@ async fn answered_by(channel: Conn) -> Option<String> {
 }
 
 /// `riskgate cluster`: the members, the leader and its epoch, lag and lease time left.
-pub(super) async fn cluster(addr: &str) -> Result<ExitCode, CliError> {
+pub(super) async fn cluster(addr: &str, json: bool) -> Result<ExitCode, CliError> {
     let channel = connect(addr, Some(CALL_TIMEOUT)).await?;
     let cluster = MonitorServiceClient::new(channel)
         .get_cluster(GetClusterRequest {})
         .await
         .map_err(|s| call_error(addr, s))?
         .into_inner();
-    say!("{}", render::cluster(&cluster));
+    if json {
+        for line in render::cluster_json(&cluster) {
+            sayln!("{line}");
+        }
+    } else {
+        say!("{}", render::cluster(&cluster));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -536,6 +576,18 @@ pub(super) async fn config(addr: &str) -> Result<ExitCode, CliError> {
         "# riskgate configuration in force, version {}",
         config.version
     );
+    if !config.reload_refused.is_empty() {
+        sayln!(
+            "# NOTE: the configuration file differs: its last reload was refused ({}); what follows is still in force",
+            config.reload_refused
+        );
+    }
+    if !config.restart_needed.is_empty() {
+        sayln!(
+            "# NOTE: the configuration file changes sections that take effect only after a restart: {}; what follows is what runs",
+            config.restart_needed.join(", ")
+        );
+    }
     say!("{}", config.toml);
     Ok(ExitCode::SUCCESS)
 }

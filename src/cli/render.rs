@@ -506,3 +506,99 @@ pub fn cluster(cluster: &GetClusterResponse) -> String {
     }
     out
 }
+
+fn duration_secs(d: Option<&prost_types::Duration>) -> Option<f64> {
+    d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+}
+
+/// A breaker as one JSON object (`riskgate status --json`).
+pub fn breaker_json(b: &Breaker) -> String {
+    let failures: Vec<serde_json::Value> = b
+        .failures
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "time": f.time.as_ref().map(time),
+                "kind": FailureKind::try_from(f.kind)
+                    .map(|k| k.as_str_name().trim_start_matches("FAILURE_KIND_").to_ascii_lowercase())
+                    .unwrap_or_default(),
+                "order_id": f.order_id,
+                "detail": f.detail,
+            })
+        })
+        .collect();
+    let opened_by = TransitionCause::try_from(b.opened_by)
+        .ok()
+        .filter(|c| *c != TransitionCause::Unspecified)
+        .map(|c| {
+            c.as_str_name()
+                .trim_start_matches("TRANSITION_CAUSE_")
+                .to_ascii_lowercase()
+        });
+    serde_json::json!({
+        "account_id": b.account_id,
+        "state": state_name(b.state),
+        "mode": mode_name(b.mode),
+        "mode_set_by_operator": b.mode_set_by_operator,
+        "generation": b.generation,
+        "failure_count": b.failure_count,
+        "failures": failures,
+        "opened_at": b.opened_at.as_ref().map(time),
+        "opened_by": opened_by,
+        "recovery_at": b.recovery_at.as_ref().map(time),
+        "tripped_by_operator": b.tripped_by_operator,
+        "probes_in_flight": b.probes.len(),
+        "probe_successes": b.probe_successes,
+        "open_streak": b.open_streak,
+        "groups": b.groups,
+        "last_sequence": b.last_sequence,
+    })
+    .to_string()
+}
+
+/// A halt as one JSON object (`riskgate halts --json`).
+pub fn halt_json(h: &Halt) -> String {
+    let scope = if h.layer == Layer::Firm as i32 {
+        "firm"
+    } else {
+        "group"
+    };
+    serde_json::json!({
+        "scope": scope,
+        "group": h.group,
+        "operator": h.operator,
+        "reason": h.reason,
+        "since": h.since.as_ref().map(time),
+    })
+    .to_string()
+}
+
+/// The cluster as JSON lines, one per member (`riskgate cluster --json`); a single node is one
+/// line saying so.
+pub fn cluster_json(c: &GetClusterResponse) -> Vec<String> {
+    if !c.clustered {
+        return vec![serde_json::json!({ "clustered": false }).to_string()];
+    }
+    c.members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "clustered": true,
+                "node_id": m.node_id,
+                "address": m.address,
+                "leader": m.leader,
+                "applied_revision": m.applied_revision,
+                "lag_revisions": m.lag_revisions,
+                "reported_ago_secs": duration_secs(m.reported_ago.as_ref()),
+                "lease_left_secs": duration_secs(m.lease_left.as_ref()),
+                "leader_id": c.leader_id,
+                "leader_address": c.leader_address,
+                "epoch": c.epoch,
+                "etcd_revision": c.etcd_revision,
+                "answered_by": c.node_id,
+                "answered_by_role": role_name(c.role),
+            })
+            .to_string()
+        })
+        .collect()
+}

@@ -172,6 +172,47 @@ pub struct EventsConfig {
     pub heartbeat_secs: f64,
 }
 
+/// How the configuration file stands against the configuration in force, for
+/// `riskgate config`: set by the server at every reload.
+#[derive(Debug, Default)]
+pub struct ConfigDrift {
+    inner: std::sync::Mutex<Drift>,
+}
+
+/// What differs between the file and what is in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// The last reload was refused, for this reason.
+    pub reload_refused: Option<String>,
+    /// Sections the file changes that need a restart.
+    pub restart_needed: Vec<String>,
+}
+
+impl ConfigDrift {
+    pub fn get(&self) -> Drift {
+        self.lock().clone()
+    }
+
+    /// A reload was refused: the file does not validate.
+    pub fn refused(&self, error: String) {
+        self.lock().reload_refused = Some(error);
+    }
+
+    /// The file was read and applied, except `restart_needed`.
+    pub fn applied(&self, restart_needed: Vec<String>) {
+        *self.lock() = Drift {
+            reload_refused: None,
+            restart_needed,
+        };
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Drift> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// `[cluster]`: running as one node of a cluster on etcd (docs/cluster.md).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
