@@ -8,17 +8,20 @@
 
 #[cfg(not(feature = "cluster"))]
 #[test]
-fn cluster_tests_need_the_cluster_feature() {
+fn skipped_without_the_cluster_feature_see_readme_as_a_cluster() {
+    use std::io::Write as _;
     let required = std::env::var("RISKGATE_REQUIRE_ETCD").is_ok_and(|v| v == "1");
     assert!(
         !required,
         "RISKGATE_REQUIRE_ETCD=1, but the tests were built without the cluster feature"
     );
-    eprintln!(
+    // Straight to the terminal: the test harness captures eprintln!, which would hide it.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n==================== SKIPPED ====================\n\
          cluster tests skipped: built without the `cluster` feature.\n\
          Run: cargo test --features cluster --test cluster (needs protoc and etcd installed)\n\
-         =================================================\n"
+         ================================================="
     );
 }
 

@@ -35,12 +35,14 @@ pub fn etcd_binary() -> Option<PathBuf> {
             !required,
             "etcd is not installed, and RISKGATE_REQUIRE_ETCD=1 says these tests must run"
         );
-        eprintln!(
+        // Straight to the terminal: the test harness captures eprintln!, which would hide it.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n==================== SKIPPED ====================\n\
              cluster test skipped: etcd is not installed.\n\
              Install it (Debian: sudo apt-get install etcd-server etcd-client) and run\n\
              cargo test --features cluster --test cluster\n\
-             =================================================\n"
+             ================================================="
         );
     }
     found
