@@ -28,7 +28,7 @@ pub enum Error {
     },
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("the registry holds its maximum of {max} accounts; no breaker can be created for a new account")]
+    #[error("the registry holds its maximum of {max} accounts (server.max_accounts) and none is idle enough to evict (each is OPEN, tripped, in an operator's mode or holding failures); no breaker can be created for a new account")]
     AccountLimit { max: usize },
     #[error("account {0} has no breaker yet; one is created, CLOSED, on its first CheckTrade")]
     UnknownAccount(String),

@@ -79,6 +79,10 @@ fn describe() {
         "Watch streams ended for falling behind"
     );
     describe_counter!("riskgate_store_commits_total", "Store transactions written");
+    describe_counter!(
+        "riskgate_breakers_evicted_total",
+        "Idle breakers forgotten to make room for new accounts at server.max_accounts"
+    );
     describe_counter!("riskgate_store_errors_total", "Store writes that failed");
     describe_counter!(
         "riskgate_audit_pruned_total",
@@ -209,6 +213,12 @@ pub fn transition(t: &Transition) {
 /// A new breaker (CLOSED).
 pub fn breaker_created() {
     gauge!("riskgate_breakers", "state" => "closed").increment(1.0);
+}
+
+/// An idle (CLOSED) breaker forgotten to make room for a new account.
+pub fn breaker_evicted() {
+    gauge!("riskgate_breakers", "state" => "closed").decrement(1.0);
+    counter!("riskgate_breakers_evicted_total").increment(1);
 }
 
 /// The breakers loaded at start-up, by state.

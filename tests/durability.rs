@@ -865,3 +865,57 @@ async fn a_halt_not_written_by_shutdown_makes_the_stop_fail_loudly() {
     );
     drop(tmpfs);
 }
+
+#[tokio::test]
+async fn an_evicted_idle_breaker_is_gone_from_the_store_and_stays_gone_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let toml = "[server]\nmax_accounts = 3\n";
+    let server = start_with(config(toml), dir.path()).await;
+    server.trip("KEPT", "held").await;
+    for account in ["A", "B", "C"] {
+        assert!(server.check(account).await.allowed);
+    }
+    // Full: an idle breaker (A or B: used within the same second) made room for C; KEPT is
+    // never idle.
+    assert_eq!(server.total_breakers().await, 3);
+    let mut monitor = server.monitor();
+    let mut gone = Vec::new();
+    for account in ["A", "B"] {
+        if let Err(status) = monitor
+            .get_breaker(GetBreakerRequest {
+                account_id: account.into(),
+            })
+            .await
+        {
+            assert_eq!(status.code(), tonic::Code::NotFound);
+            gone.push(account);
+        }
+    }
+    assert_eq!(gone.len(), 1, "one of A and B was evicted");
+    let evicted = gone[0];
+    let kept = if evicted == "A" { "B" } else { "A" };
+    server.stop().await;
+
+    let server = start_with(config(toml), dir.path()).await;
+    assert_eq!(server.total_breakers().await, 3);
+    let mut monitor = server.monitor();
+    for account in ["KEPT", kept, "C"] {
+        monitor
+            .get_breaker(GetBreakerRequest {
+                account_id: account.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{account} kept across the restart: {e}"));
+    }
+    assert!(monitor
+        .get_breaker(GetBreakerRequest {
+            account_id: evicted.into(),
+        })
+        .await
+        .is_err());
+    assert_eq!(
+        server.breaker("KEPT").await.state,
+        BreakerState::Open as i32
+    );
+    server.stop().await;
+}

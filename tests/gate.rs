@@ -282,25 +282,42 @@ async fn concurrent_checks_on_a_half_open_account_never_exceed_max_tries() {
 }
 
 #[tokio::test]
-async fn new_accounts_past_max_accounts_are_refused_and_existing_ones_still_work() {
+async fn at_max_accounts_a_new_account_evicts_an_idle_one_or_is_refused_when_none_is_idle() {
     let server = TestServer::start("[server]\nmax_accounts = 3\n").await;
     for account in ["A", "B", "C"] {
         assert!(server.check(account).await.allowed);
     }
+    // Idle breakers make room: D gets one, and there are still three.
+    assert!(server.check("D").await.allowed);
+    assert_eq!(server.total_breakers().await, 3);
+    // Hold every breaker open: nothing is idle, so a new account is refused.
+    let breakers = server
+        .monitor()
+        .list_breakers(ListBreakersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .breakers;
+    for breaker in &breakers {
+        server.trip(&breaker.account_id, "incident").await;
+    }
     let status = server
         .gate()
         .check_trade(CheckTradeRequest {
-            account_id: "D".into(),
+            account_id: "E".into(),
             ..Default::default()
         })
         .await
-        .expect_err("a fourth account is refused");
+        .expect_err("no idle breaker to evict");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert!(
         status.message().contains("maximum of 3 accounts"),
         "{}",
         status.message()
     );
-    assert!(server.check("A").await.allowed);
+    // The held breakers are all still there, and still answer.
+    assert_eq!(server.total_breakers().await, 3);
+    let answer = server.check(&breakers[0].account_id).await;
+    assert!(!answer.allowed);
     server.stop().await;
 }

@@ -265,6 +265,9 @@ impl Shared {
                     Write::Put(keys::encode_audit(&record)),
                 );
             }
+            if let Some(account_id) = &batch.evicted {
+                writes.insert(keys.breaker(account_id), Write::Delete);
+            }
             if let Some((scope, halt)) = &batch.halt {
                 let write = match halt {
                     Some(halt) => Write::Put(crate::store::rows::encode_halt(halt)),
@@ -421,6 +424,7 @@ fn operations(batch: &Batch) -> usize {
         + batch.events.len()
         + usize::from(batch.audit.is_some())
         + usize::from(batch.halt.is_some())
+        + usize::from(batch.evicted.is_some())
 }
 
 /// Reads everything under the cluster's prefix at one revision, a page at a time.

@@ -614,6 +614,7 @@ impl Node {
                         Err(error) => tracing::error!(%error, "a breaker in etcd does not decode"),
                     }
                 }
+                Some(Key::Breaker(account_id)) => changes.push(Replicated::Evicted(account_id)),
                 Some(Key::Event(_)) if put => match crate::store::rows::decode_event(kv.value()) {
                     Ok(event) => changes.push(Replicated::Event(Arc::new(event))),
                     Err(error) => tracing::error!(%error, "an event in etcd does not decode"),

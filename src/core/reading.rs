@@ -1,7 +1,7 @@
 //! What a breaker shows without changing: its state, its generation, why and since when it is
 //! open, its probes and the failures that count. The registry builds its views from these.
 
-use super::breaker::{in_window, saturating_u32, Breaker};
+use super::breaker::{in_window, saturating_u32, Breaker, NO_PERMIT};
 use super::decision::{Failure, Probe};
 use super::settings::Settings;
 use super::time::Timestamp;
@@ -69,6 +69,38 @@ impl Breaker {
             State::Closed => self.failures_in_window(settings, now),
             _ => saturating_u32(self.cold.failures.len()),
         }
+    }
+
+    /// Whether the breaker holds nothing worth keeping, so that forgetting it (and creating it
+    /// anew on the account's next call) changes no decision: CLOSED and not held by an
+    /// operator, no failure (or slow outcome) inside the window, no permit remembered to
+    /// recognise a repeated report, no probe, and no backoff still counting. Successes in a
+    /// rate window are not worth keeping: forgetting them can only make a rate rule open
+    /// sooner.
+    pub fn is_idle(&self, settings: &Settings, now: Timestamp) -> bool {
+        if self.state != State::Closed || self.tripped {
+            return false;
+        }
+        let cold = &*self.cold;
+        let backoff_over = cold.open_streak == 0
+            || cold
+                .closed_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= settings.backoff_reset);
+        let window_clear = cold.window.as_ref().is_none_or(|window| {
+            let totals = window.totals(settings.failure_window, now);
+            totals.failures == 0 && totals.slow == 0
+        });
+        // A failure in the window counts; one that left it keeps its permit to be recognised
+        // (as `remembered` does), unless it had none.
+        let nothing_to_recognise = cold
+            .failures
+            .iter()
+            .all(|f| f.sequence == NO_PERMIT && !in_window(settings, f.at, now));
+        nothing_to_recognise
+            && cold.remembered.is_empty()
+            && cold.probes.is_empty()
+            && backoff_over
+            && window_clear
     }
 
     /// The times of the failures that `failure_count` counts, oldest first.

@@ -482,3 +482,39 @@ fn a_breaker_survives_its_record() {
     let restored = Breaker::from_record(breaker.to_record());
     assert_eq!(restored, breaker);
 }
+
+#[test]
+fn only_a_breaker_with_nothing_to_remember_is_idle() {
+    let s = settings();
+    let mut breaker = Breaker::new();
+    assert!(breaker.is_idle(&s, at(0.0)));
+    // Successes leave it idle.
+    let permit = allow(&mut breaker, at(1.0));
+    succeed(&mut breaker, Some(permit), at(1.0));
+    assert!(breaker.is_idle(&s, at(1.0)));
+    // A failure in the window is worth keeping; once out of the window, its permit still is
+    // (to recognise it reported again).
+    let permit = allow(&mut breaker, at(2.0));
+    fail(&mut breaker, Some(permit), at(2.0));
+    assert!(!breaker.is_idle(&s, at(2.0)));
+    assert!(!breaker.is_idle(&s, at(100.0)));
+    // A failure without a permit is forgotten once it leaves the window.
+    let mut breaker = Breaker::new();
+    fail(&mut breaker, None, at(0.0));
+    assert!(!breaker.is_idle(&s, at(30.0)));
+    let permit = allow(&mut breaker, at(61.0));
+    succeed(&mut breaker, Some(permit), at(61.0));
+    assert!(breaker.is_idle(&s, at(61.0)));
+    // OPEN, HALF_OPEN, tripped: never idle.
+    assert!(!opened().is_idle(&s, at(10.0)));
+    assert!(!half_open().is_idle(&s, at(305.0)));
+    let mut tripped = Breaker::new();
+    tripped.trip(&s, at(0.0));
+    assert!(!tripped.is_idle(&s, at(10_000.0)));
+    // Reset after opening: the backoff streak counts until backoff_reset has passed CLOSED.
+    let mut reset = opened();
+    reset.reset(&s, at(10.0));
+    let idle_from = 10.0 + s.backoff_reset.as_secs_f64();
+    assert_eq!(reset.open_streak() == 0, reset.is_idle(&s, at(11.0)));
+    assert!(reset.is_idle(&s, at(idle_from + 1.0)));
+}

@@ -56,6 +56,23 @@ impl Accounts {
         self.table.len()
     }
 
+    /// Removes `account_id` (whose hash is `hash`) if `removable` says so of its slot; whether
+    /// it did.
+    pub(super) fn remove(
+        &mut self,
+        hash: u64,
+        account_id: &str,
+        removable: impl FnOnce(&Slot) -> bool,
+    ) -> bool {
+        match self.table.find_entry(hash, |(id, _)| **id == *account_id) {
+            Ok(entry) if removable(&entry.get().1) => {
+                entry.remove();
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &Slot)> {
         self.table.iter().map(|(id, slot)| (&**id, slot))
     }

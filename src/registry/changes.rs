@@ -58,6 +58,13 @@ impl Registry {
         operation: impl FnOnce(&mut Slot, Timestamp) -> Applied<R>,
     ) -> Result<(R, Option<WhenDurable>)> {
         let mut shard = self.shard(account_id);
+        if shard.get(account_id).is_none() && self.is_full() {
+            // Room for a new account: an idle breaker goes, searched without this shard held
+            // (the search locks one shard at a time).
+            drop(shard);
+            self.evict_idle();
+            shard = self.shard(account_id);
+        }
         let mut created = false;
         let slot = shard.get_or_try_insert(account_id, || {
             self.reserve_account()?;
@@ -72,6 +79,7 @@ impl Registry {
                 mode: None,
                 ticket: 0,
                 loosened: false,
+                used: 0,
             })
         })?;
         // Read under the lock, so that one breaker never sees time go backwards. A recent
@@ -80,6 +88,7 @@ impl Registry {
             Time::RecentWhenClosed if slot.breaker.state() == State::Closed => self.clock.recent(),
             _ => self.clock.now(),
         };
+        slot.used = super::eviction::seconds(now);
         let before = slot.breaker.state();
         let mode_before = slot.mode;
         let Applied {
@@ -186,6 +195,7 @@ impl Registry {
                 events,
                 audit,
                 halt: None,
+                evicted: None,
             })
         };
         if events.is_empty() {

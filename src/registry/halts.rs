@@ -252,10 +252,10 @@ impl Registry {
         };
         self.events.append(vec![event], |events| {
             self.store.submit(Batch {
-                breaker: None,
                 events,
                 audit: Some(audit),
                 halt: Some((scope.clone(), halt)),
+                ..Batch::default()
             })
         })
     }

@@ -1,5 +1,6 @@
 //! Loading the store at start-up: read on a thread of its own, put in place as it arrives.
 
+use super::eviction;
 use super::*;
 
 /// Breakers read from the store, prepared on the reading thread.
@@ -150,6 +151,7 @@ impl Registry {
                 // Everything loaded is durable.
                 ticket: 0,
                 loosened: false,
+                used: eviction::seconds(self.clock.recent()),
             },
             account_id,
         }

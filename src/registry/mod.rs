@@ -16,6 +16,7 @@ mod answers;
 mod changes;
 mod deadlines;
 mod events;
+mod eviction;
 mod gate;
 mod halts;
 mod load;
@@ -117,6 +118,9 @@ struct Slot {
     /// (it could be handed out again after the restart). One flag rather than a second ticket
     /// keeps the slot small; the price is waiting, rarely, for a later batch than needed.
     loosened: bool,
+    /// When the account was last used (Unix seconds, the service clock): at `max_accounts`, the
+    /// idle breaker least recently used goes first.
+    used: u32,
 }
 
 pub struct Registry {
@@ -131,8 +135,11 @@ pub struct Registry {
     /// when none does.
     resuming: AtomicBool,
     max_accounts: usize,
-    /// Accounts in all shards; changed only when an account is created.
+    /// Accounts in all shards; changed when an account is created or evicted.
     accounts: AtomicUsize,
+    /// Where the next search for an idle breaker to evict starts, so that successive searches
+    /// look at different shards.
+    eviction_cursor: AtomicUsize,
     events: EventLog,
     deadlines: DeadlineQueue,
     store: Arc<dyn Store>,
@@ -155,6 +162,7 @@ impl Registry {
             resuming: AtomicBool::new(false),
             max_accounts: options.max_accounts,
             accounts: AtomicUsize::new(0),
+            eviction_cursor: AtomicUsize::new(0),
             events: EventLog::new(
                 options.retained_events,
                 options.retained_age,
@@ -248,7 +256,7 @@ impl Registry {
         }
     }
 
-    /// Counts a new account in, unless the registry is full.
+    /// Counts a new account in, unless the registry is full (see `eviction`).
     fn reserve_account(&self) -> Result<()> {
         self.accounts
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {

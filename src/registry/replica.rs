@@ -17,6 +17,8 @@ pub enum Replicated {
     Halt(Scope, Option<Halt>),
     /// The latest sequence the leader assigned (its events may not be retained).
     LastSequence(u64),
+    /// An idle breaker the leader forgot to make room.
+    Evicted(String),
 }
 
 impl Registry {
@@ -38,6 +40,17 @@ impl Registry {
                     self.events.replicate(event);
                 }
                 Replicated::LastSequence(sequence) => last_sequence = Some(sequence),
+                Replicated::Evicted(account_id) => {
+                    let hash = accounts::hash(&self.hasher, &account_id);
+                    let removed = lock(&self.shards[accounts::shard_index(hash, SHARDS)]).remove(
+                        hash,
+                        &account_id,
+                        |_| true,
+                    );
+                    if removed {
+                        self.accounts.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
                 Replicated::Halt(scope, halt) => {
                     let mut halts = write(&self.halts);
                     halts.set(&scope, halt);

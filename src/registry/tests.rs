@@ -491,3 +491,133 @@ async fn clock_steps_across_a_restart_never_skip_recovery_testing() {
     let more = registry.check("ACC", Intent::New).await.expect("check");
     assert!(!more.allowed, "beyond the probes: {more:?}");
 }
+
+/// A registry of at most `max` accounts over `store`, on `clock`.
+fn bounded(max: usize, store: Arc<MemoryStore>, clock: Arc<ManualClock>) -> Registry {
+    let options = RegistryOptions {
+        rulebook: opening_at_two(),
+        max_accounts: max,
+        ..RegistryOptions::default()
+    };
+    let registry = Registry::new(options, store, clock);
+    registry.load().expect("an empty store loads");
+    registry
+}
+
+#[tokio::test]
+async fn a_flood_of_new_accounts_evicts_idle_breakers_and_never_one_that_matters() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(
+        1_700_000_000_000_000_000,
+    )));
+    let store = Arc::new(MemoryStore::new(100));
+    let registry = bounded(100, store.clone(), clock.clone());
+    // What matters: OPEN, tripped, shadowed, failing, HALF_OPEN.
+    fail(&registry, "OPEN").await;
+    fail(&registry, "OPEN").await;
+    registry
+        .trip("TRIPPED", action("drill"), "", None)
+        .await
+        .expect("trip");
+    registry
+        .set_mode("SHADOW", Some(Mode::Shadow), action("trial"), "")
+        .await
+        .expect("mode");
+    // A failure reported with its permit: remembered (to recognise it if reported again) even
+    // once it has left the window.
+    let permit = registry
+        .check("FAILING", Intent::New)
+        .await
+        .expect("check")
+        .permit_id();
+    registry
+        .report("FAILING", &permit, Report::failure(FailureKind::Other))
+        .await
+        .expect("report");
+    // A failure without a permit is forgotten once it leaves the window: that breaker may go.
+    fail(&registry, "FAILED-LONG-AGO").await;
+    let keep = ["OPEN", "TRIPPED", "SHADOW", "FAILING"];
+    // Ten times the limit of junk ids, each checked once, a second apart.
+    for i in 0..1_000 {
+        clock.advance(Duration::from_secs(1));
+        let result = registry
+            .check(&format!("JUNK-{i}"), Intent::New)
+            .await
+            .expect("room is made for a new account");
+        assert!(result.allowed);
+        assert!(registry.account_count() <= 100);
+    }
+    assert_eq!(registry.account_count(), 100);
+    for account in keep {
+        let breaker = registry.get(account).await.expect("kept");
+        assert_eq!(breaker.account_id, account);
+    }
+    assert_eq!(registry.get("OPEN").await.expect("kept").state, State::Open);
+    // The newest junk is there, the oldest went (least recently used first), from the store too.
+    assert!(registry.get("JUNK-999").await.is_ok());
+    assert!(registry.get("JUNK-0").await.is_err());
+    let stored = store.load().expect("load");
+    assert_eq!(stored.breakers.len(), 100);
+    assert!(stored.breakers.iter().all(|b| b.account_id != "JUNK-0"));
+    assert!(keep
+        .iter()
+        .all(|k| stored.breakers.iter().any(|b| b.account_id == *k)));
+    assert!(registry.get("FAILED-LONG-AGO").await.is_err());
+}
+
+#[tokio::test]
+async fn the_least_recently_used_idle_breaker_goes_first() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(
+        1_700_000_000_000_000_000,
+    )));
+    let registry = bounded(3, Arc::new(MemoryStore::new(100)), clock.clone());
+    for account in ["A", "B", "C"] {
+        clock.advance(Duration::from_secs(1));
+        registry.check(account, Intent::New).await.expect("check");
+    }
+    clock.advance(Duration::from_secs(1));
+    registry
+        .check("A", Intent::New)
+        .await
+        .expect("A used again");
+    clock.advance(Duration::from_secs(1));
+    registry.check("D", Intent::New).await.expect("D");
+    assert!(
+        registry.get("B").await.is_err(),
+        "B was used least recently"
+    );
+    for kept in ["A", "C", "D"] {
+        assert!(registry.get(kept).await.is_ok(), "{kept}");
+    }
+}
+
+#[tokio::test]
+async fn with_nothing_idle_a_new_account_is_refused_naming_the_limit() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(
+        1_700_000_000_000_000_000,
+    )));
+    let registry = bounded(2, Arc::new(MemoryStore::new(100)), clock.clone());
+    for account in ["X", "Y"] {
+        registry
+            .trip(account, action("drill"), "", None)
+            .await
+            .expect("trip");
+    }
+    let refused = registry
+        .check("Z", Intent::New)
+        .await
+        .expect_err("nothing can go");
+    assert!(
+        matches!(refused, Error::AccountLimit { max: 2 }),
+        "{refused:?}"
+    );
+    assert_eq!(registry.account_count(), 2);
+    // Reset, and kept idle past the backoff memory: it may go now.
+    registry
+        .reset("X", action("done"), "")
+        .await
+        .expect("reset");
+    clock.advance(Duration::from_secs(2 * 3600));
+    registry.check("Z", Intent::New).await.expect("X made room");
+    assert!(registry.get("X").await.is_err());
+    assert!(registry.get("Y").await.is_ok());
+}

@@ -66,6 +66,9 @@ impl Store for MemoryStore {
         if let Some(breaker) = batch.breaker {
             inner.breakers.insert(breaker.account_id.clone(), breaker);
         }
+        if let Some(account_id) = &batch.evicted {
+            inner.breakers.remove(account_id);
+        }
         let mut durable = None;
         for event in batch.events {
             inner.last_sequence = inner.last_sequence.max(event.sequence);

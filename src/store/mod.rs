@@ -102,6 +102,9 @@ pub struct Batch {
     pub audit: Option<AuditRecord>,
     /// A halt begun (`Some`) or ended (`None`).
     pub halt: Option<(Scope, Option<Halt>)>,
+    /// An idle breaker forgotten to make room (`server.max_accounts`): its record is deleted.
+    /// Applied after `breaker` when both name the same account.
+    pub evicted: Option<String>,
 }
 
 /// Everything a store holds, read back at start-up.

@@ -94,6 +94,13 @@ fn write<R>(
                     audit.detail,
                 ])?;
             }
+            if let Some(account_id) = &batch.evicted {
+                // The journal may still hold the account's last change: the writer forgets it
+                // too (`committed`), so a fold does not bring it back. After a crash, a fold at
+                // start-up may: an idle breaker, which holds nothing worth keeping.
+                tx.prepare_cached("DELETE FROM breakers WHERE account_id = ?1")?
+                    .execute([account_id])?;
+            }
             match &batch.halt {
                 Some((layer, Some(halt))) => {
                     tx.prepare_cached(
@@ -293,10 +300,15 @@ impl JournalWriter {
     }
 
     fn committed<R>(&mut self, pending: &[(Batch, R)]) {
-        let breakers = pending
-            .iter()
-            .filter_map(|(batch, _)| batch.breaker.as_ref());
-        for (breaker, record) in breakers.zip(self.staged.records()) {
+        let mut records = self.staged.records();
+        for (batch, _) in pending {
+            let Some(breaker) = &batch.breaker else {
+                if let Some(account_id) = &batch.evicted {
+                    self.latest.remove(account_id.as_str());
+                }
+                continue;
+            };
+            let Some(record) = records.next() else { break };
             let last_sequence = nanos(breaker.last_sequence);
             match self.latest.get_mut(breaker.account_id.as_str()) {
                 Some(entry) => {
@@ -312,7 +324,11 @@ impl JournalWriter {
                     self.latest.insert(breaker.account_id.clone(), logged);
                 }
             }
+            if let Some(account_id) = &batch.evicted {
+                self.latest.remove(account_id.as_str());
+            }
         }
+        drop(records);
         self.staged.clear();
     }
 
