@@ -23,6 +23,73 @@ use crate::store::{
     StoredBreaker, LOAD_CHUNK,
 };
 
+/// etcd, reached one member at a time: a client per configured endpoint, and the one in use.
+/// After a failure the next call goes to the next member (at most one move every
+/// [`MOVE_AFTER_FAILURE`]); calls and streams already on a healthy member are left alone.
+///
+/// (One client balancing over every endpoint was tried first: after a member died, calls kept
+/// failing for tens of seconds, and a member that came back was not used again.)
+pub struct Etcd {
+    clients: Vec<Client>,
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    moved_at: Mutex<Option<std::time::Instant>>,
+}
+
+/// The least time between two moves to another member.
+const MOVE_AFTER_FAILURE: Duration = Duration::from_millis(300);
+
+impl Etcd {
+    /// A client for each of `endpoints` (connections are made as calls need them).
+    pub(super) async fn connect(
+        endpoints: &[String],
+        options: etcd_client::ConnectOptions,
+    ) -> Result<Etcd, String> {
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let client = Client::connect([endpoint], Some(options.clone()))
+                .await
+                .map_err(|e| format!("cannot use etcd endpoint {endpoint}: {e}"))?;
+            clients.push(client);
+        }
+        if clients.is_empty() {
+            return Err("no etcd endpoint configured".into());
+        }
+        Ok(Etcd {
+            clients,
+            endpoints: endpoints.to_vec(),
+            current: AtomicUsize::new(0),
+            moved_at: Mutex::new(None),
+        })
+    }
+
+    /// The client of the member in use.
+    pub(super) fn client(&self) -> Client {
+        let index = self.current.load(Ordering::Acquire) % self.clients.len();
+        self.clients[index].clone()
+    }
+
+    /// A call failed for `why`: the next calls go to the next member, unless another failure
+    /// just moved them.
+    pub(super) fn failed(&self, why: &str) {
+        if self.clients.len() < 2 {
+            return;
+        }
+        let mut moved_at = self.moved_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if moved_at.is_some_and(|at| at.elapsed() < MOVE_AFTER_FAILURE) {
+            return;
+        }
+        *moved_at = Some(std::time::Instant::now());
+        let next = (self.current.load(Ordering::Acquire) + 1) % self.clients.len();
+        self.current.store(next, Ordering::Release);
+        tracing::warn!(
+            error = why,
+            now_using = %self.endpoints[next],
+            "an etcd call failed; using the next etcd member"
+        );
+    }
+}
+
 /// What the store is built with.
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
@@ -45,7 +112,7 @@ pub struct EtcdStore {
 
 pub(super) struct Shared {
     pub(super) options: EtcdOptions,
-    pub(super) client: Client,
+    pub(super) etcd: Arc<Etcd>,
     pub(super) signals: Arc<StoreSignals>,
     queue: Mutex<Queue>,
     wake: Notify,
@@ -69,6 +136,10 @@ struct Queue {
 
 struct Pending {
     ticket: u64,
+    /// The epoch the batch was made under: it is written under that epoch or not at all (a
+    /// node that lost its leadership and won again reloaded its registry in between, so a batch
+    /// of the earlier epoch no longer describes it).
+    epoch: i64,
     batch: Batch,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -91,14 +162,14 @@ fn unavailable(what: impl std::fmt::Display) -> StoreError {
 }
 
 impl EtcdStore {
-    pub(super) fn new(client: Client, options: EtcdOptions, snapshot: Snapshot) -> Self {
+    pub(super) fn new(etcd: Arc<Etcd>, options: EtcdOptions, snapshot: Snapshot) -> Self {
         let signals = Arc::new(StoreSignals::new(snapshot.recovered.last_sequence));
         // A cluster node decides nothing until its leadership says it may.
         signals.set_authority(None, "cluster: this node has not yet joined the cluster");
         EtcdStore {
             shared: Arc::new(Shared {
                 options,
-                client,
+                etcd,
                 signals,
                 queue: Mutex::new(Queue {
                     next_ticket: 0,
@@ -132,6 +203,9 @@ impl Shared {
         let mut queue = self.queue();
         queue.counters = counters;
         self.epoch.store(epoch, Ordering::Release);
+        // A write that failed under an earlier epoch was answered and dropped with it: nothing
+        // is left to retry, and this epoch starts able to write.
+        self.signals.wrote(None, 0);
     }
 
     /// This node is no longer the leader: nothing more is written, and everything waiting to
@@ -164,10 +238,10 @@ impl Shared {
                 continue;
             }
             let (writes, counters, latest_sequence) = self.compose(&taken);
+            let epoch = taken.first().map_or(0, |p| p.epoch);
             loop {
-                let epoch = self.epoch();
-                if epoch == 0 {
-                    self.answer(taken, Err(unavailable("cluster: this node lost its leadership before the change was written; retry against the leader")));
+                if epoch == 0 || self.epoch() != epoch {
+                    self.answer(taken, Err(unavailable("cluster: this node lost its leadership while writing the change, which may or may not be in etcd; read it back from the leader, or retry there")));
                     break;
                 }
                 match self.commit(epoch, &writes, counters).await {
@@ -184,7 +258,13 @@ impl Shared {
                             epoch,
                             "etcd refused a write: this node's leadership no longer holds"
                         );
-                        self.epoch.store(0, Ordering::Release);
+                        // Unless the node has won again meanwhile (a newer epoch).
+                        let _ = self.epoch.compare_exchange(
+                            epoch,
+                            0,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
                         self.deposed.notify_one();
                         self.answer(taken, Err(unavailable("cluster: this node is no longer the leader (etcd refused its write); retry against the leader")));
                         break;
@@ -209,7 +289,10 @@ impl Shared {
         let mut taken = Vec::new();
         while let Some(next) = queue.pending.front() {
             let ops = operations(&next.batch);
-            if !taken.is_empty() && used + ops > budget {
+            let other_epoch = taken
+                .first()
+                .is_some_and(|p: &Pending| p.epoch != next.epoch);
+            if !taken.is_empty() && (used + ops > budget || other_epoch) {
                 break;
             }
             used += ops;
@@ -312,15 +395,20 @@ impl Shared {
                 epoch,
             )])
             .and_then(ops);
-        let mut client = self.client.clone();
-        match tokio::time::timeout(self.options.request_timeout, client.txn(txn)).await {
+        let mut client = self.etcd.client();
+        let result = match tokio::time::timeout(self.options.request_timeout, client.txn(txn)).await
+        {
             Ok(Ok(response)) => Ok(response.succeeded()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!(
                 "no answer within {:?}",
                 self.options.request_timeout
             )),
+        };
+        if let Err(error) = &result {
+            self.etcd.failed(error);
         }
+        result
     }
 
     /// Prunes the audit trail and old events in etcd (leader only), fenced like every write;
@@ -339,23 +427,11 @@ impl Shared {
             keep = keep.min(records);
         }
         let mut below_id = counters.last_audit_id.saturating_sub(keep) + 1;
-        // By age: the oldest records, read a page at a time.
+        // By age: the oldest records, a page of them.
         if let Some(max_age) = self.options.audit.max_age {
             let cutoff = now.saturating_sub(max_age);
-            let mut client = self.client.clone();
-            let page = client
-                .get(
-                    keys.audit(0),
-                    Some(
-                        GetOptions::new()
-                            .with_range(keys::range_end(&keys.audits()))
-                            .with_limit(512),
-                    ),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            for kv in page.kvs() {
-                match keys::decode_audit(kv.value()) {
+            for value in self.oldest(&keys.audits()).await? {
+                match keys::decode_audit(&value) {
                     Ok(record) if record.at < cutoff => below_id = below_id.max(record.id + 1),
                     _ => break,
                 }
@@ -365,20 +441,8 @@ impl Shared {
         let mut below_sequence = 0;
         if self.options.retained_events > 0 {
             let cutoff = now.saturating_sub(self.options.retained_age);
-            let mut client = self.client.clone();
-            let page = client
-                .get(
-                    keys.event(0),
-                    Some(
-                        GetOptions::new()
-                            .with_range(keys::range_end(&keys.events()))
-                            .with_limit(512),
-                    ),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            for kv in page.kvs() {
-                match crate::store::rows::decode_event(kv.value()) {
+            for value in self.oldest(&keys.events()).await? {
+                match crate::store::rows::decode_event(&value) {
                     Ok(event) if event.at < cutoff => below_sequence = event.sequence + 1,
                     _ => break,
                 }
@@ -407,14 +471,44 @@ impl Shared {
                 epoch,
             )])
             .and_then(ops);
-        let mut client = self.client.clone();
-        let response = client.txn(txn).await.map_err(|e| e.to_string())?;
+        let mut client = self.etcd.client();
+        let response = client.txn(txn).await.map_err(|e| {
+            self.etcd.failed(&e.to_string());
+            e.to_string()
+        })?;
         for op in response.op_responses() {
             if let etcd_client::TxnOpResponse::Delete(deleted) = op {
                 pruned += deleted.deleted().max(0) as u64;
             }
         }
         Ok(pruned)
+    }
+}
+
+impl Shared {
+    /// The values of the first keys under `prefix` (the oldest, for zero-padded numbers), a
+    /// page of them.
+    async fn oldest(&self, prefix: &str) -> Result<Vec<Vec<u8>>, String> {
+        let mut client = self.etcd.client();
+        let mut page = client
+            .get(
+                prefix,
+                Some(
+                    GetOptions::new()
+                        .with_range(keys::range_end(prefix))
+                        .with_limit(512),
+                ),
+            )
+            .await
+            .map_err(|e| {
+                self.etcd.failed(&e.to_string());
+                e.to_string()
+            })?;
+        Ok(page
+            .take_kvs()
+            .into_iter()
+            .map(|kv| kv.into_key_value().1)
+            .collect())
     }
 }
 
@@ -428,8 +522,8 @@ fn operations(batch: &Batch) -> usize {
 }
 
 /// Reads everything under the cluster's prefix at one revision, a page at a time.
-pub(super) async fn read_snapshot(client: &Client, keys: &Keys) -> Result<Snapshot, String> {
-    let mut client = client.clone();
+pub(super) async fn read_snapshot(etcd: &Etcd, keys: &Keys) -> Result<Snapshot, String> {
+    let mut client = etcd.client();
     let end = keys::range_end(keys.prefix());
     let mut from = keys.prefix().as_bytes().to_vec();
     let mut revision = 0;
@@ -443,10 +537,10 @@ pub(super) async fn read_snapshot(client: &Client, keys: &Keys) -> Result<Snapsh
         if revision > 0 {
             options = options.with_revision(revision);
         }
-        let mut page = client
-            .get(from.clone(), Some(options))
-            .await
-            .map_err(|e| format!("cannot read the cluster's state from etcd: {e}"))?;
+        let mut page = client.get(from.clone(), Some(options)).await.map_err(|e| {
+            etcd.failed(&e.to_string());
+            format!("cannot read the cluster's state from etcd: {e}")
+        })?;
         if revision == 0 {
             revision = page.header().map_or(0, |h| h.revision());
         }
@@ -522,6 +616,7 @@ impl Store for EtcdStore {
         let (reply, receiver) = oneshot::channel();
         queue.pending.push_back(Pending {
             ticket,
+            epoch: shared.epoch(),
             batch,
             reply,
         });
@@ -557,7 +652,7 @@ impl Store for EtcdStore {
     fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let shared = &self.shared;
         let keys = &shared.options.keys;
-        let mut client = shared.client.clone();
+        let mut client = shared.etcd.client();
         let mut end = match query.before_id {
             Some(id) => keys.audit(id).into_bytes(),
             None => keys::range_end(&keys.audits()),
@@ -613,12 +708,12 @@ impl Store for EtcdStore {
 }
 
 /// Reads the counters (after a win, before the first write).
-pub(super) async fn read_counters(client: &Client, keys: &Keys) -> Result<Counters, String> {
-    let mut client = client.clone();
-    let response = client
-        .get(keys.counters(), None)
-        .await
-        .map_err(|e| e.to_string())?;
+pub(super) async fn read_counters(etcd: &Etcd, keys: &Keys) -> Result<Counters, String> {
+    let mut client = etcd.client();
+    let response = client.get(keys.counters(), None).await.map_err(|e| {
+        etcd.failed(&e.to_string());
+        e.to_string()
+    })?;
     match response.kvs().first() {
         Some(kv) => Counters::decode(kv.value()),
         None => Ok(Counters::default()),
@@ -627,12 +722,12 @@ pub(super) async fn read_counters(client: &Client, keys: &Keys) -> Result<Counte
 
 /// Puts `value` at `key` held by `lease`.
 pub(super) async fn put_leased(
-    client: &Client,
+    etcd: &Etcd,
     key: String,
     value: Vec<u8>,
     lease: i64,
 ) -> Result<(), String> {
-    let mut client = client.clone();
+    let mut client = etcd.client();
     client
         .put(key, value, Some(PutOptions::new().with_lease(lease)))
         .await

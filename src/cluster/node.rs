@@ -20,12 +20,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::Notify;
 
-use super::etcd::{self, EtcdOptions, EtcdStore, Shared, Snapshot};
+use super::etcd::{self, Etcd, EtcdOptions, EtcdStore, Shared, Snapshot};
 use super::keys::{self, Counters, Key, Keys, LeaderRecord, NodeRecord};
 use super::{
     ClusterStatus, Leadership, LeaseTiming, MemberStatus, Membership, Refusal, Role, Route,
@@ -69,7 +69,7 @@ pub struct Node {
     node_id: String,
     advertise: String,
     keys: Keys,
-    client: Client,
+    etcd: Arc<Etcd>,
     store: Arc<EtcdStore>,
     shared: Arc<Shared>,
     signals: Arc<StoreSignals>,
@@ -119,30 +119,26 @@ impl Node {
             options = options.with_tls(tls);
         }
         tracing::info!(endpoints = ?cluster.etcd_endpoints, node_id = %cluster.node_id, "connecting to etcd");
-        let client = tokio::time::timeout(
-            Duration::from_secs(10),
-            Client::connect(&cluster.etcd_endpoints, Some(options)),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "etcd at {:?} did not answer within 10s",
-                cluster.etcd_endpoints
+        let etcd = Arc::new(
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                Etcd::connect(&cluster.etcd_endpoints, options),
             )
-        })?
-        .map_err(|e| {
-            format!(
-                "cannot connect to etcd at {:?}: {e}",
-                cluster.etcd_endpoints
-            )
-        })?;
+            .await
+            .map_err(|_| {
+                format!(
+                    "etcd at {:?} did not answer within 10s",
+                    cluster.etcd_endpoints
+                )
+            })??,
+        );
         let keys = Keys::new(&cluster.key_prefix);
-        let snapshot = read_snapshot_patiently(&client, &keys, Duration::from_secs(10)).await?;
+        let snapshot = read_snapshot_patiently(&etcd, &keys, Duration::from_secs(10)).await?;
         let loaded_at = snapshot.revision;
-        let leader = snapshot_leader(&client, &keys).await;
+        let leader = snapshot_leader(&etcd, &keys).await;
         let lease = Duration::from_secs(cluster.lease_secs);
         let store = Arc::new(EtcdStore::new(
-            client.clone(),
+            etcd.clone(),
             EtcdOptions {
                 keys: keys.clone(),
                 max_txn_ops: cluster.max_txn_ops,
@@ -167,7 +163,7 @@ impl Node {
             node_id: cluster.node_id.clone(),
             advertise: cluster.advertise.clone(),
             keys,
-            client,
+            etcd,
             signals: shared.signals.clone(),
             store,
             shared,
@@ -298,7 +294,7 @@ impl Node {
         let lease = self.state().lease.take();
         self.shared.end_epoch("this node stopped");
         if let Some(lease) = lease {
-            let mut client = self.client.clone();
+            let mut client = self.etcd.client();
             match tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await {
                 Ok(Ok(_)) => {
                     tracing::info!(node_id = %self.node_id, "left the cluster: lease revoked")
@@ -314,7 +310,7 @@ impl Node {
         let ttl = self.lease_secs;
         loop {
             let sent = self.now();
-            let mut client = self.client.clone();
+            let mut client = self.etcd.client();
             let granted =
                 match tokio::time::timeout(Duration::from_secs(2), client.lease_grant(ttl, None))
                     .await
@@ -336,6 +332,7 @@ impl Node {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(%error, "cannot keep a lease alive; retrying");
+                    self.etcd.failed(&error.to_string());
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
                 }
@@ -356,8 +353,17 @@ impl Node {
             loop {
                 tokio::select! {
                     _ = renew.tick() => {
+                        // Renewals unanswered for a whole lease: the member is gone or cut
+                        // off (the fence has passed already); try the next one.
+                        if sent_at.front().is_some_and(|first| {
+                            self.now().saturating_duration_since(*first) > granted_ttl
+                        }) {
+                            self.etcd.failed("lease renewals went unanswered");
+                            break;
+                        }
                         sent_at.push_back(self.now());
                         if keeper.keep_alive().await.is_err() {
+                            self.etcd.failed("the lease's keep-alive stream closed");
                             break;
                         }
                     }
@@ -378,7 +384,10 @@ impl Node {
                                 break;
                             }
                         }
-                        _ => break,
+                        _ => {
+                            self.etcd.failed("the lease's keep-alive stream ended");
+                            break;
+                        }
                     },
                     _ = self.campaign.notified() => self.try_campaign(lease).await,
                     _ = retry.tick() => {
@@ -438,10 +447,13 @@ impl Node {
                 Some(etcd_client::PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(leader_key.as_str(), None)]);
-        let mut client = self.client.clone();
+        let mut client = self.etcd.client();
         let answer = match tokio::time::timeout(Duration::from_secs(2), client.txn(txn)).await {
             Ok(Ok(answer)) => answer,
-            _ => {
+            failed => {
+                if let Ok(Err(error)) = failed {
+                    self.etcd.failed(&error.to_string());
+                }
                 let mut state = self.state();
                 state.leadership.deposed();
                 self.refresh(&mut state);
@@ -450,7 +462,7 @@ impl Node {
         };
         if answer.succeeded() {
             let epoch = answer.header().map_or(0, |h| h.revision());
-            let counters = match etcd::read_counters(&self.client, &self.keys).await {
+            let counters = match etcd::read_counters(&self.etcd, &self.keys).await {
                 Ok(counters) => counters,
                 Err(error) => {
                     // Without the counters it cannot number on: give the key up again.
@@ -491,7 +503,7 @@ impl Node {
         loop {
             if reload || self.state().resync {
                 let snapshot = loop {
-                    match etcd::read_snapshot(&self.client, &self.keys).await {
+                    match etcd::read_snapshot(&self.etcd, &self.keys).await {
                         Ok(snapshot) => break snapshot,
                         Err(error) => {
                             tracing::warn!(%error, "cannot reload the cluster's state; retrying");
@@ -499,7 +511,7 @@ impl Node {
                         }
                     }
                 };
-                let leader = snapshot_leader(&self.client, &self.keys).await;
+                let leader = snapshot_leader(&self.etcd, &self.keys).await;
                 let revision = snapshot.revision;
                 registry.replace_all(snapshot.recovered);
                 from = revision + 1;
@@ -513,7 +525,7 @@ impl Node {
                 self.refresh(&mut state);
                 self.campaign.notify_one();
             }
-            let mut client = self.client.clone();
+            let mut client = self.etcd.client();
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(from)
@@ -522,19 +534,28 @@ impl Node {
                 Ok(stream) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "cannot watch the cluster's keys; retrying");
+                    self.etcd.failed(&error.to_string());
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
                 }
             };
             let mut progress = tokio::time::interval(PROGRESS_EVERY);
+            let mut heard = Instant::now();
             loop {
                 tokio::select! {
                     _ = self.resync.notified() => break,
                     _ = progress.tick() => {
+                        // A member that died without closing the connection leaves a silent
+                        // watch: asked for progress and still silent, it is given up.
+                        if heard.elapsed() > MIRROR_STALE {
+                            self.etcd.failed("the watch went silent");
+                            break;
+                        }
                         let _ = stream.request_progress().await;
                     }
                     message = stream.message() => match message {
                         Ok(Some(answer)) => {
+                            heard = Instant::now();
                             if answer.canceled() {
                                 if answer.compact_revision() > 0 {
                                     tracing::warn!(from, compacted = answer.compact_revision(), "etcd compacted history this node had not followed; reloading");
@@ -560,17 +581,17 @@ impl Node {
                             let mut state = self.state();
                             state.etcd_revision = state.etcd_revision.max(revision);
                             state.mirror_heard = Some(Instant::now());
-                            if events.is_empty() && revision > 0 {
-                                // A progress report: every change up to `revision` was sent.
-                                state.leadership.applied_through(revision);
-                                from = from.max(revision + 1);
-                            }
+                            // A progress report (no events) says the watch is alive, and
+                            // nothing more: etcd 3.4 can send one with a revision ahead of
+                            // events it has not yet delivered (etcd issue 15220), so what is
+                            // applied, and where a new watch starts, follow events alone.
                             if at > 0 {
                                 from = from.max(at + 1);
                             }
                             self.refresh(&mut state);
                         }
                         Ok(None) | Err(_) => {
+                            self.etcd.failed("the watch stream ended");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             break;
                         }
@@ -720,7 +741,7 @@ impl Node {
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             etcd::put_leased(
-                &self.client,
+                &self.etcd,
                 self.keys.node(&self.node_id),
                 record.encode(),
                 lease,
@@ -732,13 +753,13 @@ impl Node {
 
 /// Reads the cluster's state, retrying for up to `patience` while etcd cannot answer.
 async fn read_snapshot_patiently(
-    client: &Client,
+    etcd: &Etcd,
     keys: &Keys,
     patience: Duration,
 ) -> Result<Snapshot, String> {
     let until = Instant::now() + patience;
     loop {
-        match etcd::read_snapshot(client, keys).await {
+        match etcd::read_snapshot(etcd, keys).await {
             Ok(snapshot) => return Ok(snapshot),
             Err(error) if Instant::now() >= until => return Err(error),
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -746,8 +767,8 @@ async fn read_snapshot_patiently(
     }
 }
 
-async fn snapshot_leader(client: &Client, keys: &Keys) -> Option<LeaderSeen> {
-    let mut client = client.clone();
+async fn snapshot_leader(etcd: &Etcd, keys: &Keys) -> Option<LeaderSeen> {
+    let mut client = etcd.client();
     let answer = client.get(keys.leader(), None).await.ok()?;
     let kv = answer.kvs().first()?;
     Some(LeaderSeen {
@@ -801,13 +822,13 @@ impl Membership for Node {
 
     fn status(&self) -> Pin<Box<dyn Future<Output = Result<ClusterStatus, String>> + Send + '_>> {
         Box::pin(async move {
-            let mut client = self.client.clone();
+            let mut client = self.etcd.client();
             let nodes = client
                 .get(self.keys.nodes(), Some(GetOptions::new().with_prefix()))
                 .await
                 .map_err(|e| format!("cannot read the cluster's members from etcd: {e}"))?;
             let revision = nodes.header().map_or(0, |h| h.revision());
-            let leader = snapshot_leader(&self.client, &self.keys).await;
+            let leader = snapshot_leader(&self.etcd, &self.keys).await;
             let now_ms = wall_now().as_unix_nanos() / 1_000_000;
             let mut members = Vec::new();
             for kv in nodes.kvs() {

@@ -78,15 +78,27 @@ impl TestServer {
     /// Starts on an existing store, as after a restart.
     pub async fn start_with(config: Config, store: Arc<dyn Store>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve_on(listener, config, store, None).await
+    }
+
+    /// Serves on `listener` (a cluster node when `membership` is given), and waits until the
+    /// server answers SERVING.
+    async fn serve_on(
+        listener: TcpListener,
+        config: Config,
+        store: Arc<dyn Store>,
+        membership: Option<Arc<dyn riskgate::cluster::Membership>>,
+    ) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let shared = store.clone();
         let task = tokio::spawn(async move {
-            server::serve(
+            server::serve_node(
                 listener,
                 &config,
                 shared,
                 Arc::new(SystemClock::new()),
+                membership,
                 async {
                     let _ = stopped.await;
                 },
@@ -135,34 +147,7 @@ impl TestServer {
             .await
             .expect("connect to RISKGATE_TEST_ETCD");
         let store = node.store();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shared = store.clone();
-        let task = tokio::spawn(async move {
-            server::serve_node(
-                listener,
-                &config,
-                shared,
-                Arc::new(SystemClock::new()),
-                Some(node),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect to the test node");
-        wait_until_serving(channel.clone()).await;
-        TestServer {
-            addr,
-            store,
-            channel,
-            stop: Some(stop),
-            task,
-        }
+        Self::serve_on(listener, config, store, Some(node)).await
     }
 
     pub fn gate(&self) -> GateServiceClient<Channel> {
