@@ -268,12 +268,8 @@ pub fn breaker_detail(b: &Breaker, trip: Option<&AuditRecord>) -> String {
     }
     if let Some(s) = &b.settings {
         let secs = |d: &Option<prost_types::Duration>| {
-            d.as_ref().map_or(String::from("?"), |d| {
-                human_duration(Duration::new(
-                    u64::try_from(d.seconds).unwrap_or(0),
-                    u32::try_from(d.nanos).unwrap_or(0),
-                ))
-            })
+            d.as_ref()
+                .map_or(String::from("?"), |d| human_duration(std_duration(d)))
         };
         let _ = writeln!(
             out,
@@ -477,21 +473,11 @@ pub fn cluster(cluster: &GetClusterResponse) -> String {
     for member in &cluster.members {
         let ago = member
             .reported_ago
-            .map(|d| {
-                human_duration(Duration::new(
-                    d.seconds.max(0) as u64,
-                    d.nanos.max(0) as u32,
-                )) + " ago"
-            })
+            .map(|d| human_duration(std_duration(&d)) + " ago")
             .unwrap_or_else(|| "-".into());
         let lease = member
             .lease_left
-            .map(|d| {
-                human_duration(Duration::new(
-                    d.seconds.max(0) as u64,
-                    d.nanos.max(0) as u32,
-                ))
-            })
+            .map(|d| human_duration(std_duration(&d)))
             .unwrap_or_else(|| "expired".into());
         let _ = writeln!(
             out,
@@ -507,8 +493,16 @@ pub fn cluster(cluster: &GetClusterResponse) -> String {
     out
 }
 
+/// A wire duration as a `Duration`, a negative one as zero.
+fn std_duration(d: &prost_types::Duration) -> Duration {
+    Duration::new(
+        u64::try_from(d.seconds).unwrap_or(0),
+        u32::try_from(d.nanos).unwrap_or(0),
+    )
+}
+
 fn duration_secs(d: Option<&prost_types::Duration>) -> Option<f64> {
-    d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+    d.map(|d| std_duration(d).as_secs_f64())
 }
 
 /// A breaker as one JSON object (`riskgate status --json`).

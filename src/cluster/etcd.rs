@@ -388,13 +388,7 @@ impl Shared {
                 Some(DeleteOptions::new().with_range(keys.event(below))),
             ));
         }
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                keys.leader(),
-                CompareOp::Equal,
-                epoch,
-            )])
-            .and_then(ops);
+        let txn = fenced(keys, epoch, ops);
         let mut client = self.etcd.client();
         let result = match tokio::time::timeout(self.options.request_timeout, client.txn(txn)).await
         {
@@ -464,13 +458,7 @@ impl Shared {
         if ops.is_empty() {
             return Ok(0);
         }
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                keys.leader(),
-                CompareOp::Equal,
-                epoch,
-            )])
-            .and_then(ops);
+        let txn = fenced(keys, epoch, ops);
         let mut client = self.etcd.client();
         let response = client.txn(txn).await.map_err(|e| {
             self.etcd.failed(&e.to_string());
@@ -510,6 +498,18 @@ impl Shared {
             .map(|kv| kv.into_key_value().1)
             .collect())
     }
+}
+
+/// `ops` in one transaction that takes effect only while the leader key is the one created at
+/// `epoch`: every write a leader makes.
+fn fenced(keys: &Keys, epoch: i64, ops: Vec<TxnOp>) -> Txn {
+    Txn::new()
+        .when([Compare::create_revision(
+            keys.leader(),
+            CompareOp::Equal,
+            epoch,
+        )])
+        .and_then(ops)
 }
 
 /// etcd operations a batch takes.

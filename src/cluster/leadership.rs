@@ -126,11 +126,6 @@ impl Leadership {
         self.won_at_revision
     }
 
-    /// The lease timing in force.
-    pub fn timing(&self) -> LeaseTiming {
-        self.timing
-    }
-
     /// The latest revision applied to this node's registry.
     pub fn applied(&self) -> i64 {
         self.applied

@@ -81,13 +81,3 @@ pub trait Membership: Send + Sync + 'static {
     /// Leaves the cluster at once (gives up the lease), once the store is closed.
     fn resign(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
-
-/// What the role is called, for people and for the API.
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Standby => "standby",
-        Role::Candidate => "candidate",
-        Role::Leader { .. } => "leader",
-        Role::Fenced { .. } => "fenced",
-    }
-}

@@ -58,7 +58,9 @@ impl Registry {
         operation: impl FnOnce(&mut Slot, Timestamp) -> Applied<R>,
     ) -> Result<(R, Option<WhenDurable>)> {
         let mut shard = self.shard(account_id);
-        if shard.get(account_id).is_none() && self.is_full() {
+        // The limit first: one atomic load, where a lookup would be a second hash probe on
+        // every call.
+        if self.is_full() && shard.get(account_id).is_none() {
             // Room for a new account: an idle breaker goes, searched without this shard held
             // (the search locks one shard at a time).
             drop(shard);

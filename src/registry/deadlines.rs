@@ -84,7 +84,6 @@ impl Registry {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = &mut changed => {}
-                result = signals.changed() => if result.is_err() { return },
                 _ = tokio::time::sleep(wait.unwrap_or(std::time::Duration::from_secs(3600))), if wait.is_some() => {}
             }
             if !self.signals.has_authority() {
