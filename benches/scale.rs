@@ -113,6 +113,7 @@ fn restart(accounts: usize, restarts: usize, keep: Option<std::path::PathBuf>) {
                     record: record.clone(),
                     last_sequence: 0,
                     mode: None,
+                    settings: None,
                 }),
                 ..Batch::default()
             }));

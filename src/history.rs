@@ -111,6 +111,7 @@ pub enum AuditAction {
     Reset,
     Trip,
     SetMode,
+    SetSettings,
     HaltAll,
     ResumeAll,
     HaltGroup,
@@ -118,10 +119,11 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 7] = [
+    pub const ALL: [AuditAction; 8] = [
         AuditAction::Reset,
         AuditAction::Trip,
         AuditAction::SetMode,
+        AuditAction::SetSettings,
         AuditAction::HaltAll,
         AuditAction::ResumeAll,
         AuditAction::HaltGroup,
@@ -133,6 +135,7 @@ impl AuditAction {
             AuditAction::Reset => "reset",
             AuditAction::Trip => "trip",
             AuditAction::SetMode => "set_mode",
+            AuditAction::SetSettings => "set_settings",
             AuditAction::HaltAll => "halt_all",
             AuditAction::ResumeAll => "resume_all",
             AuditAction::HaltGroup => "halt_group",

@@ -606,3 +606,128 @@ fn an_operator_action_without_an_operator_is_refused() {
         "{stderr}"
     );
 }
+
+/// `riskgate settings` changes one account's settings over the file's, `riskgate config
+/// ACCOUNT` shows each value's source, and both a reload and a restart keep them; a halt of a
+/// group the file no longer defines is shown as such.
+#[test]
+fn account_settings_from_the_command_line_outlive_a_reload_and_a_restart() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr = format!("http://{listen}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("riskgate.toml");
+    let accounts = "[accounts.\"desk-a:momo\"]\nfailure_threshold = 3\n";
+    std::fs::write(
+        &file,
+        format!("{accounts}[groups.venue-x]\naccounts = [\"desk-a:*\"]\n"),
+    )
+    .expect("config");
+    let start = || {
+        let mut server = Running(
+            riskgate()
+                .arg("serve")
+                .arg("--config")
+                .arg(&file)
+                .env("RISKGATE__SERVER__LISTEN", &listen)
+                .env("RISKGATE__STORE__PATH", dir.path().join("data"))
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start riskgate serve"),
+        );
+        let logs = lines(server.stderr.take().expect("stderr"));
+        wait_for(&logs, "riskgate serving");
+        (server, logs)
+    };
+    let (server, logs) = start();
+    let act = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--reason", "venue flaky"]);
+        run(&all, &addr)
+    };
+    let line = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // Never seen: refused as a likely typo unless --new.
+    let typo = act(&["settings", "desk-a:momo", "failure_threshold=1"]);
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("pass --new"));
+    let set = stdout(&act(&[
+        "settings",
+        "desk-a:momo",
+        "failure_threshold=1",
+        "failure_kinds.timeout=ignore",
+        "--new",
+    ]));
+    assert!(line(&set, "failure_threshold").ends_with("# operator"), "{set}");
+    assert!(
+        line(&set, "failure_kinds.timeout").contains("\"ignore\""),
+        "{set}"
+    );
+    // Invalid values are refused with the key and the rule, changing nothing.
+    for (bad, says) in [
+        ("failure_threshold=0", "failure_threshold must be >= 1"),
+        ("open_timeout_secs=-5", "open_timeout_secs must be a number of seconds > 0"),
+        ("failure_treshold=2", "failure_treshold is not a breaker setting"),
+    ] {
+        let refused = act(&["settings", "desk-a:momo", bad]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains(says), "{bad}: {stderr}");
+    }
+    let shown = stdout(&run(&["config", "desk-a:momo"], &addr));
+    assert!(line(&shown, "failure_threshold").contains("= 1 "), "{shown}");
+    assert!(line(&shown, "failure_threshold").ends_with("# operator"), "{shown}");
+    assert!(line(&shown, "open_timeout_secs").ends_with("# default"), "{shown}");
+    let status = stdout(&run(&["status", "desk-a:momo"], &addr));
+    assert!(
+        status.contains("operator set failure_kinds.timeout, failure_threshold"),
+        "{status}"
+    );
+    let audit = stdout(&run(&["audit", "desk-a:momo"], &addr));
+    assert!(
+        audit.contains("settings") && audit.contains("failure_threshold=1"),
+        "{audit}"
+    );
+
+    // A group halted, then dropped from the file: the halt is kept and shown as holding nothing;
+    // the reload keeps the operator's settings.
+    stdout(&run(
+        &["halt", "--group", "venue-x", "--reason", "venue down"],
+        &addr,
+    ));
+    std::fs::write(&file, accounts).expect("config");
+    wait_for(&logs, "configuration reloaded");
+    let halts = stdout(&run(&["halts"], &addr));
+    assert!(
+        halts.contains("HALTED group venue-x")
+            && halts.contains("no longer in the configuration"),
+        "{halts}"
+    );
+    let json = stdout(&run(&["halts", "--json"], &addr));
+    assert!(json.contains("\"group_undefined\":true"), "{json}");
+    let shown = stdout(&run(&["config", "desk-a:momo"], &addr));
+    assert!(line(&shown, "failure_threshold").ends_with("# operator"), "{shown}");
+
+    // Restarted on the same store: still in force.
+    let mut server = server;
+    signal(&server, "TERM");
+    assert!(server.wait().expect("server exit").success());
+    let (server, _logs) = start();
+    let shown = stdout(&run(&["config", "desk-a:momo"], &addr));
+    assert!(line(&shown, "failure_threshold").contains("= 1 "), "{shown}");
+    assert!(line(&shown, "failure_threshold").ends_with("# operator"), "{shown}");
+
+    // Cleared: the file's value again.
+    let cleared = stdout(&act(&["settings", "desk-a:momo", "--clear", "all"]));
+    assert!(line(&cleared, "failure_threshold").contains("= 3 "), "{cleared}");
+    assert!(line(&cleared, "failure_threshold").ends_with("# file"), "{cleared}");
+    assert!(
+        line(&cleared, "failure_kinds.timeout").ends_with("# default"),
+        "{cleared}"
+    );
+    signal(&server, "TERM");
+}

@@ -377,6 +377,7 @@ async fn closing_a_store_writes_what_was_submitted_refuses_more_and_frees_the_di
                 record: breaker.to_record(),
                 last_sequence: 0,
                 mode: None,
+                settings: None,
             }),
             ..Batch::default()
         }

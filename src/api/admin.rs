@@ -12,8 +12,9 @@ use crate::proto::{
     GetConfigRequest, GetConfigResponse, HaltAllRequest, HaltAllResponse, HaltGroupRequest,
     HaltGroupResponse, ListAuditRecordsRequest, ListAuditRecordsResponse, ListHaltsRequest,
     ListHaltsResponse, ResetBreakerRequest, ResetBreakerResponse, ResumeAllRequest,
-    ResumeAllResponse, ResumeGroupRequest, ResumeGroupResponse, SetModeRequest, SetModeResponse,
-    TripBreakerRequest, TripBreakerResponse,
+    ResumeAllResponse, ResumeGroupRequest, ResumeGroupResponse, SetAccountSettingsRequest,
+    SetAccountSettingsResponse, SetModeRequest, SetModeResponse, TripBreakerRequest,
+    TripBreakerResponse,
 };
 use crate::registry::{validate_account_id, Registry};
 use crate::store::AuditQuery;
@@ -87,6 +88,25 @@ impl AdminService for Admin {
             .set_mode(&request.account_id, mode, action, &peer)
             .await?;
         Ok(Response::new(SetModeResponse {
+            breaker: Some(convert::breaker(view)),
+        }))
+    }
+
+    async fn set_account_settings(
+        &self,
+        request: Request<SetAccountSettingsRequest>,
+    ) -> Result<Response<SetAccountSettingsResponse>, Status> {
+        let peer = peer(&request);
+        let principal = crate::auth::principal_name(&request);
+        let request = request.into_inner();
+        let action = operator_action(principal, &request.operator, &request.reason)?;
+        let set = convert::overrides(request.settings.unwrap_or_default())?;
+        tracing::warn!(account_id = %request.account_id, set = %set.describe(), clear = ?request.clear, operator = %action.operator, reason = %action.reason, %peer, "operator set account settings");
+        let view = self
+            .registry
+            .set_settings(&request.account_id, &set, &request.clear, action, &peer)
+            .await?;
+        Ok(Response::new(SetAccountSettingsResponse {
             breaker: Some(convert::breaker(view)),
         }))
     }
@@ -217,12 +237,19 @@ impl AdminService for Admin {
 
 impl Admin {
     async fn halts(&self) -> Result<Vec<crate::proto::Halt>, Error> {
+        let rulebook = self.registry.rulebook();
         Ok(self
             .registry
             .halts()
             .await?
             .iter()
-            .map(|(layer, halt)| convert::halt(layer, halt))
+            .map(|(scope, halt)| {
+                let defined = match scope {
+                    Scope::Firm => true,
+                    Scope::Group(name) => rulebook.has_group(name),
+                };
+                convert::halt(scope, halt, defined)
+            })
             .collect())
     }
 

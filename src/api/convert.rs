@@ -2,14 +2,16 @@
 
 use std::time::Duration;
 
+use tonic::Status;
+
 use crate::core::{
-    Cause, Denial, Disposition, Failure, FailureKind, Intent, Mode, Outcome, Pass, Report,
-    Settings, State, Timestamp,
+    Cause, Denial, Disposition, Failure, FailureKind, Intent, Mode, Outcome, Overrides, Pass,
+    Report, Settings, State, Timestamp,
 };
 use crate::error::Error;
 use crate::history::{AuditAction, AuditRecord, Event, Halt, Layer, Scope};
 use crate::proto;
-use crate::registry::{BreakerView, CheckResult, Denied, ReportResult};
+use crate::registry::{BreakerView, CheckResult, Denied, ReportResult, SettingSource};
 
 /// Longest order id accepted with an outcome.
 pub const MAX_ORDER_ID_LEN: usize = 128;
@@ -164,7 +166,8 @@ pub fn failure(failure: &Failure) -> proto::FailureRecord {
     }
 }
 
-pub fn halt(scope: &Scope, halt: &Halt) -> proto::Halt {
+/// A halt in force; `defined`: whether its group (if any) is in the configuration.
+pub fn halt(scope: &Scope, halt: &Halt, defined: bool) -> proto::Halt {
     let (layer, group) = layer(&Layer::from(scope));
     proto::Halt {
         layer: layer.into(),
@@ -172,6 +175,7 @@ pub fn halt(scope: &Scope, halt: &Halt) -> proto::Halt {
         operator: halt.operator.clone(),
         reason: halt.reason.clone(),
         since: Some(timestamp(halt.at)),
+        group_undefined: !defined,
     }
 }
 
@@ -346,8 +350,80 @@ pub fn breaker(view: BreakerView) -> proto::Breaker {
         mode: mode(view.mode).into(),
         mode_set_by_operator: view.mode_set_by_operator,
         groups: view.groups,
+        setting_sources: view
+            .setting_sources
+            .iter()
+            .map(|(key, source)| (key.clone(), setting_source(*source).into()))
+            .collect(),
+        operator_settings: view.operator_settings.as_deref().map(account_settings),
         account_id: view.account_id,
     }
+}
+
+fn setting_source(source: SettingSource) -> proto::SettingSource {
+    match source {
+        SettingSource::Default => proto::SettingSource::Default,
+        SettingSource::File => proto::SettingSource::File,
+        SettingSource::Operator => proto::SettingSource::Operator,
+    }
+}
+
+/// An operator's settings as the API shows them.
+pub fn account_settings(o: &Overrides) -> proto::AccountSettings {
+    let secs = |v: Option<f64>| v.map(|v| duration(Duration::from_secs_f64(v.max(0.0))));
+    proto::AccountSettings {
+        failure_threshold: o.failure_threshold,
+        failure_window: secs(o.failure_window_secs),
+        open_timeout: secs(o.open_timeout_secs),
+        half_open_max_tries: o.half_open_max_tries,
+        half_open_timeout: secs(o.half_open_timeout_secs),
+        failure_rate_threshold: o.failure_rate_threshold,
+        slow_call: secs(o.slow_call_secs),
+        slow_call_rate_threshold: o.slow_call_rate_threshold,
+        minimum_calls: o.minimum_calls,
+        open_backoff_multiplier: o.open_backoff_multiplier,
+        max_open_timeout: secs(o.max_open_timeout_secs),
+        open_backoff_jitter: o.open_backoff_jitter,
+        backoff_reset: secs(o.backoff_reset_secs),
+        allow_reduce_only_when_open: o.allow_reduce_only_when_open,
+        failure_kinds: o
+            .failure_kinds
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+/// Settings a caller gives, as the core lays them over the configured ones; each value is
+/// checked there, a duration only for its sign and range here.
+pub fn overrides(settings: proto::AccountSettings) -> Result<Overrides, Status> {
+    let secs = |value: Option<prost_types::Duration>, name: &str| -> Result<Option<f64>, Status> {
+        let Some(d) = value else { return Ok(None) };
+        if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+            return Err(Status::invalid_argument(format!(
+                "settings.{name} must be a duration >= 0 (seconds {}, nanos {})",
+                d.seconds, d.nanos
+            )));
+        }
+        Ok(Some(d.seconds as f64 + f64::from(d.nanos) / 1e9))
+    };
+    Ok(Overrides {
+        failure_threshold: settings.failure_threshold,
+        failure_window_secs: secs(settings.failure_window, "failure_window")?,
+        open_timeout_secs: secs(settings.open_timeout, "open_timeout")?,
+        half_open_max_tries: settings.half_open_max_tries,
+        half_open_timeout_secs: secs(settings.half_open_timeout, "half_open_timeout")?,
+        failure_rate_threshold: settings.failure_rate_threshold,
+        slow_call_secs: secs(settings.slow_call, "slow_call")?,
+        slow_call_rate_threshold: settings.slow_call_rate_threshold,
+        minimum_calls: settings.minimum_calls,
+        open_backoff_multiplier: settings.open_backoff_multiplier,
+        max_open_timeout_secs: secs(settings.max_open_timeout, "max_open_timeout")?,
+        open_backoff_jitter: settings.open_backoff_jitter,
+        backoff_reset_secs: secs(settings.backoff_reset, "backoff_reset")?,
+        allow_reduce_only_when_open: settings.allow_reduce_only_when_open,
+        failure_kinds: settings.failure_kinds.into_iter().collect(),
+    })
 }
 
 pub fn event(event: &Event) -> proto::BreakerEvent {
@@ -388,6 +464,7 @@ pub fn audit_record(record: AuditRecord) -> proto::AuditRecord {
             AuditAction::Reset => proto::AuditAction::Reset,
             AuditAction::Trip => proto::AuditAction::Trip,
             AuditAction::SetMode => proto::AuditAction::SetMode,
+            AuditAction::SetSettings => proto::AuditAction::SetSettings,
             AuditAction::HaltAll => proto::AuditAction::HaltAll,
             AuditAction::ResumeAll => proto::AuditAction::ResumeAll,
             AuditAction::HaltGroup => proto::AuditAction::HaltGroup,

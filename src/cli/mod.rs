@@ -140,6 +140,29 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Change an account's breaker settings over the configured ones, until changed again or
+    /// cleared; configuration reloads keep them. `riskgate config ACCOUNT` shows the settings
+    /// in force and where each comes from.
+    Settings {
+        /// The account, as its bots name it (for example desk-a:momo).
+        account: String,
+        /// Settings to set, as KEY=VALUE with the keys of `[breaker]` (failure_threshold=3,
+        /// open_timeout_secs=60, failure_kinds.order_rejected=ignore).
+        #[arg(value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Clear an operator's value so the configured one applies again (repeatable;
+        /// `failure_kinds` clears every kind, `all` every setting).
+        #[arg(long, value_name = "KEY")]
+        clear: Vec<String>,
+        /// Act on an account riskgate has never seen (before its first order); without it, such
+        /// an account is refused as a likely typo.
+        #[arg(long)]
+        new: bool,
+        #[command(flatten)]
+        action: ActionArgs,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Halt trading firm-wide (or, with --group, one configured group): every order but cancels
     /// is denied until `riskgate resume`.
     Halt {
@@ -169,8 +192,11 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Print the configuration the server runs with, and its version.
+    /// Print the configuration the server runs with, and its version; with ACCOUNT, that
+    /// account's settings in force and where each comes from (default, file, operator).
     Config {
+        /// The account, as its bots name it (for example desk-a:momo).
+        account: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -245,11 +271,12 @@ impl Command {
             | Command::Audit { target, .. }
             | Command::Trip { target, .. }
             | Command::Mode { target, .. }
+            | Command::Settings { target, .. }
             | Command::Halt { target, .. }
             | Command::Resume { target, .. }
             | Command::Cluster { target, .. }
             | Command::Halts { target, .. }
-            | Command::Config { target } => Some(target),
+            | Command::Config { target, .. } => Some(target),
         }
     }
 }
@@ -308,7 +335,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             action,
             target,
         } => remote::halt(&target.addr, false, group, action).await,
-        Command::Config { target } => remote::config(&target.addr).await,
+        Command::Config { account, target } => match account {
+            Some(account) => remote::account_config(&target.addr, account).await,
+            None => remote::config(&target.addr).await,
+        },
+        Command::Settings {
+            account,
+            set,
+            clear,
+            new,
+            action,
+            target,
+        } => remote::set_settings(&target.addr, account, set, clear, new, action).await,
         Command::Cluster { json, target } => remote::cluster(&target.addr, json).await,
         Command::Health { service, target } => remote::health(&target.addr, service).await,
         Command::Audit {

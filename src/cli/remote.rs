@@ -17,7 +17,8 @@ use crate::proto::monitor_service_client::MonitorServiceClient;
 use crate::proto::{
     AuditRecord, GetBreakerRequest, GetClusterRequest, GetConfigRequest, Halt, HaltAllRequest,
     HaltGroupRequest, Layer, ListAuditRecordsRequest, ListBreakersRequest, ListHaltsRequest, Mode,
-    ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest, SetModeRequest, TripBreakerRequest,
+    ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest, SetAccountSettingsRequest,
+    SetModeRequest, TripBreakerRequest,
 };
 
 /// A hold longer than this is worth a second look (`trip --for 100y` is usually a slip).
@@ -589,6 +590,83 @@ pub(super) async fn config(addr: &str) -> Result<ExitCode, CliError> {
         );
     }
     say!("{}", config.toml);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskgate config ACCOUNT`: the account's settings in force, and where each comes from.
+pub(super) async fn account_config(addr: &str, account_id: String) -> Result<ExitCode, CliError> {
+    let mut client = MonitorServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let breaker = client
+        .get_breaker(GetBreakerRequest {
+            account_id: account_id.clone(),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            Code::NotFound => CliError::Refused(format!(
+                "{account_id} has never been seen by riskgate; `riskgate config` shows the settings every account starts with"
+            )),
+            _ => call_error(addr, s),
+        })?
+        .into_inner()
+        .breaker;
+    if let Some(b) = breaker {
+        say!("{}", render::settings_in_force(&b));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `riskgate settings ACCOUNT KEY=VALUE... --clear KEY...`.
+pub(super) async fn set_settings(
+    addr: &str,
+    account_id: String,
+    set: Vec<String>,
+    clear: Vec<String>,
+    new: bool,
+    action: ActionArgs,
+) -> Result<ExitCode, CliError> {
+    let mut settings = crate::core::Overrides::default();
+    for pair in &set {
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            CliError::Refused(format!(
+                "{pair:?} is not KEY=VALUE (for example failure_threshold=3)"
+            ))
+        })?;
+        settings
+            .set_text(key.trim(), value)
+            .map_err(|e| CliError::Refused(e.to_string()))?;
+    }
+    let clear = if clear.iter().any(|k| k == "all") {
+        crate::core::SETTING_KEYS
+            .iter()
+            .map(|k| (*k).to_owned())
+            .chain(["failure_kinds".to_owned()])
+            .collect()
+    } else {
+        clear
+    };
+    if settings.is_empty() && clear.is_empty() {
+        return Err(CliError::Refused(
+            "nothing to change: give KEY=VALUE settings or --clear KEY (`riskgate config ACCOUNT` shows the settings in force)".into(),
+        ));
+    }
+    let operator = who(action.operator)?;
+    known(addr, &account_id, new).await?;
+    let mut client = AdminServiceClient::new(connect(addr, Some(CALL_TIMEOUT)).await?);
+    let breaker = client
+        .set_account_settings(SetAccountSettingsRequest {
+            account_id,
+            settings: Some(crate::api::convert::account_settings(&settings)),
+            clear,
+            reason: action.reason,
+            operator,
+        })
+        .await
+        .map_err(|s| call_error(addr, s))?
+        .into_inner()
+        .breaker;
+    if let Some(b) = breaker {
+        say!("{}", render::settings_in_force(&b));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

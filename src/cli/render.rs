@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::core::human_duration;
 use crate::proto::{
     AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, FailureKind, GetClusterResponse,
-    Halt, Layer, Mode, NodeRole, TransitionCause,
+    Halt, Layer, Mode, NodeRole, SettingSource, TransitionCause,
 };
 
 pub fn state_name(state: i32) -> &'static str {
@@ -79,6 +79,13 @@ fn halts_text(halts: &[Halt]) -> String {
             "HALTED {scope} since {since} by {}: {}",
             h.operator, h.reason
         );
+        if h.group_undefined {
+            let _ = writeln!(
+                out,
+                "  (group {} is no longer in the configuration: this halt holds no account until it is configured again; `riskgate resume --group {}` ends it)",
+                h.group, h.group
+            );
+        }
     }
     out
 }
@@ -281,7 +288,80 @@ pub fn breaker_detail(b: &Breaker, trip: Option<&AuditRecord>) -> String {
             secs(&s.half_open_timeout)
         );
     }
+    if let Some(o) = &b.operator_settings {
+        let mut set: Vec<String> = b
+            .setting_sources
+            .iter()
+            .filter(|(_, s)| **s == SettingSource::Operator as i32)
+            .map(|(k, _)| k.clone())
+            .collect();
+        set.sort();
+        if !set.is_empty() || !o.failure_kinds.is_empty() {
+            let _ = writeln!(
+                out,
+                "operator set {} (riskgate config {} shows all)",
+                set.join(", "),
+                b.account_id
+            );
+        }
+    }
     let _ = writeln!(out, "last event   #{}", b.last_sequence);
+    out
+}
+
+/// An account's settings in force, one `key = value` line each as in the configuration
+/// file, with where each comes from.
+pub fn settings_in_force(b: &Breaker) -> String {
+    let mut out = format!("# settings in force for {}\n", b.account_id);
+    let Some(s) = &b.settings else {
+        return out;
+    };
+    let secs = |d: &Option<prost_types::Duration>| {
+        d.as_ref()
+            .map_or("0".to_owned(), |d| std_duration(d).as_secs_f64().to_string())
+    };
+    let mut lines: Vec<(String, String)> = vec![
+        ("failure_threshold".into(), s.failure_threshold.to_string()),
+        ("failure_window_secs".into(), secs(&s.failure_window)),
+        ("open_timeout_secs".into(), secs(&s.open_timeout)),
+        ("half_open_max_tries".into(), s.half_open_max_tries.to_string()),
+        ("half_open_timeout_secs".into(), secs(&s.half_open_timeout)),
+        ("failure_rate_threshold".into(), s.failure_rate_threshold.to_string()),
+        ("slow_call_secs".into(), secs(&s.slow_call)),
+        ("slow_call_rate_threshold".into(), s.slow_call_rate_threshold.to_string()),
+        ("minimum_calls".into(), s.minimum_calls.to_string()),
+        ("open_backoff_multiplier".into(), s.open_backoff_multiplier.to_string()),
+        ("max_open_timeout_secs".into(), secs(&s.max_open_timeout)),
+        ("open_backoff_jitter".into(), s.open_backoff_jitter.to_string()),
+        ("backoff_reset_secs".into(), secs(&s.backoff_reset)),
+        ("allow_reduce_only_when_open".into(), s.allow_reduce_only_when_open.to_string()),
+    ];
+    let mut kinds: Vec<_> = s.failure_kinds.iter().collect();
+    kinds.sort();
+    lines.extend(
+        kinds
+            .into_iter()
+            .map(|(kind, action)| (format!("failure_kinds.{kind}"), format!("{action:?}"))),
+    );
+    let width = lines
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .max()
+        .unwrap_or(0);
+    for (key, value) in lines {
+        let source = b
+            .setting_sources
+            .get(&key)
+            .and_then(|s| SettingSource::try_from(*s).ok())
+            .map_or("", |s| match s {
+                SettingSource::Operator => "operator",
+                SettingSource::File => "file",
+                SettingSource::Default => "default",
+                SettingSource::Unspecified => "",
+            });
+        let pad = width - key.len() - value.len();
+        let _ = writeln!(out, "{key} = {value}{:pad$}  # {source}", "");
+    }
     out
 }
 
@@ -357,6 +437,7 @@ pub fn audit_table(records: &[AuditRecord]) -> String {
             Ok(AuditAction::Reset) => "reset",
             Ok(AuditAction::Trip) => "trip",
             Ok(AuditAction::SetMode) => "mode",
+            Ok(AuditAction::SetSettings) => "settings",
             Ok(AuditAction::HaltAll) => "halt",
             Ok(AuditAction::ResumeAll) => "resume",
             Ok(AuditAction::HaltGroup) => "halt-g",
@@ -560,6 +641,7 @@ pub fn halt_json(h: &Halt) -> String {
     serde_json::json!({
         "scope": scope,
         "group": h.group,
+        "group_undefined": h.group_undefined,
         "operator": h.operator,
         "reason": h.reason,
         "since": h.since.as_ref().map(time),

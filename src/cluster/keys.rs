@@ -133,7 +133,12 @@ pub fn range_end(prefix: &str) -> Vec<u8> {
 pub fn encode_breaker(stored: &StoredBreaker) -> Vec<u8> {
     let mut value = Vec::with_capacity(72);
     value.extend(stored.last_sequence.to_le_bytes());
-    rows::encode_breaker_into(&stored.record, stored.mode, &mut value);
+    rows::encode_breaker_into(
+        &stored.record,
+        stored.mode,
+        stored.settings.as_deref(),
+        &mut value,
+    );
     value
 }
 
@@ -141,12 +146,13 @@ pub fn decode_breaker(account_id: &str, value: &[u8]) -> Result<StoredBreaker, S
     let (sequence, record) = value
         .split_first_chunk::<8>()
         .ok_or_else(|| format!("the breaker of {account_id} is shorter than its header"))?;
-    let (record, mode) = rows::decode_breaker(record)?;
+    let decoded = rows::decode_breaker(record)?;
     Ok(StoredBreaker {
         account_id: account_id.to_owned(),
-        record,
+        record: decoded.record,
         last_sequence: u64::from_le_bytes(*sequence),
-        mode,
+        mode: decoded.mode,
+        settings: decoded.settings.map(std::sync::Arc::new),
     })
 }
 
@@ -312,6 +318,10 @@ mod tests {
             },
             last_sequence: 77,
             mode: None,
+            settings: Some(std::sync::Arc::new(crate::core::Overrides {
+                failure_threshold: Some(3),
+                ..crate::core::Overrides::default()
+            })),
         };
         let value = encode_breaker(&stored);
         assert_eq!(decode_breaker("ACC-1", &value), Ok(stored));

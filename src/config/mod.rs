@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::core::{FailureKind, KindAction, KindActions, Mode, Settings};
+use crate::core::{Mode, Overrides, Settings, MAX_SECS};
 use crate::registry::{validate_account_id, AccountPattern, RegistryOptions, Rulebook};
 
 mod security;
@@ -22,9 +22,6 @@ pub use security::{AuthConfig, AuthMode, LimitsConfig, PrincipalConfig, TlsConfi
 
 /// The embedded default configuration; documents every key.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
-
-/// The longest duration any setting accepts: a year.
-const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -508,6 +505,7 @@ impl Config {
                 .map(|(account, o)| (account.clone(), Arc::new(self.breaker.with(o).settings())))
                 .collect(),
             defaults,
+            builtin: Arc::new(embedded_breaker_settings()),
             groups: self
                 .groups
                 .iter()
@@ -577,127 +575,56 @@ impl BreakerConfig {
         }
     }
 
+    /// The values of this table, all given, as the core lays settings over each other.
+    fn as_overrides(&self) -> Overrides {
+        Overrides {
+            failure_threshold: Some(self.failure_threshold),
+            failure_window_secs: Some(self.failure_window_secs),
+            open_timeout_secs: Some(self.open_timeout_secs),
+            half_open_max_tries: Some(self.half_open_max_tries),
+            half_open_timeout_secs: Some(self.half_open_timeout_secs),
+            failure_rate_threshold: Some(self.failure_rate_threshold),
+            slow_call_secs: Some(self.slow_call_secs),
+            slow_call_rate_threshold: Some(self.slow_call_rate_threshold),
+            minimum_calls: Some(self.minimum_calls),
+            open_backoff_multiplier: Some(self.open_backoff_multiplier),
+            max_open_timeout_secs: Some(self.max_open_timeout_secs),
+            open_backoff_jitter: Some(self.open_backoff_jitter),
+            backoff_reset_secs: Some(self.backoff_reset_secs),
+            allow_reduce_only_when_open: Some(self.allow_reduce_only_when_open),
+            failure_kinds: self.failure_kinds.clone(),
+        }
+    }
+
+    /// The core's settings, each value checked.
+    fn try_settings(&self) -> Result<Settings, crate::core::SettingsError> {
+        let settings = Settings::default().with(&self.as_overrides())?;
+        Ok(Settings {
+            mode: Mode::from_key(&self.mode).unwrap_or_default(),
+            ..settings
+        })
+    }
+
     /// The core's settings. Call on validated values.
     fn settings(&self) -> Settings {
-        Settings {
-            failure_threshold: self.failure_threshold,
-            failure_window: Duration::from_secs_f64(self.failure_window_secs),
-            open_timeout: Duration::from_secs_f64(self.open_timeout_secs),
-            half_open_max_tries: self.half_open_max_tries,
-            half_open_timeout: Duration::from_secs_f64(self.half_open_timeout_secs),
-            failure_kinds: {
-                let mut actions = KindActions::default();
-                for (kind, action) in &self.failure_kinds {
-                    if let (Some(kind), Some(action)) =
-                        (FailureKind::from_key(kind), KindAction::from_key(action))
-                    {
-                        actions.set(kind, action);
-                    }
-                }
-                actions
-            },
-            failure_rate_threshold: (self.failure_rate_threshold > 0.0)
-                .then_some(self.failure_rate_threshold),
-            slow_call: (self.slow_call_secs > 0.0)
-                .then(|| Duration::from_secs_f64(self.slow_call_secs)),
-            slow_call_rate_threshold: (self.slow_call_rate_threshold > 0.0)
-                .then_some(self.slow_call_rate_threshold),
-            minimum_calls: self.minimum_calls,
-            open_backoff_multiplier: self.open_backoff_multiplier,
-            max_open_timeout: Duration::from_secs_f64(self.max_open_timeout_secs),
-            open_backoff_jitter: self.open_backoff_jitter,
-            backoff_reset: Duration::from_secs_f64(self.backoff_reset_secs),
-            allow_reduce_only_when_open: self.allow_reduce_only_when_open,
-            mode: Mode::from_key(&self.mode).unwrap_or_default(),
-        }
+        self.try_settings().unwrap_or_default()
     }
 }
 
+/// The `[breaker]` settings of the embedded default configuration.
+fn embedded_breaker_settings() -> Settings {
+    #[derive(Deserialize)]
+    struct Embedded {
+        breaker: BreakerConfig,
+    }
+    toml::from_str::<Embedded>(DEFAULT_TOML)
+        .map(|e| e.breaker.settings())
+        .unwrap_or_default()
+}
+
 fn breaker_settings(section: &str, b: &BreakerConfig) -> Result<(), ConfigError> {
-    at_least(
-        &format!("{section}.failure_threshold"),
-        b.failure_threshold as usize,
-        1,
-    )?;
-    at_least(
-        &format!("{section}.half_open_max_tries"),
-        b.half_open_max_tries as usize,
-        1,
-    )?;
-    if b.half_open_max_tries > 1_000 {
-        return Err(invalid(
-            &format!("{section}.half_open_max_tries"),
-            "must be <= 1000".into(),
-        ));
-    }
-    seconds(
-        &format!("{section}.failure_window_secs"),
-        b.failure_window_secs,
-    )?;
-    seconds(&format!("{section}.open_timeout_secs"), b.open_timeout_secs)?;
-    seconds(
-        &format!("{section}.half_open_timeout_secs"),
-        b.half_open_timeout_secs,
-    )?;
-    for (key, value) in [
-        ("failure_rate_threshold", b.failure_rate_threshold),
-        ("slow_call_rate_threshold", b.slow_call_rate_threshold),
-    ] {
-        if !(0.0..=1.0).contains(&value) {
-            return Err(invalid(
-                &format!("{section}.{key}"),
-                format!("must be a fraction from 0 (off) to 1, not {value}"),
-            ));
-        }
-    }
-    if b.slow_call_secs != 0.0 {
-        seconds(&format!("{section}.slow_call_secs"), b.slow_call_secs)?;
-    }
-    if (b.slow_call_secs > 0.0) != (b.slow_call_rate_threshold > 0.0) {
-        return Err(invalid(
-            &format!("{section}.slow_call_secs"),
-            "and slow_call_rate_threshold are set together (both 0 turns the rule off)".into(),
-        ));
-    }
-    at_least(
-        &format!("{section}.minimum_calls"),
-        b.minimum_calls as usize,
-        1,
-    )?;
-    if !(b.open_backoff_multiplier.is_finite()
-        && (1.0..=100.0).contains(&b.open_backoff_multiplier))
-    {
-        return Err(invalid(
-            &format!("{section}.open_backoff_multiplier"),
-            format!(
-                "must be from 1 (no backoff) to 100, not {}",
-                b.open_backoff_multiplier
-            ),
-        ));
-    }
-    seconds(
-        &format!("{section}.max_open_timeout_secs"),
-        b.max_open_timeout_secs,
-    )?;
-    if b.max_open_timeout_secs < b.open_timeout_secs {
-        return Err(invalid(
-            &format!("{section}.max_open_timeout_secs"),
-            format!("must be >= open_timeout_secs ({})", b.open_timeout_secs),
-        ));
-    }
-    if !(0.0..=1.0).contains(&b.open_backoff_jitter) {
-        return Err(invalid(
-            &format!("{section}.open_backoff_jitter"),
-            format!(
-                "must be a fraction from 0 to 1, not {}",
-                b.open_backoff_jitter
-            ),
-        ));
-    }
-    seconds(
-        &format!("{section}.backoff_reset_secs"),
-        b.backoff_reset_secs,
-    )?;
+    b.try_settings()
+        .map_err(|e| invalid(&format!("{section}.{}", e.key), e.rule))?;
     if Mode::from_key(&b.mode).is_none() {
         return Err(invalid(
             &format!("{section}.mode"),
@@ -706,21 +633,6 @@ fn breaker_settings(section: &str, b: &BreakerConfig) -> Result<(), ConfigError>
                 b.mode
             ),
         ));
-    }
-    for (kind, action) in &b.failure_kinds {
-        if FailureKind::from_key(kind).is_none() {
-            let known: Vec<_> = FailureKind::ALL.iter().map(|k| k.key()).collect();
-            return Err(invalid(
-                &format!("{section}.failure_kinds.{kind}"),
-                format!("is not a failure kind; the kinds are {}", known.join(", ")),
-            ));
-        }
-        if KindAction::from_key(action).is_none() {
-            return Err(invalid(
-                &format!("{section}.failure_kinds.{kind}"),
-                format!("must be \"count\", \"ignore\" or \"trip\", not {action:?}"),
-            ));
-        }
     }
     Ok(())
 }

@@ -35,6 +35,7 @@ mod breaker;
 mod cold;
 mod decision;
 mod inputs;
+mod overrides;
 pub mod permit;
 mod reading;
 mod record;
@@ -48,6 +49,7 @@ pub use decision::{Decision, Denial, Disposition, Failure, Outcome, Pass, Probe}
 pub use inputs::{FailureKind, Intent, KindAction, KindActions, Mode, Report};
 pub use permit::{Permit, PermitError};
 pub use record::{BreakerRecord, FailureRecord, ProbeRecord};
+pub use overrides::{Overrides, SettingsError, MAX_SECS, SETTING_KEYS};
 pub use settings::Settings;
 pub use time::{human_duration, Timestamp};
 pub use transition::{Cause, State, Transition, Transitions};

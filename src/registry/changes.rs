@@ -79,6 +79,7 @@ impl Registry {
                 last_sequence: 0,
                 scheduled: None,
                 mode: None,
+                overrides: None,
                 ticket: 0,
                 loosened: false,
                 used: 0,
@@ -93,6 +94,7 @@ impl Registry {
         slot.used = super::eviction::seconds(now);
         let before = slot.breaker.state();
         let mode_before = slot.mode;
+        let overrides_before = slot.overrides.as_ref().map(Arc::as_ptr);
         let Applied {
             result,
             transitions,
@@ -103,7 +105,9 @@ impl Registry {
         // A new breaker is stored at once, as its generation 0 begins: permits numbered from
         // 0 are handed out only once it is durable, so that after a crash its numbering
         // resumes past them (see `restore`) instead of handing the same permits out again.
-        let mode_changed = slot.mode != mode_before || created;
+        let mode_changed = slot.mode != mode_before
+            || slot.overrides.as_ref().map(Arc::as_ptr) != overrides_before
+            || created;
         let commit = self.after_change(
             account_id,
             slot,
@@ -193,6 +197,7 @@ impl Registry {
                     record: slot.breaker.to_record(),
                     last_sequence: slot.last_sequence,
                     mode: slot.mode,
+                    settings: slot.overrides.clone(),
                 }),
                 events,
                 audit,

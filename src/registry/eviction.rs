@@ -27,6 +27,7 @@ impl Slot {
     fn evictable(&self, now: Timestamp, signals: &StoreSignals) -> bool {
         // A durable ticket covers `loosened` too: every batch of the account is on disk.
         self.mode.is_none()
+            && self.overrides.is_none()
             && self.scheduled.is_none()
             && signals.is_durable(self.ticket)
             && self.breaker.is_idle(&self.settings, now)

@@ -144,10 +144,11 @@ impl Registry {
             slot: Slot {
                 breaker: Breaker::from_record(stored.record),
                 tag: permit::account_tag(&account_id),
-                settings: policy.settings_for(&account_id),
+                settings: restored_settings(policy, &account_id, stored.settings.as_deref()),
                 last_sequence: stored.last_sequence,
                 scheduled: None,
                 mode: stored.mode,
+                overrides: stored.settings,
                 // Everything loaded is durable.
                 ticket: 0,
                 loosened: false,
@@ -156,4 +157,23 @@ impl Registry {
             account_id,
         }
     }
+}
+
+/// The settings an account restored with `operator`'s settings runs on: those laid over the
+/// configured ones or, when the configuration changed since so that the two no longer make
+/// valid settings, the configured ones (said in the log; the operator's stay recorded, shown,
+/// and in force again once they fit).
+fn restored_settings(
+    policy: &Rulebook,
+    account_id: &str,
+    operator: Option<&Overrides>,
+) -> Arc<Settings> {
+    policy.resolve(account_id, operator).unwrap_or_else(|e| {
+        tracing::error!(
+            account_id,
+            error = %e,
+            "the settings an operator set for this account do not fit the configuration; it runs on the configured settings until an operator changes or clears them"
+        );
+        policy.settings_for(account_id)
+    })
 }

@@ -36,8 +36,8 @@ use hashbrown::DefaultHashBuilder;
 
 use crate::clock::Clock;
 use crate::core::{
-    human_duration, permit, Breaker, Decision, Denial, Disposition, Failure, Intent, Mode, Pass,
-    Permit, Report, Settings, State, Timestamp, Transition, Transitions,
+    human_duration, permit, Breaker, Decision, Denial, Disposition, Failure, Intent, Mode,
+    Overrides, Pass, Permit, Report, Settings, State, Timestamp, Transition, Transitions,
 };
 use crate::error::{Error, Result};
 use crate::history::{AuditAction, AuditRecord, Event, Halt, Layer, OperatorAction, Scope};
@@ -49,7 +49,7 @@ pub use account_id::validate_account_id;
 pub use answers::{CheckResult, Denied, ReportResult};
 pub use changes::WhenDurable;
 pub use replica::Replicated;
-pub use rulebook::{AccountPattern, Rulebook};
+pub use rulebook::{AccountPattern, Rulebook, SettingSource};
 pub use view::{BreakerView, ProbeView};
 pub use views::Subscription;
 
@@ -107,6 +107,9 @@ struct Slot {
     scheduled: Option<Timestamp>,
     /// The mode an operator set, which takes precedence over the configured one.
     mode: Option<Mode>,
+    /// The settings an operator set (`SetAccountSettings`), laid over the configured ones in
+    /// `settings`.
+    overrides: Option<Arc<Overrides>>,
     /// The store ticket of this account's latest batch. An answer that describes the breaker
     /// (a report's disposition, a view) waits until it is durable: a crash must not take back
     /// what an answer relied on.
@@ -145,6 +148,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     /// The store's health and durable sequence, read on every check (two atomic loads).
     signals: Arc<StoreSignals>,
+    /// Serialises changes of operator settings with each other and with reloads.
+    settings_changes: Mutex<()>,
     /// False until the store's contents are loaded; nothing is answered before.
     ready: AtomicBool,
     clock: Arc<dyn Clock>,
@@ -171,6 +176,7 @@ impl Registry {
             deadlines: DeadlineQueue::default(),
             signals: store.signals(),
             store,
+            settings_changes: Mutex::new(()),
             ready: AtomicBool::new(false),
             clock,
         }
@@ -229,6 +235,7 @@ impl Registry {
     /// Puts a new configuration in force: every breaker keeps its state and decides with the new
     /// settings from its next operation on; nothing already recorded is rewritten.
     pub fn reload(&self, policy: Rulebook) {
+        let _changing = lock(&self.settings_changes);
         let policy = Arc::new(policy);
         *self
             .rulebook
@@ -237,7 +244,14 @@ impl Registry {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             for (account_id, slot) in shard.iter_mut() {
-                slot.settings = policy.settings_for(account_id);
+                match policy.resolve(account_id, slot.overrides.as_deref()) {
+                    Ok(settings) => slot.settings = settings,
+                    Err(e) => tracing::error!(
+                        account_id,
+                        error = %e,
+                        "the new configuration and the settings an operator set for this account do not make valid settings together; the account keeps the settings it had until an operator changes or clears them"
+                    ),
+                }
             }
         }
         let halts = read(&self.halts);
@@ -271,14 +285,16 @@ impl Registry {
 
 impl Slot {
     fn view(&self, account_id: &str, now: Timestamp) -> BreakerView {
-        BreakerView::of(
+        let mut view = BreakerView::of(
             account_id,
             &self.breaker,
             &self.settings,
             self.mode,
             self.last_sequence,
             now,
-        )
+        );
+        view.operator_settings = self.overrides.clone();
+        view
     }
 }
 

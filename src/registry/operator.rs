@@ -1,4 +1,4 @@
-//! Operator actions on one account: reset, trip, set the mode. Each is audited, and answered
+//! Operator actions on one account: reset, trip, set the mode or settings. Each is audited, and answered
 //! once durable with the breaker as it then is.
 
 use super::*;
@@ -77,6 +77,69 @@ impl Registry {
         .await
     }
 
+    /// Lays `set` over the account's configured settings, on top of what an operator set
+    /// before, and clears the keys in `clear` (`failure_kinds` for every kind) so the
+    /// configured values apply again; until changed again, configuration reloads keep them.
+    /// Refused, changing nothing, when the result would not be valid settings. Audited and
+    /// durable; the breaker's state is untouched and its next decision uses them.
+    pub async fn set_settings(
+        &self,
+        account_id: &str,
+        set: &Overrides,
+        clear: &[String],
+        action: OperatorAction,
+        peer: &str,
+    ) -> Result<BreakerView> {
+        validate_account_id(account_id)?;
+        if set.is_empty() && clear.is_empty() {
+            return Err(Error::InvalidArgument(
+                "nothing to change: give settings to set or keys to clear".into(),
+            ));
+        }
+        let when = {
+            // Held until the change is applied: no other change of operator settings, and no
+            // reload, comes between reading the account's settings and replacing them.
+            let _changing = lock(&self.settings_changes);
+            let current = self
+                .shard(account_id)
+                .get(account_id)
+                .and_then(|slot| slot.overrides.clone());
+            let mut merged = current.as_deref().cloned().unwrap_or_default();
+            merged.merge(set);
+            for key in clear {
+                merged
+                    .clear(key)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            }
+            let policy = self.rulebook();
+            let settings = policy
+                .resolve(account_id, Some(&merged))
+                .map_err(|e| Error::InvalidArgument(format!("{e}")))?;
+            let mut detail = Vec::new();
+            if !set.is_empty() {
+                detail.push(format!("set {}", set.describe()));
+            }
+            if !clear.is_empty() {
+                detail.push(format!("cleared {}", clear.join(", ")));
+            }
+            let overrides = (!merged.is_empty()).then(|| Arc::new(merged));
+            self.operator_update(
+                account_id,
+                &action,
+                peer,
+                AuditAction::SetSettings,
+                detail.join("; "),
+                |slot, _| {
+                    slot.settings = settings;
+                    slot.overrides = overrides;
+                    None
+                },
+            )?
+        };
+        self.wait_durable(when).await?;
+        self.get(account_id).await
+    }
+
     pub(super) async fn operator_action(
         &self,
         account_id: &str,
@@ -87,6 +150,22 @@ impl Registry {
         act: impl FnOnce(&mut Slot, Timestamp) -> Option<Transition>,
     ) -> Result<BreakerView> {
         validate_account_id(account_id)?;
+        let when = self.operator_update(account_id, &action, peer, kind, detail, act)?;
+        self.wait_durable(when).await?;
+        self.get(account_id).await
+    }
+
+    /// Applies an operator action to the account's breaker and submits it with its audit
+    /// record; the answer waits for what this returns.
+    fn operator_update(
+        &self,
+        account_id: &str,
+        action: &OperatorAction,
+        peer: &str,
+        kind: AuditAction,
+        detail: String,
+        act: impl FnOnce(&mut Slot, Timestamp) -> Option<Transition>,
+    ) -> Result<Option<WhenDurable>> {
         self.ensure_writable()?;
         let audit = |before: State, after: State, at: Timestamp| AuditRecord {
             account_id: account_id.to_owned(),
@@ -98,7 +177,7 @@ impl Registry {
         let ((), when) = self.update(
             account_id,
             Time::Exact,
-            Some(&action),
+            Some(action),
             Some(&audit),
             |slot, now| Applied {
                 result: (),
@@ -107,7 +186,6 @@ impl Registry {
                 relies_on: Reliance::Everything,
             },
         )?;
-        self.wait_durable(when).await?;
-        self.get(account_id).await
+        Ok(when)
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::core::Settings;
+use crate::core::{FailureKind, Overrides, Settings, SettingsError, SETTING_KEYS};
 
 /// An account id, or a prefix of one ending in `*` (`desk-a:*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,12 +49,36 @@ impl AccountPattern {
     }
 }
 
+/// Where the value of one of an account's settings comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingSource {
+    /// The built-in default.
+    Default,
+    /// The configuration file (`[breaker]` or the account's `[accounts]` table).
+    File,
+    /// An operator (`SetAccountSettings`), until cleared.
+    Operator,
+}
+
+impl SettingSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettingSource::Default => "default",
+            SettingSource::File => "file",
+            SettingSource::Operator => "operator",
+        }
+    }
+}
+
 /// The configuration in force, as the registry uses it.
 #[derive(Clone, Debug)]
 pub struct Rulebook {
     pub defaults: Arc<Settings>,
     /// Per-account settings that replace the defaults for that account.
     pub overrides: HashMap<String, Arc<Settings>>,
+    /// The settings of the embedded default configuration: a value that differs from its own
+    /// here was given by the file.
+    pub builtin: Arc<Settings>,
     /// Group name to the accounts it holds.
     pub groups: BTreeMap<String, Vec<AccountPattern>>,
     /// Identifies the configuration; recorded in every event.
@@ -68,6 +92,7 @@ impl Default for Rulebook {
         Rulebook {
             defaults: Arc::new(Settings::default()),
             overrides: HashMap::new(),
+            builtin: Arc::new(Settings::default()),
             groups: BTreeMap::new(),
             version: Arc::from("default"),
             text: Arc::from(""),
@@ -81,6 +106,52 @@ impl Rulebook {
             .get(account_id)
             .unwrap_or(&self.defaults)
             .clone()
+    }
+
+    /// The settings in force for `account_id` with an operator's settings laid over the
+    /// file's; refused (with the key at fault) when the two do not make valid settings.
+    pub fn resolve(
+        &self,
+        account_id: &str,
+        operator: Option<&Overrides>,
+    ) -> Result<Arc<Settings>, SettingsError> {
+        let file = self.settings_for(account_id);
+        match operator {
+            Some(o) if !o.is_empty() => Ok(Arc::new(file.with(o)?)),
+            _ => Ok(file),
+        }
+    }
+
+    /// Where each setting of `account_id` comes from, every key (and `failure_kinds.KIND`)
+    /// in order.
+    pub fn sources(
+        &self,
+        account_id: &str,
+        operator: Option<&Overrides>,
+    ) -> Vec<(String, SettingSource)> {
+        let from_file = self.settings_for(account_id).differing_keys(&self.builtin);
+        let from_operator: Vec<String> = operator
+            .map(|o| o.given().map(|(key, _)| key).collect())
+            .unwrap_or_default();
+        SETTING_KEYS
+            .iter()
+            .map(|key| (*key).to_owned())
+            .chain(
+                FailureKind::ALL
+                    .iter()
+                    .map(|k| format!("failure_kinds.{}", k.key())),
+            )
+            .map(|key| {
+                let source = if from_operator.contains(&key) {
+                    SettingSource::Operator
+                } else if from_file.contains(&key) {
+                    SettingSource::File
+                } else {
+                    SettingSource::Default
+                };
+                (key, source)
+            })
+            .collect()
     }
 
     /// The groups `account_id` belongs to, by name.

@@ -533,9 +533,17 @@ async fn a_flood_of_new_accounts_evicts_idle_breakers_and_never_one_that_matters
         .report("FAILING", &permit, Report::failure(FailureKind::Other))
         .await
         .expect("report");
+    let tighter = crate::core::Overrides {
+        failure_threshold: Some(1),
+        ..crate::core::Overrides::default()
+    };
+    registry
+        .set_settings("TUNED", &tighter, &[], action("tighter"), "")
+        .await
+        .expect("settings");
     // A failure without a permit is forgotten once it leaves the window: that breaker may go.
     fail(&registry, "FAILED-LONG-AGO").await;
-    let keep = ["OPEN", "TRIPPED", "SHADOW", "FAILING"];
+    let keep = ["OPEN", "TRIPPED", "SHADOW", "FAILING", "TUNED"];
     // Ten times the limit of junk ids, each checked once, a second apart.
     for i in 0..1_000 {
         clock.advance(Duration::from_secs(1));
@@ -553,6 +561,10 @@ async fn a_flood_of_new_accounts_evicts_idle_breakers_and_never_one_that_matters
     }
     assert_eq!(registry.get("OPEN").await.expect("kept").state, State::Open);
     // The newest junk is there, the oldest went (least recently used first), from the store too.
+    assert_eq!(
+        registry.get("TUNED").await.expect("kept").settings.failure_threshold,
+        1
+    );
     assert!(registry.get("JUNK-999").await.is_ok());
     assert!(registry.get("JUNK-0").await.is_err());
     let stored = store.load().expect("load");
@@ -620,4 +632,109 @@ async fn with_nothing_idle_a_new_account_is_refused_naming_the_limit() {
     registry.check("Z", Intent::New).await.expect("X made room");
     assert!(registry.get("X").await.is_err());
     assert!(registry.get("Y").await.is_ok());
+}
+
+/// Operator settings decide from the next report on, outlive reloads and restarts, show where
+/// each value comes from, are refused whole when invalid, and clear back to the file's.
+#[tokio::test]
+async fn operator_settings_apply_at_once_outlive_reloads_and_restarts_and_clear_back() {
+    use crate::core::Overrides;
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(
+        1_700_000_000_000_000_000,
+    )));
+    let store = Arc::new(MemoryStore::new(100));
+    let registry = with_policy(clock.clone(), store.clone(), desk_policy());
+    fail(&registry, "ACC").await;
+    let lower = Overrides {
+        failure_threshold: Some(1),
+        open_timeout_secs: Some(30.0),
+        ..Overrides::default()
+    };
+    let view = registry
+        .set_settings("ACC", &lower, &[], action("flaky venue"), "peer")
+        .await
+        .expect("set");
+    assert_eq!(view.settings.failure_threshold, 1);
+    assert_eq!(view.settings.open_timeout, Duration::from_secs(30));
+    assert_eq!(view.state, State::Closed, "the state is untouched");
+    let source = |view: &BreakerView, key: &str| {
+        view.setting_sources
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, s)| *s)
+    };
+    assert_eq!(source(&view, "failure_threshold"), Some(SettingSource::Operator));
+    assert_eq!(source(&view, "failure_window_secs"), Some(SettingSource::Default));
+
+    // Refused whole: an invalid value, an unknown key, and a combination the file's values
+    // make invalid; the breaker keeps what it had.
+    let bad = [
+        (Overrides { failure_threshold: Some(0), ..Overrides::default() }, vec![]),
+        (Overrides::default(), vec!["failure_treshold".to_owned()]),
+        (Overrides { max_open_timeout_secs: Some(10.0), ..Overrides::default() }, vec![]),
+        (Overrides::default(), vec![]),
+    ];
+    for (set, clear) in bad {
+        let refused = registry
+            .set_settings("ACC", &set, &clear, action("typo"), "peer")
+            .await
+            .expect_err("refused");
+        assert!(matches!(refused, Error::InvalidArgument(_)), "{refused:?}");
+    }
+    assert_eq!(registry.get("ACC").await.expect("breaker").settings, view.settings);
+
+    // A reload keeps them over the new file; the next failure opens at the operator's 1.
+    let mut policy = desk_policy();
+    policy.defaults = Arc::new(Settings {
+        failure_threshold: 4,
+        ..Settings::default()
+    });
+    registry.reload(policy.clone());
+    let reloaded = registry.get("ACC").await.expect("breaker");
+    assert_eq!(reloaded.settings.failure_threshold, 1);
+    assert_eq!(source(&reloaded, "failure_threshold"), Some(SettingSource::Operator));
+    fail(&registry, "ACC").await;
+    let opened = registry.get("ACC").await.expect("breaker");
+    assert_eq!(opened.state, State::Open);
+    assert_eq!(
+        opened.recovery_at,
+        Some(clock.now().saturating_add(Duration::from_secs(30)))
+    );
+
+    // Audited, with what was set.
+    let audit = registry
+        .audit(AuditQuery {
+            account_id: Some("ACC".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(audit.len(), 1, "refusals are not audited");
+    assert_eq!(audit[0].action, AuditAction::SetSettings);
+    assert_eq!(audit[0].detail, "set failure_threshold=1, open_timeout_secs=30");
+
+    // A restart on the same store brings them back.
+    let restarted = with_policy(clock.clone(), store.clone(), policy.clone());
+    let back = restarted.get("ACC").await.expect("breaker");
+    assert_eq!(back.settings.failure_threshold, 1);
+    assert_eq!(back.operator_settings.as_deref(), Some(&lower));
+
+    // Cleared key by key, back to the file's values, and forgotten once none is left.
+    restarted
+        .set_settings("ACC", &Overrides::default(), &["failure_threshold".into()], action("venue fixed"), "peer")
+        .await
+        .expect("clear one");
+    let half = restarted.get("ACC").await.expect("breaker");
+    assert_eq!(half.settings.failure_threshold, 4);
+    assert_eq!(half.settings.open_timeout, Duration::from_secs(30));
+    assert_eq!(source(&half, "failure_threshold"), Some(SettingSource::File));
+    let cleared = restarted
+        .set_settings("ACC", &Overrides::default(), &["open_timeout_secs".into()], action("venue fixed"), "peer")
+        .await
+        .expect("clear the rest");
+    assert_eq!(cleared.operator_settings, None);
+    assert_eq!(cleared.settings, policy.settings_for("ACC"));
+    let stored = store.load().expect("load");
+    assert_eq!(stored.breakers[0].settings, None);
 }

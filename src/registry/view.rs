@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::core::{permit, Breaker, Cause, Failure, Mode, Settings, State, Timestamp};
+use super::SettingSource;
+use crate::core::{permit, Breaker, Cause, Failure, Mode, Overrides, Settings, State, Timestamp};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BreakerView {
@@ -32,6 +33,10 @@ pub struct BreakerView {
     /// The sequence of the breaker's last event (0 if none).
     pub last_sequence: u64,
     pub settings: Arc<Settings>,
+    /// The settings an operator set for the account, if any.
+    pub operator_settings: Option<Arc<Overrides>>,
+    /// Where each setting in force comes from (filled in for a single breaker's view).
+    pub setting_sources: Vec<(String, SettingSource)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +87,8 @@ impl BreakerView {
             tripped: breaker.is_tripped(),
             last_sequence,
             settings: settings.clone(),
+            operator_settings: None,
+            setting_sources: Vec::new(),
         }
     }
 }

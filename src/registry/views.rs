@@ -29,6 +29,9 @@ impl Registry {
         };
         self.durable_through(ticket).await?;
         self.add_groups(std::slice::from_mut(&mut view));
+        view.setting_sources = self
+            .rulebook()
+            .sources(account_id, view.operator_settings.as_deref());
         Ok(view)
     }
 

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
-use crate::core::{BreakerRecord, Mode, Timestamp};
+use crate::core::{BreakerRecord, Mode, Overrides, Timestamp};
 use crate::history::{AuditRecord, Event, Halt, Scope};
 
 pub use memory::MemoryStore;
@@ -53,7 +53,7 @@ pub enum StoreError {
 }
 
 /// One account's breaker as persisted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredBreaker {
     pub account_id: String,
     pub record: BreakerRecord,
@@ -61,6 +61,9 @@ pub struct StoredBreaker {
     pub last_sequence: u64,
     /// The mode an operator set for the account (it outlives configuration changes).
     pub mode: Option<Mode>,
+    /// The settings an operator set for the account (`SetAccountSettings`), laid over the
+    /// configured ones; they outlive configuration changes too.
+    pub settings: Option<Arc<Overrides>>,
 }
 
 /// How long the audit trail is kept: records older than `max_age`, and all but the newest

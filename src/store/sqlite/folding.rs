@@ -16,7 +16,7 @@ use rusqlite::{params, Connection};
 
 use super::journal::{self, Change};
 use super::rows;
-use crate::core::{BreakerRecord, Mode};
+use crate::core::{BreakerRecord, Mode, Overrides};
 use crate::store::Batch;
 
 /// Breaker changes that trigger a fold: bounds the journal's unfolded part, and so the time one
@@ -68,7 +68,7 @@ fn write<R>(
         )?;
         for (batch, _) in pending {
             if let Some(breaker) = &batch.breaker {
-                staged.push(&breaker.record, breaker.mode);
+                staged.push(&breaker.record, breaker.mode, breaker.settings.as_deref());
                 logged += 1;
             }
             for event in &batch.events {
@@ -213,8 +213,8 @@ struct Staged {
 }
 
 impl Staged {
-    fn push(&mut self, record: &BreakerRecord, mode: Option<Mode>) {
-        rows::encode_breaker_into(record, mode, &mut self.bytes);
+    fn push(&mut self, record: &BreakerRecord, mode: Option<Mode>, settings: Option<&Overrides>) {
+        rows::encode_breaker_into(record, mode, settings, &mut self.bytes);
         self.ends.push(self.bytes.len());
     }
 

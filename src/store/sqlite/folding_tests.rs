@@ -31,6 +31,7 @@ fn breaker(account_id: &str, last_sequence: u64, generation: u64) -> Batch {
             record,
             last_sequence,
             mode: None,
+            settings: None,
         }),
         ..Batch::default()
     }

@@ -253,14 +253,15 @@ impl SqliteStore {
                 self.unusable(format!("the breaker of {account_id} is not a blob: {e}"))
             })?;
             let last_sequence: i64 = row.get(2).map_err(fail)?;
-            let (record, mode) = rows::decode_breaker(bytes).map_err(|e| {
+            let decoded = rows::decode_breaker(bytes).map_err(|e| {
                 self.unusable(format!("the breaker of {account_id} does not decode: {e}"))
             })?;
             breakers.push(StoredBreaker {
                 account_id,
-                record,
+                record: decoded.record,
                 last_sequence: u64::try_from(last_sequence).unwrap_or(0),
-                mode,
+                mode: decoded.mode,
+                settings: decoded.settings.map(Arc::new),
             });
             if breakers.len() == LOAD_CHUNK {
                 sink(Loading::Breakers(std::mem::replace(

@@ -13,7 +13,8 @@ use protobuf::sums_of;
 use prost::Message;
 
 use crate::core::{
-    BreakerRecord, Bucket, FailureRecord, Mode, ProbeRecord, RateWindow, Timestamp, BUCKETS,
+    BreakerRecord, Bucket, FailureRecord, Mode, Overrides, ProbeRecord, RateWindow, Timestamp,
+    BUCKETS,
 };
 use crate::history::{Event, Halt, Layer, OperatorAction, Scope};
 
@@ -71,6 +72,10 @@ struct BreakerRow {
     /// this field kept those failures whole in the failure columns.
     #[prost(sint64, repeated, tag = "19")]
     remembered: Vec<i64>,
+    /// The settings an operator set for the account (`SetAccountSettings`), as JSON keyed
+    /// like the configuration file.
+    #[prost(bytes = "vec", optional, tag = "20")]
+    settings: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -174,9 +179,13 @@ struct EventRow {
 }
 
 #[cfg(test)]
-pub fn encode_breaker(record: &BreakerRecord, mode: Option<Mode>) -> Vec<u8> {
+pub fn encode_breaker(
+    record: &BreakerRecord,
+    mode: Option<Mode>,
+    settings: Option<&Overrides>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
-    encode_breaker_into(record, mode, &mut out);
+    encode_breaker_into(record, mode, settings, &mut out);
     out
 }
 
@@ -225,8 +234,16 @@ fn decode_failures(row: &mut BreakerRow) -> Result<Vec<FailureRecord>, String> {
     Ok(failures)
 }
 
-/// A breaker record and the mode an operator set for the account.
-pub fn decode_breaker(bytes: &[u8]) -> Result<(BreakerRecord, Option<Mode>), String> {
+/// A breaker as stored: its record, and what an operator set for the account.
+#[derive(Debug)]
+pub struct DecodedBreaker {
+    pub record: BreakerRecord,
+    pub mode: Option<Mode>,
+    pub settings: Option<Overrides>,
+}
+
+/// A breaker record and the mode and settings an operator set for the account.
+pub fn decode_breaker(bytes: &[u8]) -> Result<DecodedBreaker, String> {
     let mut row = BreakerRow::decode(bytes).map_err(|e| e.to_string())?;
     let failures = decode_failures(&mut row)?;
     let mode = match row.mode {
@@ -275,7 +292,18 @@ pub fn decode_breaker(bytes: &[u8]) -> Result<(BreakerRecord, Option<Mode>), Str
         closed_at: row.closed_at.map(at),
         window,
     };
-    Ok((record, mode))
+    let settings = match row.settings {
+        Some(json) => Some(
+            serde_json::from_slice(&json)
+                .map_err(|e| format!("its operator settings do not decode: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(DecodedBreaker {
+        record,
+        mode,
+        settings,
+    })
 }
 
 pub fn encode_halt(halt: &Halt) -> Vec<u8> {

@@ -3,12 +3,17 @@
 //! for each repeated field and for the result. The bytes are prost's (a test compares them).
 
 use super::codes::{cause_code, kind_code, mode_code, state_code};
-use crate::core::{BreakerRecord, Bucket, Mode, Timestamp};
+use crate::core::{BreakerRecord, Bucket, Mode, Overrides, Timestamp};
 
 /// Appends a breaker to `out`, encoded as the `BreakerRow` message, field by field without
 /// building one: a breaker is encoded at every change of its account, on the store's writer,
 /// and a `BreakerRow` takes an allocation for each of its repeated fields and for the result.
-pub fn encode_breaker_into(record: &BreakerRecord, mode: Option<Mode>, out: &mut Vec<u8>) {
+pub fn encode_breaker_into(
+    record: &BreakerRecord,
+    mode: Option<Mode>,
+    settings: Option<&Overrides>,
+    out: &mut Vec<u8>,
+) {
     let failures = &record.failures;
     wire::uint(out, 1, u64::from(state_code(record.state)));
     wire::uint(out, 2, u64::from(record.tripped));
@@ -86,6 +91,11 @@ pub fn encode_breaker_into(record: &BreakerRecord, mode: Option<Mode>, out: &mut
         }
     }
     wire::packed(out, 19, || deltas_of(record.remembered.iter().copied()));
+    if let Some(settings) = settings {
+        // Plain numbers, strings and booleans: serialising cannot fail.
+        let json = serde_json::to_vec(settings).unwrap_or_default();
+        wire::bytes(out, 20, &json);
+    }
 }
 
 /// Each value as the (wrapping) difference from the one before (the first from 0), zigzagged as

@@ -86,6 +86,7 @@ fn breaker_row(record: &BreakerRecord, mode: Option<Mode>) -> BreakerRow {
         failure_permit,
         failure_text,
         remembered,
+        settings: None,
     }
 }
 
@@ -176,12 +177,12 @@ fn breakers_are_written_byte_for_byte_as_the_breaker_row_message() {
         for mode in [None, Some(Mode::Enforce), Some(Mode::Disabled)] {
             let expected = breaker_row(record, mode).encode_to_vec();
             assert_eq!(
-                encode_breaker(record, mode),
+                encode_breaker(record, mode, None),
                 expected,
                 "{record:?} {mode:?}"
             );
             let mut appended = vec![7];
-            encode_breaker_into(record, mode, &mut appended);
+            encode_breaker_into(record, mode, None, &mut appended);
             assert_eq!(appended[1..], expected[..]);
         }
     }
@@ -223,16 +224,29 @@ fn failures_round_trip_with_their_permits_texts_and_out_of_order_times() {
     failures[3].detail = Some("venue said no".into());
     let mut record = record(failures);
     record.remembered = vec![9, 4, u64::MAX, 12];
-    let (decoded, mode) =
-        decode_breaker(&encode_breaker(&record, Some(Mode::Shadow))).expect("decodes");
-    assert_eq!(decoded, record);
-    assert_eq!(mode, Some(Mode::Shadow));
+    let settings = Overrides {
+        failure_threshold: Some(2),
+        open_timeout_secs: Some(12.5),
+        failure_kinds: [("order_rejected".to_owned(), "ignore".to_owned())].into(),
+        ..Overrides::default()
+    };
+    let decoded = decode_breaker(&encode_breaker(
+        &record,
+        Some(Mode::Shadow),
+        Some(&settings),
+    ))
+    .expect("decodes");
+    assert_eq!(decoded.record, record);
+    assert_eq!(decoded.mode, Some(Mode::Shadow));
+    assert_eq!(decoded.settings, Some(settings));
+    let plain = decode_breaker(&encode_breaker(&record, None, None)).expect("decodes");
+    assert_eq!((plain.mode, plain.settings), (None, None));
 }
 
 #[test]
 fn a_failing_account_is_written_in_under_half_the_bytes_of_failure_rows() {
     let record = failing();
-    let compact = encode_breaker(&record, None);
+    let compact = encode_breaker(&record, None, None);
     let legacy = legacy_encoding(&record);
     assert!(
         compact.len() * 2 < legacy.len(),
@@ -240,12 +254,12 @@ fn a_failing_account_is_written_in_under_half_the_bytes_of_failure_rows() {
         compact.len(),
         legacy.len()
     );
-    assert_eq!(decode_breaker(&compact).expect("decodes").0, record);
+    assert_eq!(decode_breaker(&compact).expect("decodes").record, record);
 }
 
 /// How releases before schema 4 wrote a breaker.
 fn legacy_encoding(record: &BreakerRecord) -> Vec<u8> {
-    let mut row = BreakerRow::decode(encode_breaker(record, None).as_slice()).expect("row");
+    let mut row = BreakerRow::decode(encode_breaker(record, None, None).as_slice()).expect("row");
     row.failure_at.clear();
     row.failure_kind.clear();
     row.failure_permit.clear();
@@ -269,13 +283,15 @@ fn rows_written_by_earlier_releases_still_decode() {
     let mut record = failing();
     record.failures[5].permit_sequence = Some(12);
     record.failures[9].order_id = Some("ord-9".into());
-    let (decoded, _) = decode_breaker(&legacy_encoding(&record)).expect("decodes");
+    let decoded = decode_breaker(&legacy_encoding(&record))
+        .expect("decodes")
+        .record;
     assert_eq!(decoded, record);
 }
 
 #[test]
 fn failure_columns_that_disagree_are_refused() {
-    let bytes = encode_breaker(&failing(), None);
+    let bytes = encode_breaker(&failing(), None, None);
     let mut row = BreakerRow::decode(bytes.as_slice()).expect("row");
     row.failure_kind.pop();
     let error = decode_breaker(&row.encode_to_vec()).expect_err("refused");
