@@ -663,7 +663,10 @@ fn account_settings_from_the_command_line_outlive_a_reload_and_a_restart() {
         "failure_kinds.timeout=ignore",
         "--new",
     ]));
-    assert!(line(&set, "failure_threshold").ends_with("# operator"), "{set}");
+    assert!(
+        line(&set, "failure_threshold").ends_with("# operator"),
+        "{set}"
+    );
     assert!(
         line(&set, "failure_kinds.timeout").contains("\"ignore\""),
         "{set}"
@@ -671,17 +674,35 @@ fn account_settings_from_the_command_line_outlive_a_reload_and_a_restart() {
     // Invalid values are refused with the key and the rule, changing nothing.
     for (bad, says) in [
         ("failure_threshold=0", "failure_threshold must be >= 1"),
-        ("open_timeout_secs=-5", "open_timeout_secs must be a number of seconds > 0"),
-        ("failure_treshold=2", "failure_treshold is not a breaker setting"),
+        (
+            "open_timeout_secs=-5",
+            "open_timeout_secs must be a number of seconds > 0",
+        ),
+        (
+            "failure_treshold=2",
+            "failure_treshold is not a breaker setting",
+        ),
     ] {
         let refused = act(&["settings", "desk-a:momo", bad]);
         let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(!refused.status.success() && stderr.contains(says), "{bad}: {stderr}");
+        assert!(
+            !refused.status.success() && stderr.contains(says),
+            "{bad}: {stderr}"
+        );
     }
     let shown = stdout(&run(&["config", "desk-a:momo"], &addr));
-    assert!(line(&shown, "failure_threshold").contains("= 1 "), "{shown}");
-    assert!(line(&shown, "failure_threshold").ends_with("# operator"), "{shown}");
-    assert!(line(&shown, "open_timeout_secs").ends_with("# default"), "{shown}");
+    assert!(
+        line(&shown, "failure_threshold").contains("= 1 "),
+        "{shown}"
+    );
+    assert!(
+        line(&shown, "failure_threshold").ends_with("# operator"),
+        "{shown}"
+    );
+    assert!(
+        line(&shown, "open_timeout_secs").ends_with("# default"),
+        "{shown}"
+    );
     let status = stdout(&run(&["status", "desk-a:momo"], &addr));
     assert!(
         status.contains("operator set failure_kinds.timeout, failure_threshold"),
@@ -703,14 +724,16 @@ fn account_settings_from_the_command_line_outlive_a_reload_and_a_restart() {
     wait_for(&logs, "configuration reloaded");
     let halts = stdout(&run(&["halts"], &addr));
     assert!(
-        halts.contains("HALTED group venue-x")
-            && halts.contains("no longer in the configuration"),
+        halts.contains("HALTED group venue-x") && halts.contains("no longer in the configuration"),
         "{halts}"
     );
     let json = stdout(&run(&["halts", "--json"], &addr));
     assert!(json.contains("\"group_undefined\":true"), "{json}");
     let shown = stdout(&run(&["config", "desk-a:momo"], &addr));
-    assert!(line(&shown, "failure_threshold").ends_with("# operator"), "{shown}");
+    assert!(
+        line(&shown, "failure_threshold").ends_with("# operator"),
+        "{shown}"
+    );
 
     // Restarted on the same store: still in force.
     let mut server = server;
@@ -718,13 +741,25 @@ fn account_settings_from_the_command_line_outlive_a_reload_and_a_restart() {
     assert!(server.wait().expect("server exit").success());
     let (server, _logs) = start();
     let shown = stdout(&run(&["config", "desk-a:momo"], &addr));
-    assert!(line(&shown, "failure_threshold").contains("= 1 "), "{shown}");
-    assert!(line(&shown, "failure_threshold").ends_with("# operator"), "{shown}");
+    assert!(
+        line(&shown, "failure_threshold").contains("= 1 "),
+        "{shown}"
+    );
+    assert!(
+        line(&shown, "failure_threshold").ends_with("# operator"),
+        "{shown}"
+    );
 
     // Cleared: the file's value again.
     let cleared = stdout(&act(&["settings", "desk-a:momo", "--clear", "all"]));
-    assert!(line(&cleared, "failure_threshold").contains("= 3 "), "{cleared}");
-    assert!(line(&cleared, "failure_threshold").ends_with("# file"), "{cleared}");
+    assert!(
+        line(&cleared, "failure_threshold").contains("= 3 "),
+        "{cleared}"
+    );
+    assert!(
+        line(&cleared, "failure_threshold").ends_with("# file"),
+        "{cleared}"
+    );
     assert!(
         line(&cleared, "failure_kinds.timeout").ends_with("# default"),
         "{cleared}"

@@ -317,24 +317,43 @@ pub fn settings_in_force(b: &Breaker) -> String {
         return out;
     };
     let secs = |d: &Option<prost_types::Duration>| {
-        d.as_ref()
-            .map_or("0".to_owned(), |d| std_duration(d).as_secs_f64().to_string())
+        d.as_ref().map_or("0".to_owned(), |d| {
+            std_duration(d).as_secs_f64().to_string()
+        })
     };
     let mut lines: Vec<(String, String)> = vec![
         ("failure_threshold".into(), s.failure_threshold.to_string()),
         ("failure_window_secs".into(), secs(&s.failure_window)),
         ("open_timeout_secs".into(), secs(&s.open_timeout)),
-        ("half_open_max_tries".into(), s.half_open_max_tries.to_string()),
+        (
+            "half_open_max_tries".into(),
+            s.half_open_max_tries.to_string(),
+        ),
         ("half_open_timeout_secs".into(), secs(&s.half_open_timeout)),
-        ("failure_rate_threshold".into(), s.failure_rate_threshold.to_string()),
+        (
+            "failure_rate_threshold".into(),
+            s.failure_rate_threshold.to_string(),
+        ),
         ("slow_call_secs".into(), secs(&s.slow_call)),
-        ("slow_call_rate_threshold".into(), s.slow_call_rate_threshold.to_string()),
+        (
+            "slow_call_rate_threshold".into(),
+            s.slow_call_rate_threshold.to_string(),
+        ),
         ("minimum_calls".into(), s.minimum_calls.to_string()),
-        ("open_backoff_multiplier".into(), s.open_backoff_multiplier.to_string()),
+        (
+            "open_backoff_multiplier".into(),
+            s.open_backoff_multiplier.to_string(),
+        ),
         ("max_open_timeout_secs".into(), secs(&s.max_open_timeout)),
-        ("open_backoff_jitter".into(), s.open_backoff_jitter.to_string()),
+        (
+            "open_backoff_jitter".into(),
+            s.open_backoff_jitter.to_string(),
+        ),
         ("backoff_reset_secs".into(), secs(&s.backoff_reset)),
-        ("allow_reduce_only_when_open".into(), s.allow_reduce_only_when_open.to_string()),
+        (
+            "allow_reduce_only_when_open".into(),
+            s.allow_reduce_only_when_open.to_string(),
+        ),
     ];
     let mut kinds: Vec<_> = s.failure_kinds.iter().collect();
     kinds.sort();

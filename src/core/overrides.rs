@@ -104,20 +104,56 @@ impl Overrides {
     /// The keys given, `failure_kinds.KIND` for each kind, with their values as text.
     pub fn given(&self) -> impl Iterator<Item = (String, String)> + '_ {
         let values: [(&str, Option<String>); 14] = [
-            ("failure_threshold", self.failure_threshold.map(|v| v.to_string())),
-            ("failure_window_secs", self.failure_window_secs.map(|v| v.to_string())),
-            ("open_timeout_secs", self.open_timeout_secs.map(|v| v.to_string())),
-            ("half_open_max_tries", self.half_open_max_tries.map(|v| v.to_string())),
-            ("half_open_timeout_secs", self.half_open_timeout_secs.map(|v| v.to_string())),
-            ("failure_rate_threshold", self.failure_rate_threshold.map(|v| v.to_string())),
+            (
+                "failure_threshold",
+                self.failure_threshold.map(|v| v.to_string()),
+            ),
+            (
+                "failure_window_secs",
+                self.failure_window_secs.map(|v| v.to_string()),
+            ),
+            (
+                "open_timeout_secs",
+                self.open_timeout_secs.map(|v| v.to_string()),
+            ),
+            (
+                "half_open_max_tries",
+                self.half_open_max_tries.map(|v| v.to_string()),
+            ),
+            (
+                "half_open_timeout_secs",
+                self.half_open_timeout_secs.map(|v| v.to_string()),
+            ),
+            (
+                "failure_rate_threshold",
+                self.failure_rate_threshold.map(|v| v.to_string()),
+            ),
             ("slow_call_secs", self.slow_call_secs.map(|v| v.to_string())),
-            ("slow_call_rate_threshold", self.slow_call_rate_threshold.map(|v| v.to_string())),
+            (
+                "slow_call_rate_threshold",
+                self.slow_call_rate_threshold.map(|v| v.to_string()),
+            ),
             ("minimum_calls", self.minimum_calls.map(|v| v.to_string())),
-            ("open_backoff_multiplier", self.open_backoff_multiplier.map(|v| v.to_string())),
-            ("max_open_timeout_secs", self.max_open_timeout_secs.map(|v| v.to_string())),
-            ("open_backoff_jitter", self.open_backoff_jitter.map(|v| v.to_string())),
-            ("backoff_reset_secs", self.backoff_reset_secs.map(|v| v.to_string())),
-            ("allow_reduce_only_when_open", self.allow_reduce_only_when_open.map(|v| v.to_string())),
+            (
+                "open_backoff_multiplier",
+                self.open_backoff_multiplier.map(|v| v.to_string()),
+            ),
+            (
+                "max_open_timeout_secs",
+                self.max_open_timeout_secs.map(|v| v.to_string()),
+            ),
+            (
+                "open_backoff_jitter",
+                self.open_backoff_jitter.map(|v| v.to_string()),
+            ),
+            (
+                "backoff_reset_secs",
+                self.backoff_reset_secs.map(|v| v.to_string()),
+            ),
+            (
+                "allow_reduce_only_when_open",
+                self.allow_reduce_only_when_open.map(|v| v.to_string()),
+            ),
         ];
         values
             .into_iter()
@@ -194,9 +230,10 @@ impl Overrides {
             "open_backoff_jitter" => self.open_backoff_jitter = Some(number(key)?),
             "backoff_reset_secs" => self.backoff_reset_secs = Some(number(key)?),
             "allow_reduce_only_when_open" => {
-                self.allow_reduce_only_when_open = Some(text.parse().map_err(|_| {
-                    refuse(key, format!("must be true or false, not {text:?}"))
-                })?)
+                self.allow_reduce_only_when_open = Some(
+                    text.parse()
+                        .map_err(|_| refuse(key, format!("must be true or false, not {text:?}")))?,
+                )
             }
             _ => {
                 let mut probe = Overrides::default();
@@ -362,7 +399,8 @@ impl Settings {
         }
         for (kind_name, action_name) in &o.failure_kinds {
             let key = format!("failure_kinds.{kind_name}");
-            let kind = FailureKind::from_key(kind_name).ok_or_else(|| not_a_kind(&key, kind_name))?;
+            let kind =
+                FailureKind::from_key(kind_name).ok_or_else(|| not_a_kind(&key, kind_name))?;
             let action = KindAction::from_key(action_name).ok_or_else(|| {
                 refuse(
                     &key,
@@ -445,7 +483,11 @@ mod tests {
         );
         assert_eq!(
             s.differing_keys(&base),
-            ["failure_threshold", "open_timeout_secs", "failure_kinds.order_rejected"]
+            [
+                "failure_threshold",
+                "open_timeout_secs",
+                "failure_kinds.order_rejected"
+            ]
         );
         assert_eq!(
             o.describe(),
@@ -453,19 +495,67 @@ mod tests {
         );
 
         for (bad, key) in [
-            (Overrides { failure_threshold: Some(0), ..Overrides::default() }, "failure_threshold"),
-            (Overrides { open_timeout_secs: Some(f64::NAN), ..Overrides::default() }, "open_timeout_secs"),
-            (Overrides { open_timeout_secs: Some(-1.0), ..Overrides::default() }, "open_timeout_secs"),
-            (Overrides { max_open_timeout_secs: Some(1.0), ..Overrides::default() }, "max_open_timeout_secs"),
-            (Overrides { slow_call_secs: Some(1.0), ..Overrides::default() }, "slow_call_secs"),
-            (Overrides { failure_rate_threshold: Some(1.5), ..Overrides::default() }, "failure_rate_threshold"),
-            (Overrides { half_open_max_tries: Some(1_001), ..Overrides::default() }, "half_open_max_tries"),
             (
-                Overrides { failure_kinds: [("nope".to_owned(), "count".to_owned())].into(), ..Overrides::default() },
+                Overrides {
+                    failure_threshold: Some(0),
+                    ..Overrides::default()
+                },
+                "failure_threshold",
+            ),
+            (
+                Overrides {
+                    open_timeout_secs: Some(f64::NAN),
+                    ..Overrides::default()
+                },
+                "open_timeout_secs",
+            ),
+            (
+                Overrides {
+                    open_timeout_secs: Some(-1.0),
+                    ..Overrides::default()
+                },
+                "open_timeout_secs",
+            ),
+            (
+                Overrides {
+                    max_open_timeout_secs: Some(1.0),
+                    ..Overrides::default()
+                },
+                "max_open_timeout_secs",
+            ),
+            (
+                Overrides {
+                    slow_call_secs: Some(1.0),
+                    ..Overrides::default()
+                },
+                "slow_call_secs",
+            ),
+            (
+                Overrides {
+                    failure_rate_threshold: Some(1.5),
+                    ..Overrides::default()
+                },
+                "failure_rate_threshold",
+            ),
+            (
+                Overrides {
+                    half_open_max_tries: Some(1_001),
+                    ..Overrides::default()
+                },
+                "half_open_max_tries",
+            ),
+            (
+                Overrides {
+                    failure_kinds: [("nope".to_owned(), "count".to_owned())].into(),
+                    ..Overrides::default()
+                },
                 "failure_kinds.nope",
             ),
             (
-                Overrides { failure_kinds: [("order_rejected".to_owned(), "maybe".to_owned())].into(), ..Overrides::default() },
+                Overrides {
+                    failure_kinds: [("order_rejected".to_owned(), "maybe".to_owned())].into(),
+                    ..Overrides::default()
+                },
                 "failure_kinds.order_rejected",
             ),
         ] {
@@ -495,7 +585,8 @@ mod tests {
         o.set_text("failure_threshold", "3").unwrap();
         o.set_text("open_timeout_secs", "2.5").unwrap();
         o.set_text("allow_reduce_only_when_open", "true").unwrap();
-        o.set_text("failure_kinds.order_rejected", "ignore").unwrap();
+        o.set_text("failure_kinds.order_rejected", "ignore")
+            .unwrap();
         assert_eq!(
             o.describe(),
             "failure_threshold=3, open_timeout_secs=2.5, allow_reduce_only_when_open=true, failure_kinds.order_rejected=ignore"

@@ -562,7 +562,12 @@ async fn a_flood_of_new_accounts_evicts_idle_breakers_and_never_one_that_matters
     assert_eq!(registry.get("OPEN").await.expect("kept").state, State::Open);
     // The newest junk is there, the oldest went (least recently used first), from the store too.
     assert_eq!(
-        registry.get("TUNED").await.expect("kept").settings.failure_threshold,
+        registry
+            .get("TUNED")
+            .await
+            .expect("kept")
+            .settings
+            .failure_threshold,
         1
     );
     assert!(registry.get("JUNK-999").await.is_ok());
@@ -663,15 +668,33 @@ async fn operator_settings_apply_at_once_outlive_reloads_and_restarts_and_clear_
             .find(|(k, _)| k == key)
             .map(|(_, s)| *s)
     };
-    assert_eq!(source(&view, "failure_threshold"), Some(SettingSource::Operator));
-    assert_eq!(source(&view, "failure_window_secs"), Some(SettingSource::Default));
+    assert_eq!(
+        source(&view, "failure_threshold"),
+        Some(SettingSource::Operator)
+    );
+    assert_eq!(
+        source(&view, "failure_window_secs"),
+        Some(SettingSource::Default)
+    );
 
     // Refused whole: an invalid value, an unknown key, and a combination the file's values
     // make invalid; the breaker keeps what it had.
     let bad = [
-        (Overrides { failure_threshold: Some(0), ..Overrides::default() }, vec![]),
+        (
+            Overrides {
+                failure_threshold: Some(0),
+                ..Overrides::default()
+            },
+            vec![],
+        ),
         (Overrides::default(), vec!["failure_treshold".to_owned()]),
-        (Overrides { max_open_timeout_secs: Some(10.0), ..Overrides::default() }, vec![]),
+        (
+            Overrides {
+                max_open_timeout_secs: Some(10.0),
+                ..Overrides::default()
+            },
+            vec![],
+        ),
         (Overrides::default(), vec![]),
     ];
     for (set, clear) in bad {
@@ -681,7 +704,10 @@ async fn operator_settings_apply_at_once_outlive_reloads_and_restarts_and_clear_
             .expect_err("refused");
         assert!(matches!(refused, Error::InvalidArgument(_)), "{refused:?}");
     }
-    assert_eq!(registry.get("ACC").await.expect("breaker").settings, view.settings);
+    assert_eq!(
+        registry.get("ACC").await.expect("breaker").settings,
+        view.settings
+    );
 
     // A reload keeps them over the new file; the next failure opens at the operator's 1.
     let mut policy = desk_policy();
@@ -692,7 +718,10 @@ async fn operator_settings_apply_at_once_outlive_reloads_and_restarts_and_clear_
     registry.reload(policy.clone());
     let reloaded = registry.get("ACC").await.expect("breaker");
     assert_eq!(reloaded.settings.failure_threshold, 1);
-    assert_eq!(source(&reloaded, "failure_threshold"), Some(SettingSource::Operator));
+    assert_eq!(
+        source(&reloaded, "failure_threshold"),
+        Some(SettingSource::Operator)
+    );
     fail(&registry, "ACC").await;
     let opened = registry.get("ACC").await.expect("breaker");
     assert_eq!(opened.state, State::Open);
@@ -712,7 +741,10 @@ async fn operator_settings_apply_at_once_outlive_reloads_and_restarts_and_clear_
         .expect("audit");
     assert_eq!(audit.len(), 1, "refusals are not audited");
     assert_eq!(audit[0].action, AuditAction::SetSettings);
-    assert_eq!(audit[0].detail, "set failure_threshold=1, open_timeout_secs=30");
+    assert_eq!(
+        audit[0].detail,
+        "set failure_threshold=1, open_timeout_secs=30"
+    );
 
     // A restart on the same store brings them back.
     let restarted = with_policy(clock.clone(), store.clone(), policy.clone());
@@ -722,15 +754,30 @@ async fn operator_settings_apply_at_once_outlive_reloads_and_restarts_and_clear_
 
     // Cleared key by key, back to the file's values, and forgotten once none is left.
     restarted
-        .set_settings("ACC", &Overrides::default(), &["failure_threshold".into()], action("venue fixed"), "peer")
+        .set_settings(
+            "ACC",
+            &Overrides::default(),
+            &["failure_threshold".into()],
+            action("venue fixed"),
+            "peer",
+        )
         .await
         .expect("clear one");
     let half = restarted.get("ACC").await.expect("breaker");
     assert_eq!(half.settings.failure_threshold, 4);
     assert_eq!(half.settings.open_timeout, Duration::from_secs(30));
-    assert_eq!(source(&half, "failure_threshold"), Some(SettingSource::File));
+    assert_eq!(
+        source(&half, "failure_threshold"),
+        Some(SettingSource::File)
+    );
     let cleared = restarted
-        .set_settings("ACC", &Overrides::default(), &["open_timeout_secs".into()], action("venue fixed"), "peer")
+        .set_settings(
+            "ACC",
+            &Overrides::default(),
+            &["open_timeout_secs".into()],
+            action("venue fixed"),
+            "peer",
+        )
         .await
         .expect("clear the rest");
     assert_eq!(cleared.operator_settings, None);
