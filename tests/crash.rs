@@ -4,6 +4,12 @@
 //! time, the event sequence must continue with no gap, and the audit trail must hold every
 //! acknowledged operator action. Bounded: a fixed number of kill/restart rounds.
 //!
+//! The same again with the power cut instead (`acknowledged_changes_survive_power_cuts...`): the
+//! store lives on a filesystem that drops every write not yet synced when the power goes
+//! (`common::powercut`), so what the server acknowledged must have been on disk, not merely
+//! written. A server that acknowledges before its writes are synced (planted in a debug build
+//! with `RISKGATE_FAILPOINT_ACK_BEFORE_SYNC=1`) is caught.
+//!
 //! The random points come from a seed printed at the start; `RISKGATE_CRASH_SEED=N` replays one.
 
 use std::collections::HashMap;
@@ -21,6 +27,9 @@ use riskgate::proto::watch_events_response::Kind;
 use riskgate::proto::*;
 use tokio::sync::{Mutex, Notify};
 use tonic::transport::Channel;
+
+mod common;
+use common::powercut::{self, Mounted, PowerCut};
 
 const ROUNDS: usize = 8;
 const CLIENTS: usize = 4;
@@ -109,9 +118,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(listen: &str, data: &std::path::Path) -> Child {
+fn start(listen: &str, data: &std::path::Path, failpoints: &[(&str, &str)]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_riskgate"))
         .arg("serve")
+        .envs(failpoints.iter().copied())
         .env("RISKGATE__SERVER__LISTEN", listen)
         .env("RISKGATE__STORE__PATH", data)
         .env("RISKGATE__BREAKER__FAILURE_THRESHOLD", "3")
@@ -324,6 +334,9 @@ async fn client(
                 })
                 .await
             {
+                // The disk failed under it (a power cut, before the process dies): it fails
+                // closed, and this client stops as if the server had gone.
+                Ok(check) if check.get_ref().denial == Denial::StoreUnavailable as i32 => return,
                 Ok(check) if !check.get_ref().allowed => {
                     assert!(
                         !matches!(expected, Expected::Closed { .. }),
@@ -407,8 +420,55 @@ async fn client(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_changes_survive_sigkill_at_random_points() {
+/// How the server's machine fails at the random point, and comes back.
+trait Failure: Send {
+    /// Before each start: the disk is there.
+    fn power_on(&mut self);
+    /// The server stops at once, losing what this failure loses.
+    fn fail(&mut self, server: &mut Child);
+}
+
+/// SIGKILL: the process dies; the kernel keeps every write it was handed.
+struct Kill;
+
+impl Failure for Kill {
+    fn power_on(&mut self) {}
+
+    fn fail(&mut self, server: &mut Child) {
+        Command::new("kill")
+            .args(["-KILL", &server.id().to_string()])
+            .status()
+            .expect("kill");
+        server.wait().expect("server exit");
+    }
+}
+
+/// A power cut: the disk drops every write not yet synced, then the process dies.
+struct Power {
+    fs: PowerCut,
+    mountpoint: std::path::PathBuf,
+    mounted: Option<Mounted>,
+}
+
+impl Failure for Power {
+    fn power_on(&mut self) {
+        if self.mounted.is_none() {
+            self.mounted = Some(
+                self.fs
+                    .mount(&self.mountpoint)
+                    .expect("mount the power-cut filesystem"),
+            );
+        }
+    }
+
+    fn fail(&mut self, server: &mut Child) {
+        self.fs.cut();
+        Kill.fail(server);
+        self.mounted = None;
+    }
+}
+
+fn seed() -> u64 {
     let seed = std::env::var("RISKGATE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -419,8 +479,98 @@ async fn acknowledged_changes_survive_sigkill_at_random_points() {
                 .as_nanos() as u64
         });
     eprintln!("crash test seed: {seed} (RISKGATE_CRASH_SEED={seed} replays it)");
-    let mut rng = Rng(seed | 1);
+    seed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_sigkill_at_random_points() {
     let data = tempfile::tempdir().expect("data directory");
+    survive(seed(), ROUNDS, data.path(), &mut Kill, &[]).await;
+}
+
+/// Whether power-cut tests run here; without FUSE they are skipped, loudly, unless
+/// `RISKGATE_REQUIRE_FUSE=1` (CI) makes that a failure.
+fn fuse_or_skip(test: &str) -> bool {
+    match powercut::available() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("RISKGATE_REQUIRE_FUSE").is_some() => {
+            panic!("{test}: FUSE is required (RISKGATE_REQUIRE_FUSE) but {why}")
+        }
+        Err(why) => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: {why}; the power-cut tests need /dev/fuse and root or fusermount3"
+            );
+            false
+        }
+    }
+}
+
+fn power(dir: &std::path::Path) -> Power {
+    let mountpoint = dir.join("disk");
+    std::fs::create_dir(&mountpoint).expect("mount point");
+    Power {
+        fs: PowerCut::default(),
+        mountpoint,
+        mounted: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_power_cuts_at_random_points() {
+    if !fuse_or_skip("acknowledged_changes_survive_power_cuts_at_random_points") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut power = power(dir.path());
+    let data = power.mountpoint.join("data");
+    survive(seed(), ROUNDS, &data, &mut power, &[]).await;
+    assert!(
+        power.fs.syncs() > 0,
+        "the store synced through the filesystem"
+    );
+}
+
+/// The power-cut test catches a server that acknowledges before its writes are synced: the
+/// same scenario against a debug build with that bug planted fails.
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_power_cut_test_catches_acknowledging_before_the_sync() {
+    if !fuse_or_skip("the_power_cut_test_catches_acknowledging_before_the_sync") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let seed = seed();
+    let outcome = tokio::spawn(async move {
+        let mut power = power(dir.path());
+        let data = power.mountpoint.join("data");
+        survive(
+            seed,
+            2,
+            &data,
+            &mut power,
+            &[("RISKGATE_FAILPOINT_ACK_BEFORE_SYNC", "1")],
+        )
+        .await;
+    })
+    .await;
+    assert!(
+        outcome.is_err_and(|e| e.is_panic()),
+        "acknowledging before the sync went unnoticed (seed {seed})"
+    );
+}
+
+/// Rounds of load, failure at a random point and restart, checking after each restart that
+/// everything acknowledged is there.
+async fn survive(
+    seed: u64,
+    rounds: usize,
+    data: &std::path::Path,
+    failure: &mut dyn Failure,
+    failpoints: &[(&str, &str)],
+) {
+    let mut rng = Rng(seed | 1);
     let listen = format!("127.0.0.1:{}", free_port());
 
     let mut accounts = HashMap::new();
@@ -442,8 +592,9 @@ async fn acknowledged_changes_survive_sigkill_at_random_points() {
     }));
     let max_seen = Arc::new(AtomicU64::new(0));
 
-    for round in 0..=ROUNDS {
-        let mut server = start(&listen, data.path());
+    for round in 0..=rounds {
+        failure.power_on();
+        let mut server = start(&listen, data, failpoints);
         let channel = connect(&listen).await;
         {
             let mut model = model.lock().await;
@@ -456,7 +607,7 @@ async fn acknowledged_changes_survive_sigkill_at_random_points() {
             )
             .await;
         }
-        if round == ROUNDS {
+        if round == rounds {
             Command::new("kill")
                 .args(["-TERM", &server.id().to_string()])
                 .status()
@@ -511,11 +662,7 @@ async fn acknowledged_changes_survive_sigkill_at_random_points() {
         })
         .await
         .expect("clients make progress");
-        Command::new("kill")
-            .args(["-KILL", &server.id().to_string()])
-            .status()
-            .expect("kill");
-        server.wait().expect("server exit");
+        failure.fail(&mut server);
         for client in clients {
             tokio::time::timeout(PATIENCE, client)
                 .await

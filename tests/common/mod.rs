@@ -3,6 +3,7 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod powercut;
 pub mod process;
 
 use std::collections::HashMap;

@@ -153,6 +153,8 @@ impl SqliteStore {
                 schema::migrate(&mut conn, 0).map_err(|e| unusable(format!("creating the schema failed: {e}"), ADVICE_IO))?
             }
         }
+        sync_directories(&dir)
+            .map_err(|e| unusable(format!("cannot sync the store's directory: {e}"), ADVICE_IO))?;
         // Changes logged before the last stop (a crash leaves them there) join `breakers`, which
         // is then all start-up has to read.
         let (folded, journal) = folding::fold(&mut conn).map_err(|e| {
@@ -543,8 +545,32 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
             "journal_mode is {mode}, WAL is required"
         )));
     }
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", synchronous())?;
     Ok(())
+}
+
+/// `FULL`: a commit returns once its transaction is synced. Debug builds can be made to
+/// acknowledge before the sync (`RISKGATE_FAILPOINT_ACK_BEFORE_SYNC=1`), a bug planted for the
+/// power-cut test to catch; release builds ignore it.
+fn synchronous() -> &'static str {
+    if cfg!(debug_assertions)
+        && std::env::var_os("RISKGATE_FAILPOINT_ACK_BEFORE_SYNC").is_some_and(|v| v == "1")
+    {
+        tracing::error!("RISKGATE_FAILPOINT_ACK_BEFORE_SYNC: commits are acknowledged before they are synced; a power cut loses them");
+        return "OFF";
+    }
+    "FULL"
+}
+
+/// Syncs the directory `dir` and the one holding it, so that the store's directory and files
+/// created in it are still there after a power cut (a file's own sync does not make its name
+/// durable).
+fn sync_directories(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
+        _ => Ok(()),
+    }
 }
 
 fn integrity_check(conn: &Connection) -> Result<(), String> {
