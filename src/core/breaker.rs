@@ -46,10 +46,18 @@ impl Default for Breaker {
 impl Breaker {
     /// A new CLOSED breaker with no history.
     pub fn new() -> Self {
+        Breaker::starting_at(0)
+    }
+
+    /// A new CLOSED breaker whose first generation is `generation`. The registry starts each
+    /// breaker it creates at a generation of its own (the creation time in microseconds), so
+    /// that the permits of an earlier breaker of the same account, forgotten to make room, are
+    /// stale to it: none can be taken for one of its own or counted twice.
+    pub fn starting_at(generation: u64) -> Self {
         Breaker {
             state: State::Closed,
             tripped: false,
-            generation: 0,
+            generation,
             next_sequence: 0,
             cold: History::default(),
         }

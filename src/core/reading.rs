@@ -1,7 +1,7 @@
 //! What a breaker shows without changing: its state, its generation, why and since when it is
 //! open, its probes and the failures that count. The registry builds its views from these.
 
-use super::breaker::{in_window, saturating_u32, Breaker, NO_PERMIT};
+use super::breaker::{in_window, saturating_u32, Breaker};
 use super::decision::{Failure, Probe};
 use super::settings::Settings;
 use super::time::Timestamp;
@@ -72,9 +72,9 @@ impl Breaker {
     }
 
     /// Whether the breaker holds nothing worth keeping, so that forgetting it (and creating it
-    /// anew on the account's next call) changes no decision: CLOSED and not held by an
-    /// operator, no failure (or slow outcome) inside the window, no permit remembered to
-    /// recognise a repeated report, no probe, and no backoff still counting. Successes in a
+    /// anew, at a generation of its own, on the account's next call) changes no decision: CLOSED
+    /// and not held by an operator, no failure (or slow outcome) inside the window, no probe,
+    /// and no backoff still counting. Successes in a
     /// rate window are not worth keeping: forgetting them can only make a rate rule open
     /// sooner.
     pub fn is_idle(&self, settings: &Settings, now: Timestamp) -> bool {
@@ -90,17 +90,12 @@ impl Breaker {
             let totals = window.totals(settings.failure_window, now);
             totals.failures == 0 && totals.slow == 0
         });
-        // A failure in the window counts; one that left it keeps its permit to be recognised
-        // (as `remembered` does), unless it had none.
-        let nothing_to_recognise = cold
-            .failures
-            .iter()
-            .all(|f| f.sequence == NO_PERMIT && !in_window(settings, f.at, now));
-        nothing_to_recognise
-            && cold.remembered.is_empty()
-            && cold.probes.is_empty()
-            && backoff_over
-            && window_clear
+        // A failure in the window counts. One that left it, and the permits `remembered` keeps
+        // to recognise a failure reported again, need not be kept: a breaker made anew starts
+        // at a generation of its own (see [`Breaker::starting_at`]), so every permit of the one
+        // forgotten is stale to it and no report can count twice.
+        let window_failures = cold.failures.iter().any(|f| in_window(settings, f.at, now));
+        !window_failures && cold.probes.is_empty() && backoff_over && window_clear
     }
 
     /// The times of the failures that `failure_count` counts, oldest first.

@@ -73,7 +73,7 @@ impl Registry {
             created = true;
             crate::metrics::breaker_created();
             Ok::<_, Error>(Slot {
-                breaker: crate::core::Breaker::new(),
+                breaker: crate::core::Breaker::starting_at(first_generation(self.clock.now())),
                 tag: permit::account_tag(account_id),
                 settings: self.settings_for(account_id),
                 last_sequence: 0,
@@ -265,4 +265,11 @@ impl Registry {
             format!("{detail}; no change is accepted until writes succeed again"),
         )))
     }
+}
+
+/// The first generation of a breaker created at `now`: its creation time in microseconds,
+/// above every generation an earlier breaker of the same account could have reached (each
+/// generation is a durable write, and none takes under a microsecond).
+fn first_generation(now: Timestamp) -> u64 {
+    now.as_unix_nanos() / 1_000
 }

@@ -522,17 +522,25 @@ async fn a_flood_of_new_accounts_evicts_idle_breakers_and_never_one_that_matters
         .set_mode("SHADOW", Some(Mode::Shadow), action("trial"), "")
         .await
         .expect("mode");
-    // A failure reported with its permit: remembered (to recognise it if reported again) even
-    // once it has left the window.
-    let permit = registry
-        .check("FAILING", Intent::New)
-        .await
-        .expect("check")
-        .permit_id();
-    registry
-        .report("FAILING", &permit, Report::failure(FailureKind::Other))
-        .await
-        .expect("report");
+    // Failures with their permits: FAILING fails again every 30 s (always a failure in the
+    // window), FAILED-ONCE once, long ago.
+    let failing = |account: &'static str| {
+        let registry = &registry;
+        async move {
+            let permit = registry
+                .check(account, Intent::New)
+                .await
+                .expect("check")
+                .permit_id();
+            registry
+                .report(account, &permit, Report::failure(FailureKind::Other))
+                .await
+                .expect("report");
+            permit
+        }
+    };
+    failing("FAILING").await;
+    let old_permit = failing("FAILED-ONCE").await;
     let tighter = crate::core::Overrides {
         failure_threshold: Some(1),
         ..crate::core::Overrides::default()
@@ -553,6 +561,12 @@ async fn a_flood_of_new_accounts_evicts_idle_breakers_and_never_one_that_matters
             .expect("room is made for a new account");
         assert!(result.allowed);
         assert!(registry.account_count() <= 100);
+        if i % 30 == 29 {
+            registry
+                .report("FAILING", "", Report::failure(FailureKind::Other))
+                .await
+                .expect("report");
+        }
     }
     assert_eq!(registry.account_count(), 100);
     for account in keep {
@@ -579,6 +593,19 @@ async fn a_flood_of_new_accounts_evicts_idle_breakers_and_never_one_that_matters
         .iter()
         .all(|k| stored.breakers.iter().any(|b| b.account_id == *k)));
     assert!(registry.get("FAILED-LONG-AGO").await.is_err());
+    // A failure that left the window goes with its breaker; its permit, reported again to the
+    // breaker made anew, is stale there and counts nothing.
+    assert!(registry.get("FAILED-ONCE").await.is_err());
+    let again = registry
+        .report(
+            "FAILED-ONCE",
+            &old_permit,
+            Report::failure(FailureKind::Other),
+        )
+        .await
+        .expect("report");
+    assert_eq!(again.disposition, Disposition::Stale);
+    assert_eq!(again.failure_count, 0);
 }
 
 #[tokio::test]
