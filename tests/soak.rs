@@ -163,7 +163,7 @@ async fn worker(channel: Channel, id: u64, stop: Arc<AtomicBool>, done: Arc<Done
         done.checks.fetch_add(1, Ordering::Relaxed);
         let check = check.into_inner();
         if check.allowed {
-            let outcome = if n % 3 == 0 {
+            let outcome = if n.is_multiple_of(3) {
                 Outcome::Failure
             } else {
                 Outcome::Success
@@ -181,9 +181,9 @@ async fn worker(channel: Channel, id: u64, stop: Arc<AtomicBool>, done: Arc<Done
                 done.reports.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if n % 97 == 0 {
+        if n.is_multiple_of(97) {
             let (reason, operator) = ("soak".to_owned(), "soak".to_owned());
-            let acted = if n % 2 == 0 {
+            let acted = if n.is_multiple_of(2) {
                 admin
                     .trip_breaker(TripBreakerRequest {
                         account_id,
@@ -227,7 +227,7 @@ async fn watchers(addr: String, stop: Arc<AtomicBool>, done: Arc<Done>) {
         let mut monitor = MonitorServiceClient::new(channel);
         let request = WatchEventsRequest {
             account_ids: vec![],
-            after_sequence: (round % 2 == 0).then_some(0),
+            after_sequence: round.is_multiple_of(2).then_some(0),
         };
         if let Ok(stream) = monitor.watch_events(request).await {
             done.watchers.fetch_add(1, Ordering::Relaxed);
