@@ -82,7 +82,9 @@ impl Breaker {
             return false;
         }
         let cold = &*self.cold;
+        // Without backoff, the streak changes no open time.
         let backoff_over = cold.open_streak == 0
+            || settings.open_backoff_multiplier <= 1.0
             || cold
                 .closed_at
                 .is_some_and(|at| now.saturating_duration_since(at) >= settings.backoff_reset);

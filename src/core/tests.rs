@@ -511,7 +511,21 @@ fn only_a_breaker_with_nothing_to_remember_is_idle() {
     let mut tripped = Breaker::new();
     tripped.trip(&s, at(0.0));
     assert!(!tripped.is_idle(&s, at(10_000.0)));
-    // Reset after opening: the backoff streak counts until backoff_reset has passed CLOSED.
+    // Reset after opening: with backoff on, the streak counts until backoff_reset has passed
+    // CLOSED; without, it changes nothing.
+    let mut reset = opened();
+    reset.reset(&s, at(10.0));
+    assert!(reset.is_idle(
+        &Settings {
+            open_backoff_multiplier: 1.0,
+            ..s.clone()
+        },
+        at(11.0)
+    ));
+    let s = Settings {
+        open_backoff_multiplier: 2.0,
+        ..s
+    };
     let mut reset = opened();
     reset.reset(&s, at(10.0));
     let idle_from = 10.0 + s.backoff_reset.as_secs_f64();

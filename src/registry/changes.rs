@@ -60,12 +60,18 @@ impl Registry {
         let mut shard = self.shard(account_id);
         // The limit first: one atomic load, where a lookup would be a second hash probe on
         // every call.
-        if self.is_full() && shard.get(account_id).is_none() {
-            // Room for a new account: an idle breaker goes, searched without this shard held
-            // (the search locks one shard at a time).
+        // Room for a new account: an idle breaker goes, searched without this shard held (the
+        // search locks one shard at a time). Another new account may take the room first:
+        // then the next idle breaker goes, a few times at most.
+        let mut evictions = 0;
+        while evictions < 4 && self.is_full() && shard.get(account_id).is_none() {
             drop(shard);
-            self.evict_idle();
+            let evicted = self.evict_idle();
             shard = self.shard(account_id);
+            if !evicted {
+                break;
+            }
+            evictions += 1;
         }
         let mut created = false;
         let slot = shard.get_or_try_insert(account_id, || {
