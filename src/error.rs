@@ -54,6 +54,8 @@ pub enum Error {
     AccountNotGranted { principal: String, account: String },
     #[error("{principal} is over its limit of {per_sec} GateService calls per second")]
     RateLimited { principal: String, per_sec: u32 },
+    #[error("{client} has more than {max} calls in flight (limits.max_in_flight_per_client); wait for answers before sending more")]
+    ClientOverloaded { client: String, max: usize },
     #[error(
         "the configuration was reloaded and this session's credentials are no longer accepted: {0}"
     )]

@@ -19,6 +19,9 @@
 //!    session, the watch-stream task, and the one map from [`error::Error`] to `tonic::Status`.
 //! 4. [`auth`]: who is calling and what they may do; the layer that authenticates, authorizes,
 //!    rate-limits and sheds every call before a handler runs.
+//!    [`connections`]: who may connect and for how long (limits in total and per address,
+//!    handshake and idle deadlines, an accept loop that backs off), and each connection's
+//!    state, which rides along to its calls.
 //! 5. [`cluster`]: a node's leadership of a replicated riskgate, as a pure state machine
 //!    (its role, its self-fence, when a new leader may serve).
 //!    [`logging`]: the tracing subscriber, human or JSON.
@@ -42,6 +45,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod core;
 pub mod error;
 pub mod grpc_codec;

@@ -114,6 +114,27 @@ fn describe() {
         "1 while a firm-wide halt is in force"
     );
     describe_gauge!("riskgate_groups_halted", "Groups halted");
+    describe_gauge!("riskgate_connections", "Client connections open");
+    describe_counter!(
+        "riskgate_connections_refused_total",
+        "Connections closed on accept: too many in total or from one address"
+    );
+    describe_counter!(
+        "riskgate_connections_closed_total",
+        "Connections closed by the server: no HTTP/2 handshake in time, or idle"
+    );
+    describe_counter!(
+        "riskgate_accept_errors_total",
+        "Failed accepts (out of file descriptors, for one)"
+    );
+    describe_counter!(
+        "riskgate_calls_refused_total",
+        "Calls refused before a handler: a client past its calls in flight, a request body too slow"
+    );
+    describe_counter!(
+        "riskgate_log_lines_suppressed_total",
+        "Log lines a client could cause at will, not written past a few per kind and interval"
+    );
 }
 
 pub fn state(state: State) -> &'static str {
@@ -219,6 +240,41 @@ pub fn breaker_created() {
 pub fn breaker_evicted() {
     gauge!("riskgate_breakers", "state" => "closed").decrement(1.0);
     counter!("riskgate_breakers_evicted_total").increment(1);
+}
+
+/// A connection admitted (`1.0`) or closed (`-1.0`).
+pub fn connections_open(change: f64) {
+    gauge!("riskgate_connections").increment(change);
+}
+
+/// A connection closed as soon as it was accepted: `reason` is `total` or `per_peer`.
+pub fn connection_refused(reason: &'static str) {
+    counter!("riskgate_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// A connection closed by the server: `handshake_timeout` or `idle`.
+pub fn connection_closed(reason: &'static str) {
+    counter!("riskgate_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// Accepting a connection failed (out of file descriptors, for one).
+pub fn accept_error() {
+    counter!("riskgate_accept_errors_total").increment(1);
+}
+
+/// A call refused because its client already has `max_in_flight_per_client` in flight.
+pub fn client_in_flight_refused() {
+    counter!("riskgate_calls_refused_total", "reason" => "client_in_flight").increment(1);
+}
+
+/// A request whose body did not arrive in time (`limits.request_body_timeout_secs`).
+pub fn request_body_timed_out() {
+    counter!("riskgate_calls_refused_total", "reason" => "body_timeout").increment(1);
+}
+
+/// A log line of `kind` not written (too many of its kind lately).
+pub fn log_line_suppressed(kind: &str) {
+    counter!("riskgate_log_lines_suppressed_total", "kind" => kind.to_owned()).increment(1);
 }
 
 /// The breakers loaded at start-up, by state.

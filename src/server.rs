@@ -18,7 +18,6 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -28,7 +27,9 @@ use crate::auth::tls::Tls;
 use crate::auth::{Auth, AuthLayer};
 use crate::clock::Clock;
 use crate::cluster::{LeaderRouting, Membership};
+use crate::config::LimitsConfig;
 use crate::config::{Config, StoreKind};
+use crate::connections::{ConnectionLimits, Connections};
 use crate::error::Error;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::gate_service_server::GateServiceServer;
@@ -164,6 +165,7 @@ pub async fn serve_node(
         }
     };
     let limits = &config.limits;
+    let connections = Connections::new(connection_limits(limits));
     let max_message = limits.max_message_bytes;
     let router = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -200,12 +202,13 @@ pub async fn serve_node(
     let server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match &tls {
-        Some(tls) => {
-            Box::pin(router.serve_with_incoming_shutdown(tls.clone().incoming(listener), signal))
-        }
-        // Small unary answers must not wait for Nagle's algorithm.
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            tls.clone().incoming(listener, connections.clone()),
+            signal,
+        )),
+        // Small unary answers must not wait for Nagle's algorithm (set on accept).
         None => Box::pin(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            crate::connections::incoming(listener, connections.clone()),
             signal,
         )),
     };
@@ -537,5 +540,17 @@ async fn follow_store_health(
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for name in HEALTH_NAMES {
         health.set_service_status(name, status).await;
+    }
+}
+
+/// The connection limits of a validated configuration.
+pub fn connection_limits(limits: &LimitsConfig) -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: limits.max_connections,
+        max_connections_per_peer: limits.max_connections_per_peer,
+        handshake_timeout: Duration::from_secs_f64(limits.handshake_timeout_secs),
+        idle_timeout: (limits.idle_timeout_secs > 0.0)
+            .then(|| Duration::from_secs_f64(limits.idle_timeout_secs)),
+        listen_backlog: limits.listen_backlog,
     }
 }

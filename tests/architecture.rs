@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["api"],
     &["auth"],
+    &["connections"],
     &["cluster"],
     &["logging"],
     &["config"],

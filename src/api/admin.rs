@@ -298,7 +298,8 @@ fn operator_action(
 /// The caller's address, for logs and the audit trail.
 fn peer<T>(request: &Request<T>) -> String {
     request
-        .remote_addr()
-        .map(|addr| addr.to_string())
+        .extensions()
+        .get::<crate::connections::ConnInfo>()
+        .map(|info| info.conn.remote.to_string())
         .unwrap_or_default()
 }

@@ -21,6 +21,7 @@ impl From<Error> for Status {
             | Error::EmptySessionMessage => Status::invalid_argument(message),
             Error::AccountLimit { .. }
             | Error::RateLimited { .. }
+            | Error::ClientOverloaded { .. }
             | Error::TooManyWatchers { .. } => Status::resource_exhausted(message),
             Error::Unauthenticated(_) | Error::CredentialsRevoked(_) => {
                 Status::unauthenticated(message)

@@ -11,6 +11,7 @@ use tonic::body::Body;
 use tonic::Status;
 
 use super::{Auth, Service};
+use crate::connections::{Conn, ConnInfo};
 use crate::error::Error;
 
 #[derive(Clone)]
@@ -41,12 +42,23 @@ pub struct AuthService<S> {
     auth: Arc<Auth>,
 }
 
-/// Counts a call in flight until dropped.
-pub struct InFlight(Arc<Auth>);
+/// Counts a call in flight until dropped: in total, on its connection (and its address), and
+/// for its principal.
+pub struct InFlight {
+    auth: Arc<Auth>,
+    conn: Option<Arc<Conn>>,
+    principal: Option<Arc<super::Principal>>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.auth.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(conn) = &self.conn {
+            conn.call_ended();
+        }
+        if let Some(principal) = &self.principal {
+            principal.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -87,30 +99,12 @@ where
     }
 }
 
-type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-type TlsConnectInfo = tonic::transport::server::TlsConnectInfo<ConnectInfo>;
-
-/// The certificates the client presented over mutual TLS, if any: its own first.
-fn client_certs<B>(
-    request: &http::Request<B>,
-) -> Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>> {
-    request
-        .extensions()
-        .get::<TlsConnectInfo>()
-        .and_then(|info| info.peer_certs())
-}
-
 /// The client's address, for the log line of a refusal.
 fn peer<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
-    let extensions = request.extensions();
-    extensions
-        .get::<TlsConnectInfo>()
-        .and_then(|info| info.get_ref().remote_addr())
-        .or_else(|| {
-            extensions
-                .get::<ConnectInfo>()
-                .and_then(|info| info.remote_addr())
-        })
+    request
+        .extensions()
+        .get::<ConnInfo>()
+        .map(|info| info.conn.remote)
 }
 
 impl<S> AuthService<S>
@@ -144,8 +138,18 @@ where
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let auth = self.auth.clone();
         let service = Service::of_path(request.uri().path());
+        let info = request.extensions().get::<ConnInfo>();
+        let conn = info.map(|info| info.conn.clone());
+        let certs = info.and_then(|info| info.certs.clone());
+        if let Some(conn) = &conn {
+            conn.call_started();
+        }
         // Shed at once rather than queue without bound; health answers even then.
-        let in_flight = InFlight(auth.clone());
+        let mut in_flight = InFlight {
+            auth: auth.clone(),
+            conn,
+            principal: None,
+        };
         let count = auth.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         if count > auth.max_in_flight && service != Service::Health {
             auth.count(&auth.counters.shed);
@@ -154,7 +158,6 @@ where
                 max: auth.max_in_flight,
             });
         }
-        let certs = client_certs(&request);
         let client_cert = certs.as_deref().and_then(|c| c.first()).map(|c| c.as_ref());
         let policy = auth.policy();
         let principal = match policy.authenticate(request.headers(), client_cert) {
@@ -183,6 +186,38 @@ where
                 needs,
             });
         }
+        // One client's share: its principal's calls with authentication on, its address's
+        // without (every caller is then the same principal).
+        let client_calls = if principal.authenticated {
+            let calls = principal.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            in_flight.principal = Some(principal.clone());
+            calls
+        } else {
+            in_flight
+                .conn
+                .as_ref()
+                .map_or(0, |conn| conn.peer.in_flight.load(Ordering::Relaxed))
+        };
+        if client_calls > auth.max_in_flight_per_client {
+            crate::metrics::client_in_flight_refused();
+            let client = if principal.authenticated {
+                format!("principal {}", principal.name)
+            } else {
+                peer(&request).map_or("this client".to_owned(), |p| format!("address {}", p.ip()))
+            };
+            crate::logging::throttled_warn(
+                "client calls in flight",
+                peer(&request).map(|p| p.ip()),
+                &format!(
+                    "{client}: a call refused, more than {} in flight",
+                    auth.max_in_flight_per_client
+                ),
+            );
+            return Answer::refused(Error::ClientOverloaded {
+                client,
+                max: auth.max_in_flight_per_client,
+            });
+        }
         if service == Service::Gate {
             if let Err(error) = principal.admit_gate_call() {
                 auth.count(&auth.counters.rate_limited);
@@ -198,8 +233,83 @@ where
             };
             request.extensions_mut().insert(Arc::new(credentials));
         }
+        let session = service == Service::Gate && request.uri().path().ends_with("/TradeSession");
+        if !session {
+            // A request arrives whole soon after its headers, or its slot goes back.
+            let deadline = tokio::time::Instant::now() + auth.body_timeout;
+            request = request.map(|body| Body::new(DeadlineBody::new(body, deadline)));
+        }
         request.extensions_mut().insert(principal);
         self.serve(request, in_flight)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that must end by `deadline`: past it, the call fails with
+    /// DEADLINE_EXCEEDED (its handler answers, and the stream ends) rather than holding its
+    /// place in flight for as long as the client likes.
+    pub struct DeadlineBody {
+        #[pin]
+        inner: Body,
+        deadline: tokio::time::Instant,
+        // Made only if the body is not whole at once (the common case needs no timer).
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        ended: bool,
+    }
+}
+
+impl DeadlineBody {
+    fn new(inner: Body, deadline: tokio::time::Instant) -> Self {
+        DeadlineBody {
+            inner,
+            deadline,
+            timer: None,
+            ended: false,
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(None) => {
+                *this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(frame) => Poll::Ready(frame),
+            Poll::Pending if *this.ended => Poll::Pending,
+            Poll::Pending => {
+                let deadline = *this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        *this.ended = true;
+                        crate::metrics::request_body_timed_out();
+                        Poll::Ready(Some(Err(Status::deadline_exceeded(
+                            "the request did not arrive whole in time after its headers (limits.request_body_timeout_secs)",
+                        ))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Principal {
     pub authenticated: bool,
     limiter: Option<DefaultDirectRateLimiter>,
     gate_calls_per_sec: u32,
+    /// Calls of this principal in flight (counted when authentication is on).
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     token_sha256: [u8; 32],
     cert_name: String,
 }
@@ -179,6 +181,7 @@ impl AuthPolicy {
                     authenticated: true,
                     limiter: limiter(rate),
                     gate_calls_per_sec: rate,
+                    in_flight: Default::default(),
                     token_sha256,
                     cert_name: p.cert_name.clone(),
                 })
@@ -194,6 +197,7 @@ impl AuthPolicy {
                 authenticated: false,
                 limiter: limiter(default_rate),
                 gate_calls_per_sec: default_rate,
+                in_flight: Default::default(),
                 token_sha256: [0; 32],
                 cert_name: String::new(),
             }),
@@ -348,6 +352,9 @@ pub struct Auth {
     pub counters: AuthCounters,
     in_flight: std::sync::atomic::AtomicUsize,
     max_in_flight: usize,
+    max_in_flight_per_client: usize,
+    /// How long a request's body may take to arrive after its headers.
+    body_timeout: std::time::Duration,
 }
 
 impl Auth {
@@ -357,6 +364,10 @@ impl Auth {
             counters: AuthCounters::default(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             max_in_flight: config.limits.max_in_flight,
+            max_in_flight_per_client: config.limits.max_in_flight_per_client,
+            body_timeout: std::time::Duration::from_secs_f64(
+                config.limits.request_body_timeout_secs,
+            ),
         })
     }
 

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::Instant;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -17,9 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::TlsConfig;
+use crate::connections::{self, Connections, Tracked};
 
-/// How long a client gets to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handshaken but not yet taken by the server.
 const ACCEPTED_BACKLOG: usize = 128;
 
@@ -62,45 +61,55 @@ impl Tls {
         )
     }
 
-    /// Accepts TCP connections on `listener` and yields those whose TLS handshake completed.
-    /// A failed handshake (no, expired or foreign client certificate, not TLS at all) is
-    /// logged and dropped; it never reaches a service.
+    /// Accepts and admits connections on `listener` (see [`connections::accept_loop`]) and
+    /// yields those whose TLS handshake completed within the handshake deadline. A failed
+    /// handshake (no, expired or foreign client certificate, not TLS at all) is logged (a few
+    /// a time: a client can cause them at will) and dropped; it never reaches a service.
     pub fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
-    ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        connections: Arc<Connections>,
+    ) -> ReceiverStream<io::Result<Tracked<TlsStream<TcpStream>>>> {
         let (sender, receiver) = mpsc::channel(ACCEPTED_BACKLOG);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    // The server stopped taking connections: release the port.
-                    _ = sender.closed() => return,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+        let closed = {
+            let sender = sender.clone();
+            async move { sender.closed().await }
+        };
+        let limits = connections.limits().clone();
+        tokio::spawn(connections::accept_loop(
+            listener,
+            connections,
+            closed,
+            move |stream, conn| {
+                let accepted = Instant::now();
                 let acceptor = self.acceptor();
                 let sender = sender.clone();
+                let limits = limits.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let remote = conn.remote;
+                    let due = tokio::time::Instant::from(accepted + limits.handshake_timeout);
+                    match tokio::time::timeout_at(due, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = sender.send(Ok(tls)).await;
+                            let tracked = Tracked::new(tls, conn, &limits, accepted);
+                            let _ = sender.send(Ok(tracked)).await;
                         }
-                        Ok(Err(error)) => {
-                            tracing::warn!(%peer, %error, "TLS handshake failed");
+                        Ok(Err(error)) => crate::logging::throttled_warn(
+                            "TLS handshake failed",
+                            Some(remote.ip()),
+                            &format!("TLS handshake with {remote} failed: {error}"),
+                        ),
+                        Err(_) => {
+                            crate::metrics::connection_closed("handshake_timeout");
+                            crate::logging::throttled_warn(
+                                "handshake timeout",
+                                Some(remote.ip()),
+                                &format!("TLS handshake with {remote} timed out (limits.handshake_timeout_secs)"),
+                            )
                         }
-                        Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
                     }
                 });
-            }
-        });
+            },
+        ));
         ReceiverStream::new(receiver)
     }
 }

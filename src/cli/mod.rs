@@ -392,11 +392,12 @@ async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<E
     let addr = config.listen_addr()?;
     // The store first: one that cannot be used stops start-up before anything listens.
     let (store, membership) = open_node(&config).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| CliError::Bind {
-            addr: addr.to_string(),
-            source,
+    let listener =
+        crate::connections::bind(addr, config.limits.listen_backlog).map_err(|source| {
+            CliError::Bind {
+                addr: addr.to_string(),
+                source,
+            }
         })?;
     if !addr.ip().is_loopback() && !config.tls.enabled() {
         tracing::warn!(%addr, "listening in plaintext on a non-loopback address: set [tls] cert and key");

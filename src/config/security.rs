@@ -74,6 +74,13 @@ pub struct LimitsConfig {
     pub keepalive_timeout_secs: f64,
     pub gate_calls_per_sec: u32,
     pub max_in_flight: usize,
+    pub max_in_flight_per_client: usize,
+    pub request_body_timeout_secs: f64,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub handshake_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub listen_backlog: u32,
 }
 
 pub const ROLES: [&str; 3] = ["bot", "monitor", "operator"];
@@ -186,6 +193,16 @@ pub(super) fn validate(
         ),
         ("limits.max_watchers", limits.max_watchers),
         ("limits.max_in_flight", limits.max_in_flight),
+        (
+            "limits.max_in_flight_per_client",
+            limits.max_in_flight_per_client,
+        ),
+        ("limits.max_connections", limits.max_connections),
+        (
+            "limits.max_connections_per_peer",
+            limits.max_connections_per_peer,
+        ),
+        ("limits.listen_backlog", limits.listen_backlog as usize),
     ] {
         if value == 0 {
             return Err(invalid(key, "must be >= 1".into()));
@@ -199,5 +216,16 @@ pub(super) fn validate(
         "limits.keepalive_timeout_secs",
         limits.keepalive_timeout_secs,
     )?;
+    seconds(
+        "limits.request_body_timeout_secs",
+        limits.request_body_timeout_secs,
+    )?;
+    seconds(
+        "limits.handshake_timeout_secs",
+        limits.handshake_timeout_secs,
+    )?;
+    if limits.idle_timeout_secs != 0.0 {
+        seconds("limits.idle_timeout_secs", limits.idle_timeout_secs)?;
+    }
     Ok(())
 }
