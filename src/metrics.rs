@@ -25,6 +25,35 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Whether a recorder is installed: without one, handling times are not even measured.
 static RECORDING: AtomicBool = AtomicBool::new(false);
 
+/// The series every check and every successful report touch, registered once when the
+/// recorder is installed: a handle increments its series directly, where a `counter!` looks
+/// it up in the exporter's registry (a hash and a lock) on every call.
+struct Hot {
+    checks_allowed: metrics::Counter,
+    checks_passed: metrics::Counter,
+    check_seconds: metrics::Histogram,
+    outcomes_success: metrics::Counter,
+    report_seconds: metrics::Histogram,
+}
+
+static HOT: std::sync::OnceLock<Hot> = std::sync::OnceLock::new();
+
+fn hot() -> &'static Hot {
+    HOT.get_or_init(|| Hot {
+        checks_allowed: counter!(
+            "riskgate_checks_total", "decision" => "allowed", "layer" => "none", "reason" => "none"
+        ),
+        checks_passed: counter!(
+            "riskgate_checks_total", "decision" => "passed", "layer" => "none", "reason" => "none"
+        ),
+        check_seconds: histogram!("riskgate_check_seconds"),
+        outcomes_success: counter!(
+            "riskgate_outcomes_total", "result" => "success", "kind" => "none", "disposition" => "recorded"
+        ),
+        report_seconds: histogram!("riskgate_report_seconds"),
+    })
+}
+
 /// Measures how long a call is handled, for its histogram. Reads no clock when nothing
 /// records (a clock read costs a tenth of a check).
 pub struct Timer(Option<Instant>);
@@ -50,6 +79,8 @@ pub fn serve(listen: SocketAddr) -> Result<tokio::task::JoinHandle<()>, String> 
         .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
     metrics::set_global_recorder(recorder)
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    // The handles are taken from the recorder just installed, before anything records.
+    let _ = hot();
     RECORDING.store(true, Ordering::Relaxed);
     describe();
     Ok(tokio::spawn(async move {
@@ -159,23 +190,17 @@ pub enum Checked {
     },
 }
 
-/// Called on every `CheckTrade`. The answers that are not denials name their series with
-/// literal labels, so the key is a static: the `metrics` macros build a key with runtime label
-/// values in a fresh `Vec` on every call, recorder or not.
+/// Called on every `CheckTrade`. The answers that are not denials go through the handles of
+/// `Hot`; denials name their series with runtime labels, looked up on each call.
 /// `checked` is asked only when a recorder is installed.
 pub fn checked(timer: &Timer, checked: impl FnOnce() -> Checked) {
     let Some(took) = timer.elapsed() else {
         return;
     };
+    let hot = hot();
     match checked() {
-        Checked::Passed => counter!(
-            "riskgate_checks_total", "decision" => "passed", "layer" => "none", "reason" => "none"
-        )
-        .increment(1),
-        Checked::Allowed => counter!(
-            "riskgate_checks_total", "decision" => "allowed", "layer" => "none", "reason" => "none"
-        )
-        .increment(1),
+        Checked::Passed => hot.checks_passed.increment(1),
+        Checked::Allowed => hot.checks_allowed.increment(1),
         Checked::Denied {
             shadow,
             layer,
@@ -188,7 +213,7 @@ pub fn checked(timer: &Timer, checked: impl FnOnce() -> Checked) {
         )
         .increment(1),
     }
-    histogram!("riskgate_check_seconds").record(took.as_secs_f64());
+    hot.check_seconds.record(took.as_secs_f64());
 }
 
 pub fn reported(failed: bool, kind: FailureKind, disposition: Disposition, timer: &Timer) {
@@ -201,12 +226,10 @@ pub fn reported(failed: bool, kind: FailureKind, disposition: Disposition, timer
         Disposition::Duplicate => "duplicate",
         Disposition::Ignored => "ignored",
     };
+    let hot = hot();
     if !failed && disposition == Disposition::Recorded {
-        // The common answer, with a static key (see `checked`).
-        counter!(
-            "riskgate_outcomes_total", "result" => "success", "kind" => "none", "disposition" => "recorded"
-        )
-        .increment(1);
+        // The common answer, through its handle (see `Hot`).
+        hot.outcomes_success.increment(1);
     } else {
         let (result_label, kind) = if failed {
             ("failure", kind.key())
@@ -216,7 +239,7 @@ pub fn reported(failed: bool, kind: FailureKind, disposition: Disposition, timer
         counter!("riskgate_outcomes_total", "result" => result_label, "kind" => kind, "disposition" => label)
             .increment(1);
     }
-    histogram!("riskgate_report_seconds").record(took.as_secs_f64());
+    hot.report_seconds.record(took.as_secs_f64());
 }
 
 pub fn transition(t: &Transition) {

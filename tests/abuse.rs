@@ -454,3 +454,46 @@ fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     common::process::signal(&server, "TERM");
     let _ = server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_no_calls_for_the_idle_timeout_is_closed() {
+    let server = TestServer::start("[limits]\nidle_timeout_secs = 0.3\n").await;
+    let stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (send, connection) = h2::client::Builder::new()
+        .handshake::<_, Bytes>(stream)
+        .await
+        .expect("handshake");
+    let connection = tokio::spawn(connection);
+    // One call, answered; then nothing.
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/riskgate.v1.GateService/CheckTrade",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let mut ready = send.ready().await.expect("ready");
+    let (response, mut body) = ready.send_request(request, false).expect("send");
+    let message = prost::Message::encode_to_vec(&CheckTradeRequest {
+        account_id: "idle".into(),
+        ..Default::default()
+    });
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    body.send_data(frame.into(), true).expect("data");
+    let response = response.await.expect("answered");
+    assert_eq!(response.status(), 200);
+    // Generous: the idle timeout is 0.3 s; this only bounds a failing test.
+    let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
+    assert!(
+        ended.is_ok(),
+        "the idle connection was closed by the server"
+    );
+    server.stop().await;
+}

@@ -1000,6 +1000,51 @@ mod cluster {
             halted_at.elapsed()
         );
         clients.act("", Action::Resume, "propagation-over").await;
+        // An operator's settings for an account, set on the leader, are in force on every
+        // node's mirror, with their source.
+        cluster.nodes[leader]
+            .admin()
+            .set_account_settings(SetAccountSettingsRequest {
+                account_id: "ACC-TUNED".into(),
+                settings: Some(AccountSettings {
+                    failure_threshold: Some(2),
+                    ..Default::default()
+                }),
+                clear: vec![],
+                reason: "flaky venue".into(),
+                operator: "ops".into(),
+            })
+            .await
+            .expect("settings on the leader");
+        for node in &cluster.nodes {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let breaker = node
+                    .monitor()
+                    .get_breaker(GetBreakerRequest {
+                        account_id: "ACC-TUNED".into(),
+                    })
+                    .await
+                    .ok()
+                    .and_then(|b| b.into_inner().breaker);
+                let tuned = breaker.as_ref().is_some_and(|b| {
+                    b.settings
+                        .as_ref()
+                        .is_some_and(|s| s.failure_threshold == 2)
+                        && b.setting_sources.get("failure_threshold")
+                            == Some(&(SettingSource::Operator as i32))
+                });
+                if tuned {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never had the operator's settings: {breaker:?}",
+                    node.id
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         // A standby refuses gate calls, naming the leader.
         let refused = cluster.nodes[standby]
             .gate()

@@ -24,8 +24,8 @@ use crate::store::{
 };
 
 /// etcd, reached one member at a time: a client per configured endpoint, and the one in use.
-/// After a failure the next call goes to the next member (at most one move every
-/// [`MOVE_AFTER_FAILURE`]); calls and streams already on a healthy member are left alone.
+/// After a failure on the member in use the next call goes to the next member (see
+/// [`Etcd::failed`]); calls and streams already on a healthy member are left alone.
 ///
 /// (One client balancing over every endpoint was tried first: after a member died, calls kept
 /// failing for tens of seconds, and a member that came back was not used again.)
@@ -33,11 +33,28 @@ pub struct Etcd {
     clients: Vec<Client>,
     endpoints: Vec<String>,
     current: AtomicUsize,
-    moved_at: Mutex<Option<std::time::Instant>>,
 }
 
-/// The least time between two moves to another member.
-const MOVE_AFTER_FAILURE: Duration = Duration::from_millis(300);
+/// A client of one etcd member, as [`Etcd::client`] hands it out: a failure on it moves the
+/// calls to the next member only if it is still the one in use.
+pub(super) struct Member {
+    index: usize,
+    client: Client,
+}
+
+impl std::ops::Deref for Member {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Member {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
 
 impl Etcd {
     /// A client for each of `endpoints` (connections are made as calls need them).
@@ -59,34 +76,41 @@ impl Etcd {
             clients,
             endpoints: endpoints.to_vec(),
             current: AtomicUsize::new(0),
-            moved_at: Mutex::new(None),
         })
     }
 
     /// The client of the member in use.
-    pub(super) fn client(&self) -> Client {
+    pub(super) fn client(&self) -> Member {
         let index = self.current.load(Ordering::Acquire) % self.clients.len();
-        self.clients[index].clone()
+        Member {
+            index,
+            client: self.clients[index].clone(),
+        }
     }
 
-    /// A call failed for `why`: the next calls go to the next member, unless another failure
-    /// just moved them.
-    pub(super) fn failed(&self, why: &str) {
-        if self.clients.len() < 2 {
+    /// A call (or stream) on `member` failed for `why`: the next calls go to the next member,
+    /// unless they already left `member`. A failure of a call or stream made on a member
+    /// already left behind says nothing of the one in use; moving on it too would have the
+    /// node's lease, watch and writes (each failing on the dead member in its own time) push
+    /// one another round the members, away from the ones that answer.
+    pub(super) fn failed(&self, member: &Member, why: &str) {
+        let members = self.clients.len();
+        if members < 2 {
             return;
         }
-        let mut moved_at = self.moved_at.lock().unwrap_or_else(PoisonError::into_inner);
-        if moved_at.is_some_and(|at| at.elapsed() < MOVE_AFTER_FAILURE) {
-            return;
+        let next = (member.index + 1) % members;
+        if self
+            .current
+            .compare_exchange(member.index, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::warn!(
+                error = why,
+                failed = %self.endpoints[member.index],
+                now_using = %self.endpoints[next],
+                "an etcd call failed; using the next etcd member"
+            );
         }
-        *moved_at = Some(std::time::Instant::now());
-        let next = (self.current.load(Ordering::Acquire) + 1) % self.clients.len();
-        self.current.store(next, Ordering::Release);
-        tracing::warn!(
-            error = why,
-            now_using = %self.endpoints[next],
-            "an etcd call failed; using the next etcd member"
-        );
     }
 }
 
@@ -400,7 +424,7 @@ impl Shared {
             )),
         };
         if let Err(error) = &result {
-            self.etcd.failed(error);
+            self.etcd.failed(&client, error);
         }
         result
     }
@@ -461,7 +485,7 @@ impl Shared {
         let txn = fenced(keys, epoch, ops);
         let mut client = self.etcd.client();
         let response = client.txn(txn).await.map_err(|e| {
-            self.etcd.failed(&e.to_string());
+            self.etcd.failed(&client, &e.to_string());
             e.to_string()
         })?;
         for op in response.op_responses() {
@@ -489,7 +513,7 @@ impl Shared {
             )
             .await
             .map_err(|e| {
-                self.etcd.failed(&e.to_string());
+                self.etcd.failed(&client, &e.to_string());
                 e.to_string()
             })?;
         Ok(page
@@ -538,7 +562,7 @@ pub(super) async fn read_snapshot(etcd: &Etcd, keys: &Keys) -> Result<Snapshot, 
             options = options.with_revision(revision);
         }
         let mut page = client.get(from.clone(), Some(options)).await.map_err(|e| {
-            etcd.failed(&e.to_string());
+            etcd.failed(&client, &e.to_string());
             format!("cannot read the cluster's state from etcd: {e}")
         })?;
         if revision == 0 {
@@ -711,7 +735,7 @@ impl Store for EtcdStore {
 pub(super) async fn read_counters(etcd: &Etcd, keys: &Keys) -> Result<Counters, String> {
     let mut client = etcd.client();
     let response = client.get(keys.counters(), None).await.map_err(|e| {
-        etcd.failed(&e.to_string());
+        etcd.failed(&client, &e.to_string());
         e.to_string()
     })?;
     match response.kvs().first() {

@@ -332,7 +332,7 @@ impl Node {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(%error, "cannot keep a lease alive; retrying");
-                    self.etcd.failed(&error.to_string());
+                    self.etcd.failed(&client, &error.to_string());
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
                 }
@@ -358,12 +358,12 @@ impl Node {
                         if sent_at.front().is_some_and(|first| {
                             self.now().saturating_duration_since(*first) > granted_ttl
                         }) {
-                            self.etcd.failed("lease renewals went unanswered");
+                            self.etcd.failed(&client, "lease renewals went unanswered");
                             break;
                         }
                         sent_at.push_back(self.now());
                         if keeper.keep_alive().await.is_err() {
-                            self.etcd.failed("the lease's keep-alive stream closed");
+                            self.etcd.failed(&client, "the lease's keep-alive stream closed");
                             break;
                         }
                     }
@@ -385,7 +385,7 @@ impl Node {
                             }
                         }
                         _ => {
-                            self.etcd.failed("the lease's keep-alive stream ended");
+                            self.etcd.failed(&client, "the lease's keep-alive stream ended");
                             break;
                         }
                     },
@@ -452,7 +452,7 @@ impl Node {
             Ok(Ok(answer)) => answer,
             failed => {
                 if let Ok(Err(error)) = failed {
-                    self.etcd.failed(&error.to_string());
+                    self.etcd.failed(&client, &error.to_string());
                 }
                 let mut state = self.state();
                 state.leadership.deposed();
@@ -534,7 +534,7 @@ impl Node {
                 Ok(stream) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "cannot watch the cluster's keys; retrying");
-                    self.etcd.failed(&error.to_string());
+                    self.etcd.failed(&client, &error.to_string());
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
                 }
@@ -548,7 +548,7 @@ impl Node {
                         // A member that died without closing the connection leaves a silent
                         // watch: asked for progress and still silent, it is given up.
                         if heard.elapsed() > MIRROR_STALE {
-                            self.etcd.failed("the watch went silent");
+                            self.etcd.failed(&client, "the watch went silent");
                             break;
                         }
                         let _ = stream.request_progress().await;
@@ -591,7 +591,7 @@ impl Node {
                             self.refresh(&mut state);
                         }
                         Ok(None) | Err(_) => {
-                            self.etcd.failed("the watch stream ended");
+                            self.etcd.failed(&client, "the watch stream ended");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             break;
                         }
