@@ -376,6 +376,7 @@ impl<IO: AsyncRead> AsyncRead for Tracked<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
+        crate::logging::reading_from(this.conn.peer.ip);
         match this.io.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if let Phase::Handshake(read) = this.phase {

@@ -145,8 +145,22 @@ fn write_summary(name: &str, kind: &Kind) {
     );
 }
 
+thread_local! {
+    /// The address of the connection this thread last read from: the HTTP/2 stack handles
+    /// what a connection sent on the thread that read it, in the same poll, so its warnings
+    /// are the doing of this peer.
+    static READING_FROM: std::cell::Cell<Option<IpAddr>> = const { std::cell::Cell::new(None) };
+}
+
+/// Notes that this thread is handling what `peer` sent (called on every read of a client
+/// connection).
+pub fn reading_from(peer: IpAddr) {
+    READING_FROM.with(|current| current.set(Some(peer)));
+}
+
 /// Throttles the warnings of the HTTP/2 stack (h2, hyper), which a client can cause at will
-/// (one per reset flood, per malformed frame), by the place in the code that writes them.
+/// (one per reset flood, per malformed frame), by the place in the code that writes them; the
+/// summary names the addresses whose connections were being read when they were written.
 struct LibraryWarnings;
 
 fn throttled_target(metadata: &Metadata<'_>) -> bool {
@@ -169,7 +183,7 @@ impl<S> Filter<S> for LibraryWarnings {
             metadata.target(),
             metadata.line().unwrap_or_default()
         );
-        admit(&kind, None)
+        admit(&kind, READING_FROM.with(std::cell::Cell::get))
     }
 }
 
