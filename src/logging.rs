@@ -36,8 +36,11 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         LogFormat::Human => layer.boxed(),
         LogFormat::Json => layer.json().flatten_event(true).boxed(),
     };
+    // The level filter is global, so that what it leaves out (the HTTP/2 stack's spans and
+    // events on every stream) is never even recorded; only the line writer is throttled.
     tracing_subscriber::registry()
-        .with(layer.with_filter(filter).with_filter(LibraryWarnings))
+        .with(filter)
+        .with(layer.with_filter(LibraryWarnings))
         .try_init()
         .map_err(|e| format!("could not install the logger: {e}"))?;
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -171,6 +174,17 @@ fn throttled_target(metadata: &Metadata<'_>) -> bool {
 impl<S> Filter<S> for LibraryWarnings {
     fn enabled(&self, _metadata: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
         true
+    }
+
+    fn callsite_enabled(
+        &self,
+        metadata: &'static Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if throttled_target(metadata) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
