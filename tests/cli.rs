@@ -766,3 +766,39 @@ fn account_settings_from_the_command_line_outlive_a_reload_and_a_restart() {
     );
     signal(&server, "TERM");
 }
+
+/// `riskgate --help` lists the commands in the order an operator reaches for them: run it,
+/// look, act on an account, act on many, tools.
+#[test]
+fn help_lists_commands_in_an_operators_order() {
+    let help = riskgate().arg("--help").output().expect("run riskgate");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let order = [
+        "serve",
+        "status",
+        "halts",
+        "watch",
+        "audit",
+        "config",
+        "cluster",
+        "health",
+        "trip",
+        "reset",
+        "mode",
+        "settings",
+        "halt ",
+        "resume",
+        "hash-token",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|command| {
+            help.find(&format!("\n  {command}"))
+                .unwrap_or_else(|| panic!("{command} missing from the help: {help}"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "commands out of order: {help}"
+    );
+}

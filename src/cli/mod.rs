@@ -27,6 +27,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// In the order an operator reaches for them (`riskgate --help` lists them so): run it; look
+// (status, halts, events, audit, configuration, cluster, health); act on one account; act on
+// many; tools.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (without --config: 127.0.0.1:50051 and the built-in defaults).
@@ -62,28 +65,6 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Close a breaker and clear its counters.
-    Reset {
-        /// The account, as its bots name it (for example desk-a:momo).
-        account: String,
-        /// Act on an account riskgate has never seen (before its first order); without it, such
-        /// an account is refused as a likely typo.
-        #[arg(long)]
-        new: bool,
-        #[command(flatten)]
-        action: ActionArgs,
-        #[command(flatten)]
-        target: Target,
-    },
-    /// Ask the server's gRPC health service; exit 0 only when it is SERVING (for container and
-    /// orchestrator health checks).
-    Health {
-        /// A service name, e.g. riskgate.v1.GateService (default: the whole server).
-        #[arg(long, default_value = "")]
-        service: String,
-        #[command(flatten)]
-        target: Target,
-    },
     /// Show the audit trail of operator actions, newest first; with `--format jsonl`, one JSON
     /// object per line, for archiving before records pass their retention (`[audit]`).
     Audit {
@@ -108,6 +89,32 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the configuration the server runs with, and its version; with ACCOUNT, that
+    /// account's settings in force and where each comes from (default, file, operator).
+    Config {
+        /// The account, as its bots name it (for example desk-a:momo).
+        account: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the cluster: the node that answers and its role, the leader and its epoch, each
+    /// node's mirror lag and lease time left.
+    Cluster {
+        /// One JSON object per member, one per line (the leader and epoch on each).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask the server's gRPC health service; exit 0 only when it is SERVING (for container and
+    /// orchestrator health checks).
+    Health {
+        /// A service name, e.g. riskgate.v1.GateService (default: the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Open a breaker and hold it open until it is reset (or, with --for, for that long).
     Trip {
         /// The account, as its bots name it (for example desk-a:momo).
@@ -119,6 +126,19 @@ pub enum Command {
         /// Hold it open this long (e.g. 15m, 2h), then test recovery as usual.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         hold: Option<std::time::Duration>,
+        #[command(flatten)]
+        action: ActionArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Close a breaker and clear its counters.
+    Reset {
+        /// The account, as its bots name it (for example desk-a:momo).
+        account: String,
+        /// Act on an account riskgate has never seen (before its first order); without it, such
+        /// an account is refused as a likely typo.
+        #[arg(long)]
+        new: bool,
         #[command(flatten)]
         action: ActionArgs,
         #[command(flatten)]
@@ -180,23 +200,6 @@ pub enum Command {
         group: Option<String>,
         #[command(flatten)]
         action: ActionArgs,
-        #[command(flatten)]
-        target: Target,
-    },
-    /// Show the cluster: the node that answers and its role, the leader and its epoch, each
-    /// node's mirror lag and lease time left.
-    Cluster {
-        /// One JSON object per member, one per line (the leader and epoch on each).
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        target: Target,
-    },
-    /// Print the configuration the server runs with, and its version; with ACCOUNT, that
-    /// account's settings in force and where each comes from (default, file, operator).
-    Config {
-        /// The account, as its bots name it (for example desk-a:momo).
-        account: Option<String>,
         #[command(flatten)]
         target: Target,
     },
