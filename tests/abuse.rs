@@ -44,6 +44,20 @@ async fn client_from(addr: SocketAddr, local: &str) -> GateServiceClient<Channel
     connect_from(addr, local).await.expect("connect")
 }
 
+/// Whether a check for `account` from `local` is answered and allowed.
+async fn allowed_from(addr: SocketAddr, local: &str, account: &str) -> bool {
+    client_from(addr, local)
+        .await
+        .check_trade(CheckTradeRequest {
+            account_id: account.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("check answered")
+        .into_inner()
+        .allowed
+}
+
 /// The attacker's streams: how they ended.
 #[derive(Default)]
 struct Attack {
@@ -316,18 +330,7 @@ async fn connections_that_never_finish_the_handshake_are_closed() {
     assert!(silent, "a silent connection was closed");
     assert!(half, "half a preface was closed");
     // A real client still gets in.
-    let mut client = client_from(server.addr, "127.0.0.1").await;
-    assert!(
-        client
-            .check_trade(CheckTradeRequest {
-                account_id: "after".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("check")
-            .into_inner()
-            .allowed
-    );
+    assert!(allowed_from(server.addr, "127.0.0.1", "after").await);
     server.stop().await;
 }
 
@@ -356,17 +359,9 @@ async fn a_peer_past_its_connections_is_refused_and_another_is_served() {
     .await
     .expect("probe");
     assert!(refused, "the fifth connection from 127.0.0.1 was closed");
-    let mut other = client_from(server.addr, CANARY).await;
     assert!(
-        other
-            .check_trade(CheckTradeRequest {
-                account_id: "other-peer".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("another address is served")
-            .into_inner()
-            .allowed
+        allowed_from(server.addr, CANARY, "other-peer").await,
+        "another address is served"
     );
     server.stop().await;
 }

@@ -243,6 +243,23 @@ fn ids() -> (u32, u32) {
         .unwrap_or((0, 0))
 }
 
+impl Fs {
+    /// fsync and fsyncdir: `sync` makes what `ino` holds durable.
+    fn sync(&self, ino: u64, reply: ReplyEmpty, sync: impl FnOnce(&mut Inode)) {
+        let Some(mut state) = self.live() else {
+            return reply.error(EIO);
+        };
+        state.syncs += 1;
+        match state.inodes.get_mut(&ino) {
+            Some(inode) => {
+                sync(inode);
+                reply.ok()
+            }
+            None => reply.error(ENOENT),
+        }
+    }
+}
+
 impl Filesystem for Fs {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let Some(state) = self.live() else {
@@ -477,17 +494,7 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(mut state) = self.live() else {
-            return reply.error(EIO);
-        };
-        state.syncs += 1;
-        match state.inodes.get_mut(&ino) {
-            Some(inode) => {
-                inode.sync();
-                reply.ok()
-            }
-            None => reply.error(ENOENT),
-        }
+        self.sync(ino, reply, Inode::sync);
     }
 
     fn readdir(
@@ -531,17 +538,7 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(mut state) = self.live() else {
-            return reply.error(EIO);
-        };
-        state.syncs += 1;
-        match state.inodes.get_mut(&ino) {
-            Some(dir) => {
-                dir.synced_entries = dir.entries.clone();
-                reply.ok()
-            }
-            None => reply.error(ENOENT),
-        }
+        self.sync(ino, reply, |dir| dir.synced_entries = dir.entries.clone());
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
