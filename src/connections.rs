@@ -98,7 +98,8 @@ pub struct Conn {
     pub peer: Arc<Peer>,
     /// Calls in flight on this connection.
     pub in_flight: AtomicUsize,
-    /// When a call last started or ended here, in milliseconds of [`elapsed_ms`].
+    /// When a call last ended here (or the connection was admitted), in milliseconds of
+    /// [`elapsed_ms`]: idle time counts only while no call is in flight.
     last_call: AtomicU64,
     connections: Arc<Connections>,
 }
@@ -108,7 +109,6 @@ impl Conn {
     pub fn call_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.peer.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.last_call.store(elapsed_ms(), Ordering::Relaxed);
     }
 
     /// A call that started here ended.

@@ -224,7 +224,8 @@ where
                 return Answer::refused(error);
             }
         }
-        if service == Service::Gate && request.uri().path().ends_with("/TradeSession") {
+        let session = service == Service::Gate && request.uri().path().ends_with("/TradeSession");
+        if session {
             let credentials = super::SessionCredentials {
                 auth: auth.clone(),
                 authorization: request.headers().get(http::header::AUTHORIZATION).cloned(),
@@ -233,7 +234,6 @@ where
             };
             request.extensions_mut().insert(Arc::new(credentials));
         }
-        let session = service == Service::Gate && request.uri().path().ends_with("/TradeSession");
         if !session {
             // A request arrives whole soon after its headers, or its slot goes back.
             let deadline = tokio::time::Instant::now() + auth.body_timeout;
