@@ -15,28 +15,30 @@
 //!    `watch`, `reset`, `trip`, `halt`, `audit`, `config` talk to a running one.
 //! 2. [`server`]: wires the services, health and reflection onto a listener; reloads the
 //!    configuration; graceful shutdown.
-//! 3. [`api`]: the wire layer. Thin gRPC handlers (validate, delegate, convert), the trade
+//! 3. [`console`]: the operators' web console (axum, on its own listener): a client of the
+//!    services of [`api`], called in process as the signed-in operator.
+//! 4. [`api`]: the wire layer. Thin gRPC handlers (validate, delegate, convert), the trade
 //!    session, the watch-stream task, and the one map from [`error::Error`] to `tonic::Status`.
-//! 4. [`auth`]: who is calling and what they may do; the layer that authenticates, authorizes,
+//! 5. [`auth`]: who is calling and what they may do; the layer that authenticates, authorizes,
 //!    rate-limits and sheds every call before a handler runs.
 //!    [`connections`]: who may connect and for how long (limits in total and per address,
 //!    handshake and idle deadlines, an accept loop that backs off), and each connection's
 //!    state, which rides along to its calls.
-//! 5. [`cluster`]: a node's leadership of a replicated riskgate, as a pure state machine
+//! 6. [`cluster`]: a node's leadership of a replicated riskgate, as a pure state machine
 //!    (its role, its self-fence, when a new leader may serve).
 //!    [`logging`]: the tracing subscriber, human or JSON.
-//! 6. [`config`]: the embedded default, file and environment layers, validated as a whole.
-//! 7. [`registry`]: every account's breaker behind sharded locks, halts, sequenced events and
+//! 7. [`config`]: the embedded default, file and environment layers, validated as a whole.
+//! 8. [`registry`]: every account's breaker behind sharded locks, halts, sequenced events and
 //!    their fan-out, the deadline timer, and the hand-off to the store, with what each answer
 //!    must wait for before it is given.
-//! 8. [`error`]: the service's one error type.
-//! 9. [`store`]: persistence behind the narrow [`store::Store`] trait: in memory, or SQLite.
-//! 10. [`history`]: what happened, as the registry records it and the store keeps it (events,
+//! 9. [`error`]: the service's one error type.
+//! 10. [`store`]: persistence behind the narrow [`store::Store`] trait: in memory, or SQLite.
+//! 11. [`history`]: what happened, as the registry records it and the store keeps it (events,
 //!     operator actions, halts, audit records): the vocabulary both speak.
-//! 11. Leaves: [`metrics`] (Prometheus, labelled by plain values), [`clock`] (the service
+//! 12. Leaves: [`metrics`] (Prometheus, labelled by plain values), [`clock`] (the service
 //!     clock), [`grpc_codec`] (the gRPC codec), [`runtime`] (the tuned tokio runtime),
 //!     [`proto`] (generated from `proto/riskgate/v1/riskgate.proto`).
-//! 12. [`core`]: the breaker as a pure state machine: `(state, input, now) -> (state,
+//! 13. [`core`]: the breaker as a pure state machine: `(state, input, now) -> (state,
 //!     transitions)`.
 
 pub mod api;
@@ -46,6 +48,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod core;
 pub mod error;
 pub mod grpc_codec;

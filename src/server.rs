@@ -68,6 +68,43 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("cannot serve the console on {addr}: {source} (set [console] listen to a free address, or empty for no console)")]
+    Console {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds and starts the web console where `[console] listen` says, serving until `stop`.
+async fn start_console(
+    config: &Config,
+    console: Arc<crate::console::Console>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
+    // Validated with the configuration: an address that does not parse means no console.
+    let Ok(Some(addr)) = config.console.listen_addr() else {
+        return Ok(None);
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(source) if config.console.best_effort => {
+            tracing::warn!(%addr, error = %source, "no web console: its address cannot be used (set RISKGATE__CONSOLE__LISTEN or [console] listen)");
+            return Ok(None);
+        }
+        Err(source) => return Err(ServeError::Console { addr, source }),
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(url = %format!("http://{bound}/"), "web console");
+    let console_config = config.console.clone();
+    Ok(Some(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        if let Err(error) = crate::console::serve(listener, console, console_config, stopped).await
+        {
+            tracing::error!(%error, "the web console stopped");
+        }
+    })))
 }
 
 /// Opens the store the configuration names. Stops start-up (with what to do) when the store
@@ -165,6 +202,25 @@ pub async fn serve_node(
         }
     };
     let limits = &config.limits;
+    let monitor = Arc::new(Monitor::new(
+        registry.clone(),
+        watch_options,
+        limits.max_watchers,
+        membership.clone(),
+    ));
+    let admin = Arc::new(Admin::new(registry.clone(), drift.clone()));
+    let console = start_console(
+        config,
+        crate::console::Console::new(
+            monitor.clone(),
+            admin.clone(),
+            auth.clone(),
+            registry.clone(),
+            membership.clone(),
+        ),
+        stop.clone(),
+    )
+    .await?;
     let connections = Connections::new(connection_limits(limits));
     let max_message = limits.max_message_bytes;
     let router = Server::builder()
@@ -187,17 +243,10 @@ pub async fn serve_node(
                 .max_decoding_message_size(max_message),
         )
         .add_service(
-            MonitorServiceServer::new(Monitor::new(
-                registry.clone(),
-                watch_options,
-                limits.max_watchers,
-                membership.clone(),
-            ))
-            .max_decoding_message_size(max_message),
+            MonitorServiceServer::from_arc(monitor.clone()).max_decoding_message_size(max_message),
         )
         .add_service(
-            AdminServiceServer::new(Admin::new(registry.clone(), drift.clone()))
-                .max_decoding_message_size(max_message),
+            AdminServiceServer::from_arc(admin.clone()).max_decoding_message_size(max_message),
         );
     let server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
@@ -299,7 +348,7 @@ pub async fn serve_node(
         }
     };
     // Wait for the background tasks to be gone: they hold the registry, and so the store.
-    for task in background {
+    for task in background.into_iter().chain(console) {
         task.abort();
         let _ = task.await;
     }

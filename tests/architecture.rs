@@ -13,6 +13,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["server"],
+    &["console"],
     &["api"],
     &["auth"],
     &["connections"],

@@ -297,9 +297,12 @@ fn operator_action(
 
 /// The caller's address, for logs and the audit trail.
 fn peer<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<crate::connections::ConnInfo>()
-        .map(|info| info.conn.remote.to_string())
+    let extensions = request.extensions();
+    if let Some(info) = extensions.get::<crate::connections::ConnInfo>() {
+        return info.conn.remote.to_string();
+    }
+    extensions
+        .get::<super::Caller>()
+        .map(|caller| caller.0.clone())
         .unwrap_or_default()
 }

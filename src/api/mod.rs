@@ -7,6 +7,7 @@ mod admin;
 pub mod convert;
 mod gate;
 mod handling;
+pub mod json;
 mod monitor;
 mod session;
 mod status;
@@ -16,3 +17,8 @@ pub use admin::Admin;
 pub use gate::Gate;
 pub use monitor::Monitor;
 pub use watch::WatchOptions;
+
+/// Where a call came from when it did not arrive on the gRPC listener (the web console calls
+/// the services in process): recorded as the peer in logs and the audit trail.
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);

@@ -205,6 +205,32 @@ impl AuthPolicy {
         }
     }
 
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// The principal whose token signs in to the web console, or why not; everyone when
+    /// authentication is off. Under mutual TLS a principal may hold a token for the console
+    /// beside its certificate.
+    pub fn sign_in(&self, token: &str) -> Result<Arc<Principal>, &'static str> {
+        if self.mode == AuthMode::None {
+            return Ok(self.anonymous.clone());
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err("no token given");
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut found = None;
+        for principal in &self.principals {
+            let has_token = principal.token_sha256 != [0; 32];
+            if has_token && bool::from(principal.token_sha256.ct_eq(digest.as_ref())) {
+                found = Some(principal.clone());
+            }
+        }
+        found.ok_or("unknown token")
+    }
+
     /// The caller of a request with these headers and TLS client certificate, or why not.
     pub fn authenticate(
         &self,

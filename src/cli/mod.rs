@@ -389,7 +389,10 @@ fn hash_token() -> Result<ExitCode, CliError> {
 }
 
 async fn serve(file: Option<PathBuf>, log_format: Option<LogFormat>) -> Result<ExitCode, CliError> {
-    let config = Config::load(file.as_deref())?;
+    let mut config = Config::load(file.as_deref())?;
+    if file.is_none() {
+        config.console.quick_start();
+    }
     crate::logging::init(log_format.unwrap_or(config.log.format), &config.log.level)
         .map_err(CliError::Logging)?;
     let addr = config.listen_addr()?;

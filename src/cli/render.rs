@@ -1,62 +1,15 @@
 //! How the CLI prints breakers and events: plain text for a terminal, one fact per column.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::api::json::{cause_name, kind_name, role_name, std_duration, system_time, time};
+pub use crate::api::json::{mode_name, state_name};
 use crate::core::human_duration;
 use crate::proto::{
-    AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, FailureKind, GetClusterResponse,
-    Halt, Layer, Mode, NodeRole, SettingSource, TransitionCause,
+    AuditAction, AuditRecord, Breaker, BreakerEvent, BreakerState, GetClusterResponse, Halt, Layer,
+    Mode, NodeRole, SettingSource, TransitionCause,
 };
-
-pub fn state_name(state: i32) -> &'static str {
-    match BreakerState::try_from(state) {
-        Ok(BreakerState::Closed) => "CLOSED",
-        Ok(BreakerState::Open) => "OPEN",
-        Ok(BreakerState::HalfOpen) => "HALF_OPEN",
-        Ok(BreakerState::Unspecified) | Err(_) => "UNKNOWN",
-    }
-}
-
-fn cause_name(cause: i32) -> &'static str {
-    match TransitionCause::try_from(cause) {
-        Ok(TransitionCause::FailureThresholdReached) => "failure threshold reached",
-        Ok(TransitionCause::OpenTimeoutElapsed) => "open timeout elapsed",
-        Ok(TransitionCause::ProbesSucceeded) => "probes succeeded",
-        Ok(TransitionCause::ProbeFailed) => "probe failed",
-        Ok(TransitionCause::ProbeExpired) => "probe expired",
-        Ok(TransitionCause::OperatorReset) => "operator reset",
-        Ok(TransitionCause::OperatorTrip) => "operator trip",
-        Ok(TransitionCause::FailureKindTrip) => "failure kind set to trip",
-        Ok(TransitionCause::FailureRateReached) => "failure rate reached",
-        Ok(TransitionCause::SlowCallRateReached) => "slow-call rate reached",
-        Ok(TransitionCause::TripExpired) => "timed trip ended",
-        Ok(TransitionCause::Halted) => "halted",
-        Ok(TransitionCause::Resumed) => "resumed",
-        Ok(TransitionCause::Unspecified) | Err(_) => "unknown cause",
-    }
-}
-
-pub fn mode_name(mode: i32) -> &'static str {
-    match Mode::try_from(mode) {
-        Ok(Mode::Enforce) => "enforce",
-        Ok(Mode::Shadow) => "shadow",
-        Ok(Mode::Disabled) => "disabled",
-        Ok(Mode::Unspecified) | Err(_) => "unknown",
-    }
-}
-
-fn kind_name(kind: i32) -> &'static str {
-    match FailureKind::try_from(kind) {
-        Ok(FailureKind::OrderRejected) => "order_rejected",
-        Ok(FailureKind::Timeout) => "timeout",
-        Ok(FailureKind::ConnectionLost) => "connection_lost",
-        Ok(FailureKind::MarginExhausted) => "margin_exhausted",
-        Ok(FailureKind::DataFeedStale) => "data_feed_stale",
-        Ok(FailureKind::Other) => "other",
-        Ok(FailureKind::Unspecified) | Err(_) => "unspecified",
-    }
-}
 
 /// The halts in force, one line each.
 pub fn halts(halts: &[Halt]) -> String {
@@ -88,16 +41,6 @@ fn halts_text(halts: &[Halt]) -> String {
         }
     }
     out
-}
-
-fn system_time(at: &prost_types::Timestamp) -> SystemTime {
-    let secs = u64::try_from(at.seconds).unwrap_or(0);
-    let nanos = u32::try_from(at.nanos).unwrap_or(0);
-    UNIX_EPOCH + Duration::new(secs, nanos)
-}
-
-fn time(at: &prost_types::Timestamp) -> String {
-    humantime::format_rfc3339_millis(system_time(at)).to_string()
 }
 
 /// `in 4m12s` (or `due` once passed).
@@ -313,73 +256,15 @@ pub fn breaker_detail(b: &Breaker, trip: Option<&AuditRecord>) -> String {
 /// file, with where each comes from.
 pub fn settings_in_force(b: &Breaker) -> String {
     let mut out = format!("# settings in force for {}\n", b.account_id);
-    let Some(s) = &b.settings else {
-        return out;
-    };
-    let secs = |d: &Option<prost_types::Duration>| {
-        d.as_ref().map_or("0".to_owned(), |d| {
-            std_duration(d).as_secs_f64().to_string()
-        })
-    };
-    let mut lines: Vec<(String, String)> = vec![
-        ("failure_threshold".into(), s.failure_threshold.to_string()),
-        ("failure_window_secs".into(), secs(&s.failure_window)),
-        ("open_timeout_secs".into(), secs(&s.open_timeout)),
-        (
-            "half_open_max_tries".into(),
-            s.half_open_max_tries.to_string(),
-        ),
-        ("half_open_timeout_secs".into(), secs(&s.half_open_timeout)),
-        (
-            "failure_rate_threshold".into(),
-            s.failure_rate_threshold.to_string(),
-        ),
-        ("slow_call_secs".into(), secs(&s.slow_call)),
-        (
-            "slow_call_rate_threshold".into(),
-            s.slow_call_rate_threshold.to_string(),
-        ),
-        ("minimum_calls".into(), s.minimum_calls.to_string()),
-        (
-            "open_backoff_multiplier".into(),
-            s.open_backoff_multiplier.to_string(),
-        ),
-        ("max_open_timeout_secs".into(), secs(&s.max_open_timeout)),
-        (
-            "open_backoff_jitter".into(),
-            s.open_backoff_jitter.to_string(),
-        ),
-        ("backoff_reset_secs".into(), secs(&s.backoff_reset)),
-        (
-            "allow_reduce_only_when_open".into(),
-            s.allow_reduce_only_when_open.to_string(),
-        ),
-    ];
-    let mut kinds: Vec<_> = s.failure_kinds.iter().collect();
-    kinds.sort();
-    lines.extend(
-        kinds
-            .into_iter()
-            .map(|(kind, action)| (format!("failure_kinds.{kind}"), format!("{action:?}"))),
-    );
+    let lines = crate::api::json::settings(b);
     let width = lines
         .iter()
-        .map(|(k, v)| k.len() + v.len())
+        .map(|s| s.key.len() + s.value.len())
         .max()
         .unwrap_or(0);
-    for (key, value) in lines {
-        let source = b
-            .setting_sources
-            .get(&key)
-            .and_then(|s| SettingSource::try_from(*s).ok())
-            .map_or("", |s| match s {
-                SettingSource::Operator => "operator",
-                SettingSource::File => "file",
-                SettingSource::Default => "default",
-                SettingSource::Unspecified => "",
-            });
-        let pad = width - key.len() - value.len();
-        let _ = writeln!(out, "{key} = {value}{:pad$}  # {source}", "");
+    for s in lines {
+        let pad = width - s.key.len() - s.value.len();
+        let _ = writeln!(out, "{} = {}{:pad$}  # {}", s.key, s.value, "", s.source);
     }
     out
 }
@@ -491,42 +376,6 @@ pub fn audit_table(records: &[AuditRecord]) -> String {
     out
 }
 
-/// One audit record as a JSON object on one line, every field named as in the API.
-pub fn audit_json(r: &AuditRecord) -> String {
-    let action = AuditAction::try_from(r.action)
-        .map(|a| {
-            a.as_str_name()
-                .trim_start_matches("AUDIT_ACTION_")
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_else(|_| "unspecified".to_owned());
-    let object = serde_json::json!({
-        "id": r.id,
-        "time": r.time.as_ref().map(time),
-        "account_id": r.account_id,
-        "group": r.group,
-        "action": action,
-        "operator": r.operator,
-        "reason": r.reason,
-        "state_before": state_name(r.state_before),
-        "state_after": state_name(r.state_after),
-        "peer": r.peer,
-        "detail": r.detail,
-    });
-    object.to_string()
-}
-
-fn role_name(role: i32) -> &'static str {
-    match NodeRole::try_from(role).unwrap_or(NodeRole::Unspecified) {
-        NodeRole::Single => "single node",
-        NodeRole::Leader => "leader",
-        NodeRole::Standby => "standby",
-        NodeRole::Candidate => "candidate",
-        NodeRole::Fenced => "fenced",
-        NodeRole::Unspecified => "unknown role",
-    }
-}
-
 /// The line `riskgate status` ends with in a cluster.
 pub fn answered_by(cluster: &GetClusterResponse) -> String {
     let role = role_name(cluster.role);
@@ -593,107 +442,26 @@ pub fn cluster(cluster: &GetClusterResponse) -> String {
     out
 }
 
-/// A wire duration as a `Duration`, a negative one as zero.
-fn std_duration(d: &prost_types::Duration) -> Duration {
-    Duration::new(
-        u64::try_from(d.seconds).unwrap_or(0),
-        u32::try_from(d.nanos).unwrap_or(0),
-    )
-}
-
-fn duration_secs(d: Option<&prost_types::Duration>) -> Option<f64> {
-    d.map(|d| std_duration(d).as_secs_f64())
-}
-
 /// A breaker as one JSON object (`riskgate status --json`).
 pub fn breaker_json(b: &Breaker) -> String {
-    let failures: Vec<serde_json::Value> = b
-        .failures
-        .iter()
-        .map(|f| {
-            serde_json::json!({
-                "time": f.time.as_ref().map(time),
-                "kind": FailureKind::try_from(f.kind)
-                    .map(|k| k.as_str_name().trim_start_matches("FAILURE_KIND_").to_ascii_lowercase())
-                    .unwrap_or_default(),
-                "order_id": f.order_id,
-                "detail": f.detail,
-            })
-        })
-        .collect();
-    let opened_by = TransitionCause::try_from(b.opened_by)
-        .ok()
-        .filter(|c| *c != TransitionCause::Unspecified)
-        .map(|c| {
-            c.as_str_name()
-                .trim_start_matches("TRANSITION_CAUSE_")
-                .to_ascii_lowercase()
-        });
-    serde_json::json!({
-        "account_id": b.account_id,
-        "state": state_name(b.state),
-        "mode": mode_name(b.mode),
-        "mode_set_by_operator": b.mode_set_by_operator,
-        "generation": b.generation,
-        "failure_count": b.failure_count,
-        "failures": failures,
-        "opened_at": b.opened_at.as_ref().map(time),
-        "opened_by": opened_by,
-        "recovery_at": b.recovery_at.as_ref().map(time),
-        "tripped_by_operator": b.tripped_by_operator,
-        "probes_in_flight": b.probes.len(),
-        "probe_successes": b.probe_successes,
-        "open_streak": b.open_streak,
-        "groups": b.groups,
-        "last_sequence": b.last_sequence,
-    })
-    .to_string()
+    crate::api::json::breaker(b).to_string()
 }
 
 /// A halt as one JSON object (`riskgate halts --json`).
 pub fn halt_json(h: &Halt) -> String {
-    let scope = if h.layer == Layer::Firm as i32 {
-        "firm"
-    } else {
-        "group"
-    };
-    serde_json::json!({
-        "scope": scope,
-        "group": h.group,
-        "group_undefined": h.group_undefined,
-        "operator": h.operator,
-        "reason": h.reason,
-        "since": h.since.as_ref().map(time),
-    })
-    .to_string()
+    crate::api::json::halt(h).to_string()
+}
+
+/// One audit record as a JSON object on one line, every field named as in the API.
+pub fn audit_json(r: &AuditRecord) -> String {
+    crate::api::json::audit(r).to_string()
 }
 
 /// The cluster as JSON lines, one per member (`riskgate cluster --json`); a single node is one
 /// line saying so.
 pub fn cluster_json(c: &GetClusterResponse) -> Vec<String> {
-    if !c.clustered {
-        return vec![serde_json::json!({ "clustered": false }).to_string()];
-    }
-    c.members
+    crate::api::json::cluster(c)
         .iter()
-        .map(|m| {
-            serde_json::json!({
-                "clustered": true,
-                "node_id": m.node_id,
-                "address": m.address,
-                "leader": m.leader,
-                "applied_revision": m.applied_revision,
-                "lag_revisions": m.lag_revisions,
-                "reported_ago_secs": duration_secs(m.reported_ago.as_ref()),
-                "lease_left_secs": duration_secs(m.lease_left.as_ref()),
-                "leader_id": c.leader_id,
-                "leader_address": c.leader_address,
-                "epoch": c.epoch,
-                "etcd_revision": c.etcd_revision,
-                "answered_by": c.node_id,
-                "answered_by_role": role_name(c.role),
-            })
-            .to_string()
-        })
+        .map(|v| v.to_string())
         .collect()
 }

@@ -48,6 +48,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    pub console: ConsoleConfig,
     pub cluster: ClusterConfig,
     /// Where this configuration was read from, so it can be read again on reload: the file
     /// given, if any, and whether the process environment took part.
@@ -83,6 +84,83 @@ impl MetricsConfig {
                 ),
             )
         })
+    }
+}
+
+/// `[console]`: the operators' web console.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Address of the console's HTTP listener; empty: no console. `riskgate serve` without a
+    /// configuration file serves it on [`ConsoleConfig::QUICK_START`].
+    pub listen: String,
+    /// With `auth.mode = "none"` the console listens only on a loopback address, unless this
+    /// says otherwise: anyone who reaches it may halt the firm.
+    pub allow_remote_without_auth: bool,
+    /// How long a signed-in session lasts without being used.
+    pub session_idle_secs: f64,
+    /// Marks the session cookie `Secure` (sent over HTTPS only): set it when operators reach
+    /// the console through a proxy that terminates TLS.
+    pub secure_cookie: bool,
+    /// The quick start's console (no configuration file): an address already in use is
+    /// logged and the service runs without a console, instead of not starting.
+    #[serde(skip)]
+    pub best_effort: bool,
+}
+
+impl ConsoleConfig {
+    /// Where the console listens when `riskgate serve` runs without a configuration file.
+    pub const QUICK_START: &'static str = "127.0.0.1:8080";
+
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            invalid(
+                "console.listen",
+                format!(
+                    "must be an address such as 127.0.0.1:8080 (or empty: no console), not {:?}",
+                    self.listen
+                ),
+            )
+        })
+    }
+
+    fn validate(&self, auth: AuthMode) -> Result<(), ConfigError> {
+        let addr = self.listen_addr()?;
+        if let Some(addr) = addr {
+            if auth == AuthMode::None && !addr.ip().is_loopback() && !self.allow_remote_without_auth
+            {
+                return Err(invalid(
+                    "console.listen",
+                    format!(
+                        "is {addr}, not a loopback address, while auth.mode is \"none\": anyone who reaches it could halt the firm; turn authentication on, listen on 127.0.0.1, or set console.allow_remote_without_auth = true"
+                    ),
+                ));
+            }
+        }
+        let secs = self.session_idle_secs;
+        if !(secs.is_finite() && (60.0..=7.0 * 24.0 * 3600.0).contains(&secs)) {
+            return Err(invalid(
+                "console.session_idle_secs",
+                format!("must be between 60 (a minute) and 604800 (a week), not {secs}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Turns the console on at [`ConsoleConfig::QUICK_START`], best effort, unless the
+    /// environment says where (or, empty, that there is none).
+    pub fn quick_start(&mut self) {
+        if self.listen.is_empty() && std::env::var_os("RISKGATE__CONSOLE__LISTEN").is_none() {
+            self.listen = Self::QUICK_START.to_owned();
+            self.best_effort = true;
+        }
+    }
+
+    pub fn session_idle(&self) -> Duration {
+        Duration::from_secs_f64(self.session_idle_secs)
     }
 }
 
@@ -350,6 +428,7 @@ impl Config {
             ("log", text(&self.log) != text(&other.log)),
             ("limits", text(&self.limits) != text(&other.limits)),
             ("metrics", text(&self.metrics) != text(&other.metrics)),
+            ("console", text(&self.console) != text(&other.console)),
             ("cluster", text(&self.cluster) != text(&other.cluster)),
         ]
         .into_iter()
@@ -397,6 +476,7 @@ impl Config {
         breaker_settings("breaker", &self.breaker)?;
         security::validate(&self.tls, &self.auth, &self.limits)?;
         self.metrics.listen_addr()?;
+        self.console.validate(self.auth.mode)?;
         self.cluster.validate()?;
         at_least("events.subscriber_buffer", self.events.subscriber_buffer, 1)?;
         seconds("events.retained_secs", self.events.retained_secs)?;

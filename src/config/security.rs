@@ -53,7 +53,8 @@ pub struct PrincipalConfig {
     /// For bots: the accounts they may trade (ids or prefixes ending in `*`); empty: all.
     #[serde(default)]
     pub accounts: Vec<String>,
-    /// Hex SHA-256 of the principal's bearer token (mode "token").
+    /// Hex SHA-256 of the principal's bearer token (mode "token"; under "mtls", optional, for
+    /// signing in to the web console).
     #[serde(default)]
     pub token_sha256: String,
     /// The subject CN or a DNS name of the SAN of its client certificate (mode "mtls").
@@ -164,6 +165,15 @@ pub(super) fn validate(
                 }
             }
             AuthMode::Mtls => {
+                let hex = &p.token_sha256;
+                if !hex.is_empty()
+                    && (hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    return Err(invalid(
+                        &format!("{key}.token_sha256"),
+                        "must be empty or the 64 hex digits of the token's SHA-256 (riskgate hash-token prints it); under mtls it signs in to the web console".into(),
+                    ));
+                }
                 if p.cert_name.is_empty() {
                     return Err(invalid(
                         &format!("{key}.cert_name"),

@@ -151,6 +151,14 @@ impl EventLog {
         self.lock().published
     }
 
+    /// The sequence to resume after to replay every retained event (the latest when none is).
+    pub fn before_oldest_retained(&self) -> u64 {
+        let log = self.lock();
+        log.retained
+            .front()
+            .map_or(log.published, |e| e.sequence.saturating_sub(1))
+    }
+
     /// Starts a feed after `after` (replaying what is retained), or after the latest sequence.
     pub fn subscribe(&self, after: Option<u64>) -> Result<Feed, Error> {
         let log = self.lock();

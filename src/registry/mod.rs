@@ -219,6 +219,11 @@ impl Registry {
         self.events.published_sequence()
     }
 
+    /// Where to resume a watch to replay every event still retained.
+    pub fn before_oldest_retained(&self) -> u64 {
+        self.events.before_oldest_retained()
+    }
+
     pub fn account_count(&self) -> usize {
         self.accounts.load(Ordering::Relaxed)
     }

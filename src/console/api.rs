@@ -1,0 +1,675 @@
+//! The console's JSON and event-stream endpoints: each a call to riskgate's own services, in
+//! process, as the signed-in operator.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, BoxStream, StreamExt as _};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tower_sessions::Session;
+
+use super::session::{actor, viewer, ApiError, Viewer};
+use super::Console;
+use crate::api::json;
+use crate::api::Caller;
+use crate::proto::admin_service_server::AdminService as _;
+use crate::proto::monitor_service_server::MonitorService as _;
+use crate::proto::{
+    watch_events_response::Kind, BreakerState, GetBreakerRequest, GetClusterRequest,
+    HaltAllRequest, HaltGroupRequest, ListAuditRecordsRequest, ListBreakersRequest,
+    ListHaltsRequest, Mode, ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest,
+    SetModeRequest, TripBreakerRequest, WatchEventsRequest,
+};
+
+/// CLOSED, enforcing, untripped breakers shown on the overview beyond those that need
+/// attention (which are always all shown); a filter finds the rest.
+const CLOSED_SHOWN: usize = 500;
+/// Audit records shown on an account's page.
+const ACCOUNT_AUDIT: u32 = 50;
+/// Breakers read per page while the overview walks them.
+const PAGE: u32 = 10_000;
+
+/// A service call as the viewer, from the browser at `peer`.
+fn call<T>(viewer: &Viewer, peer: SocketAddr, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(viewer.principal.clone());
+    request
+        .extensions_mut()
+        .insert(Caller(format!("console {peer}")));
+    request
+}
+
+/// Refuses a change on a node that does not lead, naming the leader, as the gRPC API does.
+fn leader_only(console: &Console, path: &str) -> Result<(), ApiError> {
+    if let Some(membership) = &console.membership {
+        if let Some(status) = crate::cluster::routing::refusal(membership.as_ref(), path) {
+            return Err(status.into());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct OverviewQuery {
+    /// Accounts whose id contains this (case-insensitive); empty: every account.
+    #[serde(default)]
+    q: String,
+}
+
+/// `GET /api/overview`: halts, counts by state and mode, the breakers that need attention
+/// (all of them) and CLOSED ones up to a bound, the configured groups and this node.
+pub async fn overview(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    Query(query): Query<OverviewQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let viewer = viewer(&console, &session).await?;
+    // Read before the breakers: tailing events after it misses nothing the list does not show.
+    let sequence = console.registry.last_sequence();
+    let halts = console
+        .admin
+        .list_halts(call(&viewer, peer, ListHaltsRequest {}))
+        .await?
+        .into_inner()
+        .halts;
+    let needle = query.q.trim().to_lowercase();
+    let mut counts = Counts::default();
+    let mut attention = Vec::new();
+    let mut closed = Vec::new();
+    let mut closed_matching = 0usize;
+    let mut page_token = String::new();
+    loop {
+        let page = console
+            .monitor
+            .list_breakers(call(
+                &viewer,
+                peer,
+                ListBreakersRequest {
+                    state: 0,
+                    page_size: PAGE,
+                    page_token,
+                },
+            ))
+            .await?
+            .into_inner();
+        for b in page.breakers {
+            counts.add(&b);
+            if !needle.is_empty() && !b.account_id.to_lowercase().contains(&needle) {
+                continue;
+            }
+            let calm = b.state == BreakerState::Closed as i32
+                && b.mode == Mode::Enforce as i32
+                && !b.tripped_by_operator;
+            if !calm {
+                attention.push(json::breaker(&b));
+            } else {
+                closed_matching += 1;
+                if closed.len() < CLOSED_SHOWN {
+                    closed.push(json::breaker(&b));
+                }
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let groups: Vec<String> = console.registry.rulebook().groups.keys().cloned().collect();
+    let closed_hidden = closed_matching - closed.len();
+    Ok(Json(json!({
+        "sequence": sequence,
+        "halts": halts.iter().map(json::halt).collect::<Vec<_>>(),
+        "counts": counts,
+        "attention": attention,
+        "closed": closed,
+        "closed_hidden": closed_hidden,
+        "groups": groups,
+        "node": node(&console, &viewer, peer).await,
+        "store_writable": console.registry.is_serving(),
+    })))
+}
+
+/// This node, as every page's header shows it: single, or its role in the cluster.
+async fn node(console: &Console, viewer: &Viewer, peer: SocketAddr) -> Value {
+    let cluster = console
+        .monitor
+        .get_cluster(call(viewer, peer, GetClusterRequest {}))
+        .await
+        .ok()
+        .map(|c| c.into_inner());
+    match &cluster {
+        Some(c) if c.clustered => json!({
+            "clustered": true,
+            "node_id": c.node_id,
+            "role": json::role_name(c.role),
+            "leader_id": c.leader_id,
+            "leader_address": c.leader_address,
+            "epoch": c.epoch,
+        }),
+        _ => json!({ "clustered": false, "role": "single node" }),
+    }
+}
+
+#[derive(Default, serde::Serialize)]
+struct Counts {
+    total: usize,
+    closed: usize,
+    open: usize,
+    half_open: usize,
+    shadow: usize,
+    disabled: usize,
+    tripped: usize,
+}
+
+impl Counts {
+    fn add(&mut self, b: &crate::proto::Breaker) {
+        self.total += 1;
+        match BreakerState::try_from(b.state) {
+            Ok(BreakerState::Open) => self.open += 1,
+            Ok(BreakerState::HalfOpen) => self.half_open += 1,
+            _ => self.closed += 1,
+        }
+        match Mode::try_from(b.mode) {
+            Ok(Mode::Shadow) => self.shadow += 1,
+            Ok(Mode::Disabled) => self.disabled += 1,
+            _ => {}
+        }
+        if b.tripped_by_operator {
+            self.tripped += 1;
+        }
+    }
+}
+
+/// `GET /api/accounts/{id}`: the breaker in full (or that riskgate has never seen the
+/// account) and its latest audit records.
+pub async fn account(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    Path(account_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let viewer = viewer(&console, &session).await?;
+    let breaker = match console
+        .monitor
+        .get_breaker(call(
+            &viewer,
+            peer,
+            GetBreakerRequest {
+                account_id: account_id.clone(),
+            },
+        ))
+        .await
+    {
+        Ok(found) => found.into_inner().breaker,
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => return Err(status.into()),
+    };
+    let audit = console
+        .admin
+        .list_audit_records(call(
+            &viewer,
+            peer,
+            ListAuditRecordsRequest {
+                account_id: account_id.clone(),
+                page_size: ACCOUNT_AUDIT,
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner()
+        .records;
+    let halts = console
+        .admin
+        .list_halts(call(&viewer, peer, ListHaltsRequest {}))
+        .await?
+        .into_inner()
+        .halts;
+    Ok(Json(json!({
+        "account_id": account_id,
+        "halts": halts.iter().map(json::halt).collect::<Vec<_>>(),
+        "node": node(&console, &viewer, peer).await,
+        "store_writable": console.registry.is_serving(),
+        "known": breaker.is_some(),
+        "breaker": breaker.as_ref().map(json::breaker_in_full),
+        "audit": audit.iter().map(json::audit).collect::<Vec<_>>(),
+        "sequence": console.registry.last_sequence(),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    /// Resume after this sequence (the browser's `Last-Event-ID` wins when it reconnects).
+    after: Option<u64>,
+    /// With no resume point: start with up to this many of the latest events still retained.
+    recent: Option<u64>,
+    /// Only this account's events (and firm and group halts); empty: every account's.
+    #[serde(default)]
+    account: String,
+}
+
+type SseItem = Result<Event, Infallible>;
+
+/// `GET /api/events`: the event feed as server-sent events, each with its sequence as the
+/// event id, so a browser that reconnects resumes where it stopped: nothing missed, nothing
+/// twice. Heartbeats carry the sequence too. When the history no longer holds the resume point
+/// the stream says `resync` (re-read the overview) and ends.
+pub async fn events(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let viewer = viewer(&console, &session).await?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let after = last_event_id.or(query.after).unwrap_or_else(|| {
+        let latest = console.registry.last_sequence();
+        let recent = latest.saturating_sub(query.recent.unwrap_or(0));
+        recent.max(console.registry.before_oldest_retained())
+    });
+    let account_ids = match query.account.trim() {
+        "" => Vec::new(),
+        id => vec![id.to_owned()],
+    };
+    let request = WatchEventsRequest {
+        account_ids,
+        after_sequence: Some(after),
+    };
+    let stream: BoxStream<'static, SseItem> = match console
+        .monitor
+        .watch_events(call(&viewer, peer, request))
+        .await
+    {
+        Ok(watch) => watch
+            .into_inner()
+            .scan(false, |ended, item| {
+                if *ended {
+                    return std::future::ready(None);
+                }
+                std::future::ready(Some(match item {
+                    Ok(message) => message.kind.and_then(sse_of),
+                    Err(status) => {
+                        *ended = true;
+                        Some(end_of_stream(&status))
+                    }
+                }))
+            })
+            .filter_map(|event| std::future::ready(event.map(Ok)))
+            .boxed(),
+        Err(status) if status.code() == tonic::Code::OutOfRange => {
+            stream::iter([Ok(end_of_stream(&status))]).boxed()
+        }
+        Err(status) => return Err(status.into()),
+    };
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn sse_of(kind: Kind) -> Option<Event> {
+    match kind {
+        Kind::Event(e) => Some(
+            Event::default()
+                .id(e.sequence.to_string())
+                .event("breaker")
+                .data(json::event(&e).to_string()),
+        ),
+        Kind::Heartbeat(h) => Some(
+            Event::default()
+                .id(h.sequence.to_string())
+                .event("heartbeat")
+                .data(json!({ "sequence": h.sequence }).to_string()),
+        ),
+        Kind::Snapshot(_) | Kind::SnapshotComplete(_) => None,
+    }
+}
+
+/// The last message of a stream that the server ended: `resync` when the resume point is no
+/// longer in the history, `end` otherwise (shutdown, a reader too slow): the browser resumes.
+fn end_of_stream(status: &tonic::Status) -> Event {
+    let name = if status.code() == tonic::Code::OutOfRange {
+        "resync"
+    } else {
+        "end"
+    };
+    Event::default().event(name).data(
+        json!({ "code": format!("{:?}", status.code()), "message": status.message() }).to_string(),
+    )
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such page")
+}
+
+#[derive(Deserialize)]
+pub struct AccountAction {
+    account_id: String,
+    reason: String,
+    /// Acting on an account riskgate has never seen was confirmed as such.
+    #[serde(default)]
+    new: bool,
+    /// Trip: when recovery is tested (RFC 3339); empty: held open until reset.
+    #[serde(default)]
+    until: String,
+    /// Mode: enforce, shadow or disabled.
+    #[serde(default)]
+    mode: String,
+}
+
+/// Refuses an action on an account riskgate has never seen unless the operator confirmed it
+/// as a new account: a typo must not trip a breaker nobody trades through.
+async fn known_or_confirmed(
+    console: &Console,
+    viewer: &Viewer,
+    peer: SocketAddr,
+    form: &AccountAction,
+) -> Result<bool, ApiError> {
+    match console
+        .monitor
+        .get_breaker(call(
+            viewer,
+            peer,
+            GetBreakerRequest {
+                account_id: form.account_id.clone(),
+            },
+        ))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            if form.new {
+                Ok(false)
+            } else {
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "riskgate has never seen account {:?} (a typo?): confirm it as a new account to act on it before its first order",
+                        form.account_id
+                    ),
+                ))
+            }
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+fn acted(message: String, breaker: Option<crate::proto::Breaker>) -> Response {
+    Json(json!({
+        "message": message,
+        "breaker": breaker.as_ref().map(json::breaker),
+    }))
+    .into_response()
+}
+
+fn new_note(known: bool) -> &'static str {
+    if known {
+        ""
+    } else {
+        " (a new account: riskgate had never seen it)"
+    }
+}
+
+/// `POST /api/actions/trip`.
+pub async fn trip(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    headers: HeaderMap,
+    Json(form): Json<AccountAction>,
+) -> Result<Response, ApiError> {
+    let viewer = actor(&console, &session, &headers).await?;
+    leader_only(&console, "/riskgate.v1.AdminService/TripBreaker")?;
+    let until = match form.until.trim() {
+        "" => None,
+        text => {
+            let at = humantime::parse_rfc3339_weak(text).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("until {text:?} is not an RFC 3339 time"),
+                )
+            })?;
+            Some(prost_types::Timestamp::from(at))
+        }
+    };
+    let known = known_or_confirmed(&console, &viewer, peer, &form).await?;
+    let breaker = console
+        .admin
+        .trip_breaker(call(
+            &viewer,
+            peer,
+            TripBreakerRequest {
+                account_id: form.account_id.clone(),
+                reason: form.reason.clone(),
+                operator: viewer.operator.clone(),
+                until,
+            },
+        ))
+        .await?
+        .into_inner()
+        .breaker;
+    let held = match &until {
+        Some(at) => format!("until {}", json::time(at)),
+        None => "until reset".to_owned(),
+    };
+    Ok(acted(
+        format!(
+            "tripped {}{}: OPEN, every order refused {held}",
+            form.account_id,
+            new_note(known)
+        ),
+        breaker,
+    ))
+}
+
+/// `POST /api/actions/reset`.
+pub async fn reset(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    headers: HeaderMap,
+    Json(form): Json<AccountAction>,
+) -> Result<Response, ApiError> {
+    let viewer = actor(&console, &session, &headers).await?;
+    leader_only(&console, "/riskgate.v1.AdminService/ResetBreaker")?;
+    let known = known_or_confirmed(&console, &viewer, peer, &form).await?;
+    let breaker = console
+        .admin
+        .reset_breaker(call(
+            &viewer,
+            peer,
+            ResetBreakerRequest {
+                account_id: form.account_id.clone(),
+                reason: form.reason.clone(),
+                operator: viewer.operator.clone(),
+            },
+        ))
+        .await?
+        .into_inner()
+        .breaker;
+    Ok(acted(
+        format!(
+            "reset {}{}: CLOSED, failures cleared",
+            form.account_id,
+            new_note(known)
+        ),
+        breaker,
+    ))
+}
+
+/// `POST /api/actions/mode`.
+pub async fn set_mode(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    headers: HeaderMap,
+    Json(form): Json<AccountAction>,
+) -> Result<Response, ApiError> {
+    let viewer = actor(&console, &session, &headers).await?;
+    leader_only(&console, "/riskgate.v1.AdminService/SetMode")?;
+    let mode = match form.mode.as_str() {
+        "enforce" => Mode::Enforce,
+        "shadow" => Mode::Shadow,
+        "disabled" => Mode::Disabled,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("mode must be enforce, shadow or disabled, not {other:?}"),
+            ))
+        }
+    };
+    let known = known_or_confirmed(&console, &viewer, peer, &form).await?;
+    let breaker = console
+        .admin
+        .set_mode(call(
+            &viewer,
+            peer,
+            SetModeRequest {
+                account_id: form.account_id.clone(),
+                mode: mode.into(),
+                reason: form.reason.clone(),
+                operator: viewer.operator.clone(),
+            },
+        ))
+        .await?
+        .into_inner()
+        .breaker;
+    Ok(acted(
+        format!(
+            "{} is now in mode {}{}",
+            form.account_id,
+            form.mode,
+            new_note(known)
+        ),
+        breaker,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct HaltAction {
+    /// A configured group; empty: the whole firm.
+    #[serde(default)]
+    group: String,
+    reason: String,
+}
+
+/// `POST /api/actions/halt`: the whole firm, or one group.
+pub async fn halt(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    headers: HeaderMap,
+    Json(form): Json<HaltAction>,
+) -> Result<Response, ApiError> {
+    let viewer = actor(&console, &session, &headers).await?;
+    let group = form.group.trim().to_owned();
+    let (halts, began, what) = if group.is_empty() {
+        leader_only(&console, "/riskgate.v1.AdminService/HaltAll")?;
+        let answer = console
+            .admin
+            .halt_all(call(
+                &viewer,
+                peer,
+                HaltAllRequest {
+                    reason: form.reason,
+                    operator: viewer.operator.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        (answer.halts, answer.began, "the whole firm".to_owned())
+    } else {
+        leader_only(&console, "/riskgate.v1.AdminService/HaltGroup")?;
+        let answer = console
+            .admin
+            .halt_group(call(
+                &viewer,
+                peer,
+                HaltGroupRequest {
+                    group: group.clone(),
+                    reason: form.reason,
+                    operator: viewer.operator.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        (answer.halts, answer.began, format!("group {group}"))
+    };
+    let message = if began {
+        format!("halted {what}: every order refused until resumed")
+    } else {
+        format!("{what} was already halted: the first halt (its operator, reason and time) stands")
+    };
+    Ok(Json(json!({
+        "message": message,
+        "changed": began,
+        "halts": halts.iter().map(json::halt).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// `POST /api/actions/resume`: the whole firm, or one group.
+pub async fn resume(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Session,
+    headers: HeaderMap,
+    Json(form): Json<HaltAction>,
+) -> Result<Response, ApiError> {
+    let viewer = actor(&console, &session, &headers).await?;
+    let group = form.group.trim().to_owned();
+    let (halts, ended, what) = if group.is_empty() {
+        leader_only(&console, "/riskgate.v1.AdminService/ResumeAll")?;
+        let answer = console
+            .admin
+            .resume_all(call(
+                &viewer,
+                peer,
+                ResumeAllRequest {
+                    reason: form.reason,
+                    operator: viewer.operator.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        (answer.halts, answer.ended, "the whole firm".to_owned())
+    } else {
+        leader_only(&console, "/riskgate.v1.AdminService/ResumeGroup")?;
+        let answer = console
+            .admin
+            .resume_group(call(
+                &viewer,
+                peer,
+                ResumeGroupRequest {
+                    group: group.clone(),
+                    reason: form.reason,
+                    operator: viewer.operator.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        (answer.halts, answer.ended, format!("group {group}"))
+    };
+    let message = if ended {
+        format!("resumed {what}: its breakers decide orders again")
+    } else {
+        format!("{what} was not halted: nothing changed")
+    };
+    Ok(Json(json!({
+        "message": message,
+        "changed": ended,
+        "halts": halts.iter().map(json::halt).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
