@@ -148,7 +148,8 @@ async function start() {
     state.session = await api("GET", "/api/session");
     signedIn();
   } catch (e) {
-    if (!(e instanceof ApiError) || e.status !== 401) toast(e.message, true);
+    if (e instanceof ApiError && e.status === 401) showSignIn();
+    else toast(`cannot reach riskgate: ${e.message}`, true);
   }
 }
 
@@ -405,7 +406,21 @@ function sorter(key) {
   }
 }
 
+// Why orders of `b` are refused beyond its own state: a firm or group halt in force.
+function haltedBy(b) {
+  const halts = (state.overview && state.overview.halts) || [];
+  if (halts.some((h) => h.scope === "firm")) return "halted: firm-wide";
+  const group = halts.find((h) => h.scope === "group" && b.groups.includes(h.group));
+  return group ? `halted with group ${group.group}` : "";
+}
+
 function note(b) {
+  const halted = haltedBy(b);
+  const own = ownNote(b);
+  return halted && own ? `${halted}; ${own}` : halted || own;
+}
+
+function ownNote(b) {
   if (b.tripped_by_operator && !b.recovery_at) return "held open by an operator until reset";
   if (b.tripped_by_operator) return "tripped by an operator";
   if (b.state === "HALF_OPEN") return `${b.probes_in_flight} probes out, ${b.probe_successes}/${b.half_open_max_tries} succeeded`;
@@ -480,13 +495,13 @@ function drawEvents() {
 function eventLine(e) {
   if (e.gap) return el("li", { class: "warn" }, "some events were no longer retained: the state above was read again");
   let what;
-  if (e.layer === "firm") what = [el("strong", {}, "FIRM"), ` ${e.cause_text}`];
-  else if (e.layer === "group") what = [el("strong", {}, `GROUP ${e.group}`), ` ${e.cause_text}`];
-  else what = [link(accountPath(e.account_id), e.account_id), " ", stateBadge(e.from_state), " → ", stateBadge(e.to_state), ` ${e.cause_text}`];
-  const who = e.operator ? ` by ${e.operator}${e.operator_reason ? ` (${e.operator_reason})` : ""}` : "";
-  return el("li", { dataset: { sequence: String(e.sequence), account: e.account_id || "" } },
-    timeEl(e.time), el("span", { class: "seq" }, `#${e.sequence}`), ...what, who,
-    e.reason ? el("span", { class: "reason" }, `: ${e.reason}`) : null);
+  if (e.layer === "firm") what = [el("strong", {}, "FIRM")];
+  else if (e.layer === "group") what = [el("strong", {}, `GROUP ${e.group}`)];
+  else what = [link(accountPath(e.account_id), e.account_id), " ", stateBadge(e.from_state), " → ", stateBadge(e.to_state)];
+  // The reason names the rule, or the operator and theirs.
+  return el("li", { dataset: { sequence: String(e.sequence), account: e.account_id || "", layer: e.layer } },
+    timeEl(e.time), el("span", { class: "seq" }, `#${e.sequence}`), ...what,
+    el("span", { class: "reason" }, ` ${e.reason || e.cause_text}`));
 }
 
 // ---------- an account ----------
@@ -517,9 +532,10 @@ function fact(label, ...value) {
 function drawAccount() {
   const d = state.detail;
   const b = d.breaker;
-  const mayAct = state.session.may_act;
+  if (!$("account-facts")) $("main").replaceChildren(accountFrame());
   const trip = d.audit.find((r) => r.action === "trip");
-  const facts = b ? el("dl", { class: "facts" },
+  $("account-title").replaceChildren(d.account_id, " ", b ? stateBadge(b.state) : "", " ", (b && modeBadge(b.mode)) || "");
+  $("account-facts").replaceChildren(b ? el("dl", { class: "facts" },
     fact("state", stateBadge(b.state), b.tripped_by_operator ? " tripped by an operator" : ""),
     fact("mode", b.mode, b.mode_set_by_operator ? " (set by an operator)" : "", " ", modeBadge(b.mode)),
     b.groups.length ? fact("groups", b.groups.join(", ")) : null,
@@ -528,61 +544,68 @@ function drawAccount() {
     b.opened_at ? fact("opened at", timeEl(b.opened_at)) : null,
     b.recovery_at ? fact("recovery", timeEl(b.recovery_at), " ", countdown(b.recovery_at))
       : (b.tripped_by_operator ? fact("recovery", "none: held open until reset") : null),
-    b.tripped_by_operator && trip ? fact("tripped", `by ${trip.operator} at `, timeEl(trip.time), el("q", {}, trip.reason)) : null,
+    b.tripped_by_operator && trip ? fact("tripped", `by ${trip.operator} at `, timeEl(trip.time), " ", el("q", {}, trip.reason)) : null,
     b.state === "HALF_OPEN" ? fact("probes", `${b.probes_in_flight} out, ${b.probe_successes}/${b.half_open_max_tries} succeeded`) : null,
     b.open_streak > 1 ? fact("backoff", `opened ${b.open_streak} times in a row`) : null,
     fact("generation", String(b.generation)))
     : el("p", { class: "banner warn", id: "never-seen" },
-      `riskgate has never seen ${d.account_id}: no order has been checked for it. Acting on it creates its breaker (check the spelling).`);
-  const actions = mayAct ? accountActions(d) : el("p", { class: "muted" }, "Read-only: actions need the operator role.");
-  const failures = b && b.failures.length
+      `riskgate has never seen ${d.account_id}: no order has been checked for it. Acting on it creates its breaker (check the spelling).`));
+  $("account-failures").replaceChildren(b && b.failures.length
     ? el("table", { class: "grid", id: "failures" },
       el("thead", {}, el("tr", {}, ["Time", "Kind", "Order", "Detail"].map((h) => el("th", {}, h)))),
       el("tbody", {}, b.failures.map((f) => el("tr", {},
         el("td", {}, timeEl(f.time)), el("td", {}, f.kind), el("td", {}, f.order_id), el("td", {}, f.detail)))))
-    : el("p", { class: "muted" }, "no failures in the window");
-  const audit = d.audit.length
+    : el("p", { class: "muted" }, "no failures in the window"));
+  $("account-audit").replaceChildren(d.audit.length
     ? el("table", { class: "grid", id: "audit" },
       el("thead", {}, el("tr", {}, ["Time", "Action", "Operator", "Before", "After", "Reason", "From"].map((h) => el("th", {}, h)))),
       el("tbody", {}, d.audit.map((r) => el("tr", { dataset: { action: r.action } },
         el("td", {}, timeEl(r.time)), el("td", {}, r.action + (r.detail ? ` (${r.detail})` : "")), el("td", {}, r.operator),
         el("td", {}, r.state_before), el("td", {}, r.state_after), el("td", {}, r.reason), el("td", { class: "muted" }, r.peer)))))
-    : el("p", { class: "muted" }, "no operator actions on this account");
+    : el("p", { class: "muted" }, "no operator actions on this account"));
   const settings = b && b.settings.length
     ? el("table", { class: "grid compact", id: "settings" },
       el("thead", {}, el("tr", {}, ["Setting", "Value", "From"].map((h) => el("th", {}, h)))),
       el("tbody", {}, b.settings.map((s) => el("tr", { class: s.source === "operator" ? "operator-set" : "" },
         el("td", {}, s.key), el("td", {}, s.value), el("td", {}, s.source)))))
-    : null;
-  $("main").replaceChildren(el("div", { class: "account" },
-    el("p", {}, link("/", "← overview")),
-    el("h1", { id: "account-title" }, d.account_id, " ", b ? stateBadge(b.state) : null, " ", b ? modeBadge(b.mode) : null),
-    el("div", { class: "columns" },
-      el("section", { class: "card" }, el("h2", {}, "State"), facts),
-      el("section", { class: "card actions" }, el("h2", {}, "Actions"), actions)),
-    el("section", { class: "card" }, el("h2", {}, "Failures that count"), failures),
-    el("section", { class: "card" }, el("h2", {}, "Events"), el("ol", { id: "events", class: "events" })),
-    el("section", { class: "card" }, el("h2", {}, "Audit"), audit),
-    settings ? el("section", { class: "card" }, el("h2", {}, "Settings in force"), settings) : null));
+    : el("p", { class: "muted" }, "none yet: the account has no breaker");
+  $("account-settings").replaceChildren(settings);
+  const mode = $("mode-select");
+  if (mode && b && document.activeElement !== mode) mode.value = b.mode;
   drawEvents();
 }
 
-function accountActions(d) {
-  const b = d.breaker;
+// The account page's frame, built once per account: the sections are filled on every
+// refresh, the actions (and what an operator is typing in them) stay.
+function accountFrame() {
+  const mayAct = state.session.may_act;
+  return el("div", { class: "account" },
+    el("p", {}, link("/", "← overview")),
+    el("h1", { id: "account-title" }),
+    el("div", { class: "columns" },
+      el("section", { class: "card" }, el("h2", {}, "State"), el("div", { id: "account-facts" })),
+      el("section", { class: "card actions" }, el("h2", {}, "Actions"),
+        mayAct ? accountActions() : el("p", { class: "muted" }, "Read-only: actions need the operator role."))),
+    el("section", { class: "card" }, el("h2", {}, "Failures that count"), el("div", { id: "account-failures" })),
+    el("section", { class: "card" }, el("h2", {}, "Events"), el("ol", { id: "events", class: "events" })),
+    el("section", { class: "card" }, el("h2", {}, "Audit"), el("div", { id: "account-audit" })),
+    el("section", { class: "card" }, el("h2", {}, "Settings in force"), el("div", { id: "account-settings" })));
+}
+
+function accountActions() {
   const until = el("input", { id: "trip-until", type: "datetime-local" });
   const mode = el("select", { id: "mode-select" },
     ["enforce", "shadow", "disabled"].map((m) => el("option", { value: m }, m)));
-  if (b) mode.value = b.mode;
   return el("div", { class: "stack" },
     el("div", { class: "row" },
-      el("button", { type: "button", id: "trip", class: "danger", onclick: () => confirmTrip(d, until.value) }, "Trip"),
+      el("button", { type: "button", id: "trip", class: "danger", onclick: () => confirmTrip(state.detail, until.value) }, "Trip"),
       el("label", { for: "trip-until" }, "until"), until,
       el("span", { class: "muted" }, "(empty: until reset)")),
     el("div", { class: "row" },
-      el("button", { type: "button", id: "reset", onclick: () => confirmReset(d) }, "Reset")),
+      el("button", { type: "button", id: "reset", onclick: () => confirmReset(state.detail) }, "Reset")),
     el("div", { class: "row" },
       el("label", { for: "mode-select" }, "Mode"), mode,
-      el("button", { type: "button", id: "set-mode", onclick: () => confirmMode(d, mode.value) }, "Set mode")));
+      el("button", { type: "button", id: "set-mode", onclick: () => confirmMode(state.detail, mode.value) }, "Set mode")));
 }
 
 // ---------- confirmations: exactly what will happen ----------

@@ -1,0 +1,466 @@
+//! The web console in a real browser: headless Chromium from Debian's packages, driven over
+//! WebDriver (chromedriver) by fantoccini, against the built `riskgate serve` with token
+//! authentication. Bots report through gRPC, operators act through the CLI and the page.
+//!
+//! Without `chromium` and `chromedriver` the test says so and passes; with
+//! `RISKGATE_REQUIRE_BROWSER=1` (CI) it fails instead. With `RISKGATE_CONSOLE_SCREENSHOTS=DIR`
+//! it saves the overview and an account page there (docs/ holds the ones the README shows).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::process::{free_port, lines, riskgate, wait_for, Running};
+use common::{sha256_hex, PATIENCE};
+use fantoccini::{Client, ClientBuilder, Locator};
+use riskgate::proto::gate_service_client::GateServiceClient;
+use riskgate::proto::{CheckTradeRequest, FailureKind, Outcome, ReportOutcomeRequest};
+use serde_json::{json, Value};
+
+const OPS_TOKEN: &str = "ops-console-token";
+const WATCHER_TOKEN: &str = "watcher-console-token";
+const BOT_TOKEN: &str = "bot-console-token";
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+/// Chromium and chromedriver, or `None` (with a loud note) when this machine has neither and
+/// the browser is not required.
+fn browser_programs() -> Option<(PathBuf, PathBuf)> {
+    let chromium = find_program("chromium").or_else(|| find_program("chromium-browser"));
+    let driver = find_program("chromedriver");
+    match (chromium, driver) {
+        (Some(chromium), Some(driver)) => Some((chromium, driver)),
+        _ => {
+            let why = "chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver)";
+            if std::env::var("RISKGATE_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+                panic!("RISKGATE_REQUIRE_BROWSER=1 but {why}");
+            }
+            eprintln!("SKIPPED: the web console browser test: {why}");
+            None
+        }
+    }
+}
+
+struct Server {
+    _process: Running,
+    grpc: String,
+    console: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start_server() -> Server {
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let console = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("riskgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "{grpc}"
+[store]
+kind = "memory"
+[breaker]
+failure_threshold = 3
+failure_window_secs = 600
+open_timeout_secs = 900
+[console]
+listen = "{console}"
+[auth]
+mode = "token"
+[[auth.principals]]
+name = "ops"
+roles = ["operator"]
+token_sha256 = "{ops}"
+[[auth.principals]]
+name = "watcher"
+roles = ["monitor"]
+token_sha256 = "{watcher}"
+[[auth.principals]]
+name = "bot-1"
+roles = ["bot"]
+token_sha256 = "{bot}"
+[groups.venue-x]
+accounts = ["desk-b:*"]
+"#,
+            ops = sha256_hex(OPS_TOKEN),
+            watcher = sha256_hex(WATCHER_TOKEN),
+            bot = sha256_hex(BOT_TOKEN),
+        ),
+    )
+    .expect("write config");
+    let mut process = Running(
+        riskgate()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start riskgate serve"),
+    );
+    let logs = lines(process.stderr.take().expect("stderr"));
+    let started = wait_for(&logs, "riskgate serving");
+    assert!(
+        started.iter().any(|l| l.contains("web console") && l.contains(&console)),
+        "the start-up log names the console's address: {started:#?}"
+    );
+    // Keep reading the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || while logs.recv().is_ok() {});
+    Server {
+        _process: process,
+        grpc: format!("http://{grpc}"),
+        console: format!("http://{console}"),
+        _dir: dir,
+    }
+}
+
+/// The CLI as an operator with a token.
+fn cli(server: &Server, token: &str, args: &[&str]) -> Output {
+    let output = riskgate()
+        .args(args)
+        .env("RISKGATE_ADDR", &server.grpc)
+        .env("RISKGATE_TOKEN", token)
+        .output()
+        .expect("run riskgate");
+    assert!(output.status.success(), "riskgate {args:?} failed: {output:?}");
+    output
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// A bot's gRPC calls: a check, then `failures` failed orders reported.
+async fn bot_fails(server: &Server, account: &str, failures: usize) {
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut gate =
+        GateServiceClient::with_interceptor(channel, |mut request: tonic::Request<()>| {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {BOT_TOKEN}").parse().expect("header"),
+            );
+            Ok(request)
+        });
+    for n in 0..failures.max(1) {
+        let check = gate
+            .check_trade(CheckTradeRequest {
+                account_id: account.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("check")
+            .into_inner();
+        if n >= failures {
+            break;
+        }
+        gate.report_outcome(ReportOutcomeRequest {
+            account_id: account.to_owned(),
+            permit_id: check.permit_id,
+            outcome: Outcome::Failure.into(),
+            failure_kind: FailureKind::OrderRejected.into(),
+            order_id: format!("ORD-{}", 4100 + n),
+            detail: format!("venue rejected: price band exceeded ({})", n + 1),
+            ..Default::default()
+        })
+        .await
+        .expect("report");
+    }
+}
+
+async fn start_browser(chromium: &PathBuf, driver: &PathBuf) -> (Running, Client) {
+    let port = free_port();
+    let driver = Running(
+        Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1000", "--lang=en-GB"],
+        }),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let client = loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(capabilities.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(client) => break client,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot start a browser session through chromedriver: {e}"),
+        }
+    };
+    (driver, client)
+}
+
+async fn wait_for_css(client: &Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no element {css:?} on the page: {e}"))
+}
+
+async fn wait_until_gone(client: &Client, css: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let found = client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("find elements");
+        if found.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{css:?} is still on the page");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Clicks the element `css` finds, finding it again if the page redrew it in between.
+async fn click(client: &Client, css: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match wait_for_css(client, css).await.click().await {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot click {css:?}: {e}"),
+        }
+    }
+}
+
+/// Fills the confirmation dialog's reason and confirms; returns what the dialog said would
+/// happen.
+async fn confirm(client: &Client, reason: &str) -> String {
+    wait_for_css(client, "dialog#confirm[open]").await;
+    let what = client
+        .find(Locator::Css("#confirm-what"))
+        .await
+        .expect("what will happen")
+        .text()
+        .await
+        .expect("text");
+    wait_for_css(client, "#confirm-reason")
+        .await
+        .send_keys(reason)
+        .await
+        .expect("type the reason");
+    click(client, "#confirm-go").await;
+    wait_until_gone(client, "dialog#confirm[open]").await;
+    what
+}
+
+async fn sign_in(client: &Client, token: &str) {
+    wait_for_css(client, "#sign-in-token")
+        .await
+        .send_keys(token)
+        .await
+        .expect("type the token");
+    click(client, "#sign-in-go").await;
+    wait_for_css(client, "#accounts").await;
+}
+
+/// Runs `fetch` in the page and answers `[status, body]`.
+async fn page_fetch(client: &Client, method: &str, path: &str, body: Value, csrf: bool) -> Value {
+    let script = r#"
+        const [method, path, body, csrf, done] = arguments;
+        (async () => {
+          const headers = { "Content-Type": "application/json" };
+          if (csrf) {
+            const session = await (await fetch("/api/session")).json();
+            headers["X-CSRF-Token"] = session.csrf;
+          }
+          const r = await fetch(path, { method, headers, body: JSON.stringify(body) });
+          done([r.status, await r.json()]);
+        })();
+    "#;
+    client
+        .execute_async(script, vec![json!(method), json!(path), body, json!(csrf)])
+        .await
+        .expect("fetch in the page")
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let Ok(dir) = std::env::var("RISKGATE_CONSOLE_SCREENSHOTS") else {
+        return;
+    };
+    let png = client.screenshot().await.expect("screenshot");
+    std::fs::write(PathBuf::from(dir).join(name), png).expect("save the screenshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator() {
+    let Some((chromium, driver)) = browser_programs() else {
+        return;
+    };
+    let server = start_server();
+    // Accounts in the states a desk sees during an incident.
+    bot_fails(&server, "desk-a:momo", 3).await;
+    bot_fails(&server, "desk-a:arb", 1).await;
+    bot_fails(&server, "desk-b:mm-1", 0).await;
+    bot_fails(&server, "desk-b:mm-2", 0).await;
+    bot_fails(&server, "desk-c:basis", 0).await;
+    cli(&server, OPS_TOKEN, &["mode", "desk-c:basis", "shadow", "--reason", "new model on trial"]);
+
+    let (_driver, client) = start_browser(&chromium, &driver).await;
+    client.goto(&server.console).await.expect("open the console");
+    sign_in(&client, OPS_TOKEN).await;
+    wait_for_css(&client, r#"#accounts tr[data-account="desk-a:momo"][data-state="OPEN"]"#).await;
+    let shadow = wait_for_css(&client, r#"#accounts tr[data-account="desk-c:basis"] .badge.mode-shadow"#).await;
+    assert_eq!(shadow.text().await.expect("badge"), "shadow");
+
+    // A trip made through gRPC appears on the open page, pushed by the event feed.
+    cli(&server, OPS_TOKEN, &["trip", "desk-b:mm-1", "--reason", "runaway quoting"]);
+    wait_for_css(&client, r#"#accounts tr[data-account="desk-b:mm-1"][data-state="OPEN"]"#).await;
+    wait_for_css(&client, r#"#events li[data-account="desk-b:mm-1"]"#).await;
+
+    // A halt banner appears, says who and why, and clears when resumed from the page.
+    cli(&server, OPS_TOKEN, &["halt", "--group", "venue-x", "--reason", "venue X rejecting everything"]);
+    let banner = wait_for_css(&client, r#".banner.halt[data-scope="group"][data-group="venue-x"]"#).await;
+    let text = banner.text().await.expect("banner text");
+    assert!(text.contains("GROUP venue-x HALTED") && text.contains("ops") && text.contains("venue X rejecting everything"), "{text}");
+    screenshot(&client, "console-overview.png").await;
+    click(&client, r#".banner.halt[data-group="venue-x"] button.resume"#).await;
+    let what = confirm(&client, "venue X fixed its gateway").await;
+    assert!(what.contains("Ends the halt of group venue-x by ops"), "{what}");
+    wait_until_gone(&client, ".banner.halt").await;
+    let halts = cli(&server, OPS_TOKEN, &["halts", "--json"]);
+    assert!(json_lines(&halts).is_empty(), "{halts:?}");
+
+    // The firm-wide kill switch from the page.
+    click(&client, "#halt-all").await;
+    let what = confirm(&client, "drill: firm-wide halt").await;
+    assert!(what.contains("Every order of every account"), "{what}");
+    wait_for_css(&client, r#".banner.halt[data-scope="firm"]"#).await;
+    let halts = json_lines(&cli(&server, OPS_TOKEN, &["halts", "--json"]));
+    assert_eq!(halts.len(), 1);
+    assert_eq!(halts[0]["scope"], "firm");
+    assert_eq!(halts[0]["operator"], "ops");
+    click(&client, r#".banner.halt[data-scope="firm"] button.resume"#).await;
+    confirm(&client, "drill over").await;
+    wait_until_gone(&client, ".banner.halt").await;
+
+    // The account page: the failures that opened it, then a reset from the page, audited.
+    click(&client, r#"#accounts tr[data-account="desk-a:momo"] a"#).await;
+    wait_for_css(&client, "#account-title .badge.state-open").await;
+    let failures = client
+        .find_all(Locator::Css("#failures tbody tr"))
+        .await
+        .expect("failures");
+    assert_eq!(failures.len(), 3, "the three failures that opened it");
+    let first = failures[0].text().await.expect("failure row");
+    assert!(first.contains("order_rejected") && first.contains("ORD-41"), "{first}");
+    wait_for_css(&client, r#"#events li[data-account="desk-a:momo"]"#).await;
+    screenshot(&client, "console-account.png").await;
+    click(&client, "#reset").await;
+    let what = confirm(&client, "venue price bands fixed").await;
+    assert!(what.contains("from OPEN to CLOSED"), "{what}");
+    wait_for_css(&client, "#account-title .badge.state-closed").await;
+    wait_for_css(&client, r#"#audit tr[data-action="reset"]"#).await;
+    let audit = json_lines(&cli(&server, OPS_TOKEN, &["audit", "desk-a:momo", "--json"]));
+    let reset = audit
+        .iter()
+        .find(|r| r["action"] == "reset")
+        .expect("the reset is audited");
+    assert_eq!(reset["operator"], "ops");
+    assert_eq!(reset["reason"], "venue price bands fixed");
+    assert!(reset["peer"].as_str().is_some_and(|p| p.starts_with("console ")), "{reset}");
+
+    // A trip from the page.
+    click(&client, "#trip").await;
+    let what = confirm(&client, "suspicious fills").await;
+    assert!(what.contains("every order is refused until an operator resets it"), "{what}");
+    wait_for_css(&client, "#account-title .badge.state-open").await;
+    let status = json_lines(&cli(&server, OPS_TOKEN, &["status", "desk-a:momo", "--json"]));
+    assert_eq!(status[0]["state"], "OPEN");
+    assert_eq!(status[0]["tripped_by_operator"], true);
+
+    // A typo is not acted on silently: the page says the account was never seen, and the
+    // action is refused unless confirmed as a new account.
+    client
+        .goto(&format!("{}/account/desk-a:mmo", server.console))
+        .await
+        .expect("open a mistyped account");
+    wait_for_css(&client, "#never-seen").await;
+    let refused = page_fetch(
+        &client,
+        "POST",
+        "/api/actions/trip",
+        json!({ "account_id": "desk-a:mmo", "reason": "typo" }),
+        true,
+    )
+    .await;
+    assert_eq!(refused[0], 409, "{refused}");
+    assert!(refused[1]["error"].as_str().is_some_and(|e| e.contains("never seen")), "{refused}");
+    let unseen = riskgate()
+        .args(["status", "desk-a:mmo"])
+        .env("RISKGATE_ADDR", &server.grpc)
+        .env("RISKGATE_TOKEN", OPS_TOKEN)
+        .output()
+        .expect("status");
+    assert!(!unseen.status.success(), "nothing was created for the typo: {unseen:?}");
+
+    // An action without the session's CSRF token is refused.
+    let forged = page_fetch(&client, "POST", "/api/actions/halt", json!({ "reason": "forged" }), false).await;
+    assert_eq!(forged[0], 403, "{forged}");
+    assert!(forged[1]["error"].as_str().is_some_and(|e| e.contains("CSRF")), "{forged}");
+
+    // A monitor reads everything and may not act.
+    client.goto(&server.console).await.expect("overview");
+    click(&client, "#sign-out").await;
+    sign_in(&client, WATCHER_TOKEN).await;
+    wait_for_css(&client, r#"#accounts tr[data-account="desk-a:momo"][data-state="OPEN"]"#).await;
+    assert!(
+        client.find_all(Locator::Css("#halt-all")).await.expect("find").is_empty(),
+        "no kill switch for a monitor"
+    );
+    let refused = page_fetch(&client, "POST", "/api/actions/halt", json!({ "reason": "not mine" }), true).await;
+    assert_eq!(refused[0], 403, "{refused}");
+    assert!(
+        refused[1]["error"].as_str().is_some_and(|e| e.contains("may read but not act")),
+        "{refused}"
+    );
+    assert!(json_lines(&cli(&server, OPS_TOKEN, &["halts", "--json"])).is_empty());
+    // A wrong token is refused at sign-in.
+    click(&client, "#sign-out").await;
+    wait_for_css(&client, "#sign-in-token").await.send_keys("not-a-token").await.expect("type");
+    click(&client, "#sign-in-go").await;
+    let error = wait_for_css(&client, "#sign-in-error").await;
+    let deadline = Instant::now() + PATIENCE;
+    while error.text().await.expect("error text").is_empty() {
+        assert!(Instant::now() < deadline, "no sign-in error shown");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(error.text().await.expect("text").contains("unknown token"));
+    client.close().await.expect("close the browser");
+}
