@@ -366,7 +366,14 @@ async fn call_everything(channel: Channel, token: Option<&str>) -> Vec<(&'static
 }
 
 const GATE: &[&str] = &["CheckTrade", "ReportOutcome"];
-const MONITOR: &[&str] = &["GetBreaker", "ListBreakers", "WatchEvents"];
+const MONITOR: &[&str] = &[
+    "GetBreaker",
+    "ListBreakers",
+    "WatchEvents",
+    "ListHalts",
+    "GetConfig",
+    "ListAuditRecords",
+];
 const ADMIN: &[&str] = &[
     "TripBreaker",
     "ResetBreaker",
@@ -375,9 +382,6 @@ const ADMIN: &[&str] = &[
     "ResumeAll",
     "HaltGroup",
     "ResumeGroup",
-    "ListHalts",
-    "GetConfig",
-    "ListAuditRecords",
 ];
 
 fn token_config() -> String {

@@ -98,6 +98,10 @@ pub enum Service {
 
 impl Service {
     pub fn of_path(path: &str) -> Service {
+        // AdminService's reads (halts, the audit trail, the configuration) are monitoring.
+        if crate::cluster::routing::ADMIN_READS.contains(&path) {
+            return Service::Monitor;
+        }
         let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
         match service {
             "riskgate.v1.GateService" => Service::Gate,

@@ -19,8 +19,8 @@ pub const LEADER_METADATA: &str = "riskgate-leader";
 /// The services only the leader answers.
 const LEADER_ONLY: [&str; 2] = ["/riskgate.v1.GateService/", "/riskgate.v1.AdminService/"];
 
-/// AdminService's reads, answered by every node.
-const READS: [&str; 3] = [
+/// AdminService's reads, answered by every node (and open to the monitor role).
+pub const ADMIN_READS: [&str; 3] = [
     "/riskgate.v1.AdminService/ListHalts",
     "/riskgate.v1.AdminService/ListAuditRecords",
     "/riskgate.v1.AdminService/GetConfig",
@@ -57,7 +57,7 @@ pub struct Routed<S> {
 
 /// Why this node does not take the call, as a status, or `None` when it does.
 pub fn refusal(membership: &dyn Membership, path: &str) -> Option<Status> {
-    if !LEADER_ONLY.iter().any(|prefix| path.starts_with(prefix)) || READS.contains(&path) {
+    if !LEADER_ONLY.iter().any(|prefix| path.starts_with(prefix)) || ADMIN_READS.contains(&path) {
         return None;
     }
     match membership.route() {
