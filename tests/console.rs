@@ -50,9 +50,10 @@ fn browser_programs() -> Option<(PathBuf, PathBuf)> {
 }
 
 struct Server {
-    _process: Running,
+    process: Running,
     grpc: String,
     console: String,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -61,43 +62,7 @@ fn start_server() -> Server {
     let console = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("riskgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "{grpc}"
-[store]
-kind = "memory"
-[breaker]
-failure_threshold = 3
-failure_window_secs = 600
-open_timeout_secs = 900
-[console]
-listen = "{console}"
-[auth]
-mode = "token"
-[[auth.principals]]
-name = "ops"
-roles = ["operator"]
-token_sha256 = "{ops}"
-[[auth.principals]]
-name = "watcher"
-roles = ["monitor"]
-token_sha256 = "{watcher}"
-[[auth.principals]]
-name = "bot-1"
-roles = ["bot"]
-token_sha256 = "{bot}"
-[groups.venue-x]
-accounts = ["desk-b:*"]
-"#,
-            ops = sha256_hex(OPS_TOKEN),
-            watcher = sha256_hex(WATCHER_TOKEN),
-            bot = sha256_hex(BOT_TOKEN),
-        ),
-    )
-    .expect("write config");
+    std::fs::write(&config, config_text(&grpc, &console, true)).expect("write config");
     let mut process = Running(
         riskgate()
             .args(["serve", "--config"])
@@ -110,17 +75,61 @@ accounts = ["desk-b:*"]
     let logs = lines(process.stderr.take().expect("stderr"));
     let started = wait_for(&logs, "riskgate serving");
     assert!(
-        started.iter().any(|l| l.contains("web console") && l.contains(&console)),
+        started
+            .iter()
+            .any(|l| l.contains("web console") && l.contains(&console)),
         "the start-up log names the console's address: {started:#?}"
     );
     // Keep reading the log so the server never blocks on a full pipe.
     std::thread::spawn(move || while logs.recv().is_ok() {});
     Server {
-        _process: process,
+        process,
         grpc: format!("http://{grpc}"),
         console: format!("http://{console}"),
+        config,
         _dir: dir,
     }
+}
+
+/// The server's configuration; without `ops`, the operator's principal is gone.
+fn config_text(grpc: &str, console: &str, ops: bool) -> String {
+    let ops = if ops {
+        format!(
+            "[[auth.principals]]\nname = \"ops\"\nroles = [\"operator\"]\ntoken_sha256 = \"{}\"\n",
+            sha256_hex(OPS_TOKEN)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+[server]
+listen = "{grpc}"
+[store]
+kind = "memory"
+[breaker]
+failure_threshold = 3
+failure_window_secs = 600
+open_timeout_secs = 900
+[console]
+listen = "{console}"
+[auth]
+mode = "token"
+{ops}
+[[auth.principals]]
+name = "watcher"
+roles = ["monitor"]
+token_sha256 = "{watcher}"
+[[auth.principals]]
+name = "bot-1"
+roles = ["bot"]
+token_sha256 = "{bot}"
+[groups.venue-x]
+accounts = ["desk-b:*"]
+"#,
+        watcher = sha256_hex(WATCHER_TOKEN),
+        bot = sha256_hex(BOT_TOKEN),
+    )
 }
 
 /// The CLI as an operator with a token.
@@ -131,7 +140,10 @@ fn cli(server: &Server, token: &str, args: &[&str]) -> Output {
         .env("RISKGATE_TOKEN", token)
         .output()
         .expect("run riskgate");
-    assert!(output.status.success(), "riskgate {args:?} failed: {output:?}");
+    assert!(
+        output.status.success(),
+        "riskgate {args:?} failed: {output:?}"
+    );
     output
 }
 
@@ -330,29 +342,84 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
     bot_fails(&server, "desk-b:mm-1", 0).await;
     bot_fails(&server, "desk-b:mm-2", 0).await;
     bot_fails(&server, "desk-c:basis", 0).await;
-    cli(&server, OPS_TOKEN, &["mode", "desk-c:basis", "shadow", "--reason", "new model on trial"]);
+    cli(
+        &server,
+        OPS_TOKEN,
+        &[
+            "mode",
+            "desk-c:basis",
+            "shadow",
+            "--reason",
+            "new model on trial",
+        ],
+    );
 
     let (_driver, client) = start_browser(&chromium, &driver).await;
-    client.goto(&server.console).await.expect("open the console");
+    client
+        .goto(&server.console)
+        .await
+        .expect("open the console");
     sign_in(&client, OPS_TOKEN).await;
-    wait_for_css(&client, r#"#accounts tr[data-account="desk-a:momo"][data-state="OPEN"]"#).await;
-    let shadow = wait_for_css(&client, r#"#accounts tr[data-account="desk-c:basis"] .badge.mode-shadow"#).await;
+    wait_for_css(
+        &client,
+        r#"#accounts tr[data-account="desk-a:momo"][data-state="OPEN"]"#,
+    )
+    .await;
+    let shadow = wait_for_css(
+        &client,
+        r#"#accounts tr[data-account="desk-c:basis"] .badge.mode-shadow"#,
+    )
+    .await;
     assert_eq!(shadow.text().await.expect("badge"), "shadow");
 
     // A trip made through gRPC appears on the open page, pushed by the event feed.
-    cli(&server, OPS_TOKEN, &["trip", "desk-b:mm-1", "--reason", "runaway quoting"]);
-    wait_for_css(&client, r#"#accounts tr[data-account="desk-b:mm-1"][data-state="OPEN"]"#).await;
+    cli(
+        &server,
+        OPS_TOKEN,
+        &["trip", "desk-b:mm-1", "--reason", "runaway quoting"],
+    );
+    wait_for_css(
+        &client,
+        r#"#accounts tr[data-account="desk-b:mm-1"][data-state="OPEN"]"#,
+    )
+    .await;
     wait_for_css(&client, r#"#events li[data-account="desk-b:mm-1"]"#).await;
 
     // A halt banner appears, says who and why, and clears when resumed from the page.
-    cli(&server, OPS_TOKEN, &["halt", "--group", "venue-x", "--reason", "venue X rejecting everything"]);
-    let banner = wait_for_css(&client, r#".banner.halt[data-scope="group"][data-group="venue-x"]"#).await;
+    cli(
+        &server,
+        OPS_TOKEN,
+        &[
+            "halt",
+            "--group",
+            "venue-x",
+            "--reason",
+            "venue X rejecting everything",
+        ],
+    );
+    let banner = wait_for_css(
+        &client,
+        r#".banner.halt[data-scope="group"][data-group="venue-x"]"#,
+    )
+    .await;
     let text = banner.text().await.expect("banner text");
-    assert!(text.contains("GROUP venue-x HALTED") && text.contains("ops") && text.contains("venue X rejecting everything"), "{text}");
+    assert!(
+        text.contains("GROUP venue-x HALTED")
+            && text.contains("ops")
+            && text.contains("venue X rejecting everything"),
+        "{text}"
+    );
     screenshot(&client, "console-overview.png").await;
-    click(&client, r#".banner.halt[data-group="venue-x"] button.resume"#).await;
+    click(
+        &client,
+        r#".banner.halt[data-group="venue-x"] button.resume"#,
+    )
+    .await;
     let what = confirm(&client, "venue X fixed its gateway").await;
-    assert!(what.contains("Ends the halt of group venue-x by ops"), "{what}");
+    assert!(
+        what.contains("Ends the halt of group venue-x by ops"),
+        "{what}"
+    );
     wait_until_gone(&client, ".banner.halt").await;
     let halts = cli(&server, OPS_TOKEN, &["halts", "--json"]);
     assert!(json_lines(&halts).is_empty(), "{halts:?}");
@@ -379,7 +446,10 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
         .expect("failures");
     assert_eq!(failures.len(), 3, "the three failures that opened it");
     let first = failures[0].text().await.expect("failure row");
-    assert!(first.contains("order_rejected") && first.contains("ORD-41"), "{first}");
+    assert!(
+        first.contains("order_rejected") && first.contains("ORD-41"),
+        "{first}"
+    );
     wait_for_css(&client, r#"#events li[data-account="desk-a:momo"]"#).await;
     screenshot(&client, "console-account.png").await;
     click(&client, "#reset").await;
@@ -387,21 +457,37 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
     assert!(what.contains("from OPEN to CLOSED"), "{what}");
     wait_for_css(&client, "#account-title .badge.state-closed").await;
     wait_for_css(&client, r#"#audit tr[data-action="reset"]"#).await;
-    let audit = json_lines(&cli(&server, OPS_TOKEN, &["audit", "desk-a:momo", "--json"]));
+    let audit = json_lines(&cli(
+        &server,
+        OPS_TOKEN,
+        &["audit", "desk-a:momo", "--json"],
+    ));
     let reset = audit
         .iter()
         .find(|r| r["action"] == "reset")
         .expect("the reset is audited");
     assert_eq!(reset["operator"], "ops");
     assert_eq!(reset["reason"], "venue price bands fixed");
-    assert!(reset["peer"].as_str().is_some_and(|p| p.starts_with("console ")), "{reset}");
+    assert!(
+        reset["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("console ")),
+        "{reset}"
+    );
 
     // A trip from the page.
     click(&client, "#trip").await;
     let what = confirm(&client, "suspicious fills").await;
-    assert!(what.contains("every order is refused until an operator resets it"), "{what}");
+    assert!(
+        what.contains("every order is refused until an operator resets it"),
+        "{what}"
+    );
     wait_for_css(&client, "#account-title .badge.state-open").await;
-    let status = json_lines(&cli(&server, OPS_TOKEN, &["status", "desk-a:momo", "--json"]));
+    let status = json_lines(&cli(
+        &server,
+        OPS_TOKEN,
+        &["status", "desk-a:momo", "--json"],
+    ));
     assert_eq!(status[0]["state"], "OPEN");
     assert_eq!(status[0]["tripped_by_operator"], true);
 
@@ -421,39 +507,80 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
     )
     .await;
     assert_eq!(refused[0], 409, "{refused}");
-    assert!(refused[1]["error"].as_str().is_some_and(|e| e.contains("never seen")), "{refused}");
+    assert!(
+        refused[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("never seen")),
+        "{refused}"
+    );
     let unseen = riskgate()
         .args(["status", "desk-a:mmo"])
         .env("RISKGATE_ADDR", &server.grpc)
         .env("RISKGATE_TOKEN", OPS_TOKEN)
         .output()
         .expect("status");
-    assert!(!unseen.status.success(), "nothing was created for the typo: {unseen:?}");
+    assert!(
+        !unseen.status.success(),
+        "nothing was created for the typo: {unseen:?}"
+    );
 
     // An action without the session's CSRF token is refused.
-    let forged = page_fetch(&client, "POST", "/api/actions/halt", json!({ "reason": "forged" }), false).await;
+    let forged = page_fetch(
+        &client,
+        "POST",
+        "/api/actions/halt",
+        json!({ "reason": "forged" }),
+        false,
+    )
+    .await;
     assert_eq!(forged[0], 403, "{forged}");
-    assert!(forged[1]["error"].as_str().is_some_and(|e| e.contains("CSRF")), "{forged}");
+    assert!(
+        forged[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("CSRF")),
+        "{forged}"
+    );
 
     // A monitor reads everything and may not act.
     client.goto(&server.console).await.expect("overview");
     click(&client, "#sign-out").await;
     sign_in(&client, WATCHER_TOKEN).await;
-    wait_for_css(&client, r#"#accounts tr[data-account="desk-a:momo"][data-state="OPEN"]"#).await;
+    wait_for_css(
+        &client,
+        r#"#accounts tr[data-account="desk-a:momo"][data-state="OPEN"]"#,
+    )
+    .await;
     assert!(
-        client.find_all(Locator::Css("#halt-all")).await.expect("find").is_empty(),
+        client
+            .find_all(Locator::Css("#halt-all"))
+            .await
+            .expect("find")
+            .is_empty(),
         "no kill switch for a monitor"
     );
-    let refused = page_fetch(&client, "POST", "/api/actions/halt", json!({ "reason": "not mine" }), true).await;
+    let refused = page_fetch(
+        &client,
+        "POST",
+        "/api/actions/halt",
+        json!({ "reason": "not mine" }),
+        true,
+    )
+    .await;
     assert_eq!(refused[0], 403, "{refused}");
     assert!(
-        refused[1]["error"].as_str().is_some_and(|e| e.contains("may read but not act")),
+        refused[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("may read but not act")),
         "{refused}"
     );
     assert!(json_lines(&cli(&server, OPS_TOKEN, &["halts", "--json"])).is_empty());
     // A wrong token is refused at sign-in.
     click(&client, "#sign-out").await;
-    wait_for_css(&client, "#sign-in-token").await.send_keys("not-a-token").await.expect("type");
+    wait_for_css(&client, "#sign-in-token")
+        .await
+        .send_keys("not-a-token")
+        .await
+        .expect("type");
     click(&client, "#sign-in-go").await;
     let error = wait_for_css(&client, "#sign-in-error").await;
     let deadline = Instant::now() + PATIENCE;
@@ -463,4 +590,219 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
     }
     assert!(error.text().await.expect("text").contains("unknown token"));
     client.close().await.expect("close the browser");
+}
+
+type Http = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn http() -> Http {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+fn request(
+    method: &str,
+    url: &str,
+    cookie: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut builder = http::Request::builder().method(method).uri(url);
+    if let Some(cookie) = cookie {
+        builder = builder.header("cookie", cookie);
+    }
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    builder
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request")
+}
+
+async fn body_text<B>(response: http::Response<B>) -> String
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt as _;
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Reads an event stream until `until` appears in it (or the stream ends).
+async fn read_stream_until<B>(response: http::Response<B>, until: &str) -> String
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt as _;
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !text.contains(until) {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+            Ok(_) => break,
+            Err(_) => panic!("{until:?} never came; the stream said {text:?}"),
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn the_console_over_http_resumes_events_by_id_and_rechecks_the_token_on_every_request() {
+    let server = start_server();
+    let client = http();
+    let page = client
+        .request(request("GET", &server.console, None, &[], None))
+        .await
+        .expect("the page");
+    assert_eq!(page.status(), 200);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(
+        page.headers().get("x-frame-options").map(|v| v.as_bytes()),
+        Some(&b"DENY"[..])
+    );
+
+    // Nothing is readable before signing in, and a sign-in from another origin is refused.
+    let anonymous = client
+        .request(request(
+            "GET",
+            &format!("{}/api/overview", server.console),
+            None,
+            &[],
+            None,
+        ))
+        .await
+        .expect("overview");
+    assert_eq!(anonymous.status(), 401);
+    let session_url = format!("{}/api/session", server.console);
+    let cross = client
+        .request(request(
+            "POST",
+            &session_url,
+            None,
+            &[("origin", "http://evil.example")],
+            Some(json!({ "token": OPS_TOKEN })),
+        ))
+        .await
+        .expect("cross-origin sign-in");
+    assert_eq!(cross.status(), 403);
+    let signed_in = client
+        .request(request(
+            "POST",
+            &session_url,
+            None,
+            &[],
+            Some(json!({ "token": OPS_TOKEN })),
+        ))
+        .await
+        .expect("sign in");
+    assert_eq!(signed_in.status(), 200);
+    let set_cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie")
+        .to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().expect("name=value").to_owned();
+    let info: Value = serde_json::from_str(&body_text(signed_in).await).expect("JSON");
+    assert_eq!(info["operator"], "ops");
+    assert_eq!(info["may_act"], true);
+
+    // Three events; a browser that reconnects after the first gets the second and third, once.
+    for account in ["desk-z:1", "desk-z:2", "desk-z:3"] {
+        cli(
+            &server,
+            OPS_TOKEN,
+            &["trip", account, "--new", "--reason", "drill"],
+        );
+    }
+    let events_url = format!("{}/api/events", server.console);
+    let resumed = client
+        .request(request(
+            "GET",
+            &events_url,
+            Some(&cookie),
+            &[("last-event-id", "1")],
+            None,
+        ))
+        .await
+        .expect("events");
+    assert_eq!(resumed.status(), 200);
+    let text = read_stream_until(resumed, "id: 3\n").await;
+    assert!(
+        text.contains("id: 2\n") && !text.contains("id: 1\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("id: 2\n").count(), 1, "{text}");
+    // A resume point the server's history does not hold says so: re-read, then follow.
+    let ahead = client
+        .request(request(
+            "GET",
+            &format!("{events_url}?after=999"),
+            Some(&cookie),
+            &[],
+            None,
+        ))
+        .await
+        .expect("events");
+    let text = read_stream_until(ahead, "event: resync").await;
+    assert!(text.contains("ahead of the latest sequence"), "{text}");
+
+    // A reload that removes the operator's principal signs the open session out.
+    std::fs::write(
+        &server.config,
+        config_text(
+            server.grpc.trim_start_matches("http://"),
+            server.console.trim_start_matches("http://"),
+            false,
+        ),
+    )
+    .expect("rewrite config");
+    common::process::signal(&server.process, "HUP");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer = client
+            .request(request("GET", &session_url, Some(&cookie), &[], None))
+            .await
+            .expect("session");
+        if answer.status() == 401 {
+            let text = body_text(answer).await;
+            assert!(text.contains("signed out: unknown token"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removed principal is still signed in"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -196,3 +196,63 @@ fn a_cluster_is_configured_from_the_environment_and_checked() {
     ));
     assert!(message.contains("cluster.max_txn_ops"), "{message}");
 }
+
+#[test]
+fn a_console_without_authentication_stays_on_loopback_unless_told_otherwise() {
+    let refused = error_of(Config::load_with_env(
+        None,
+        env(&[("RISKGATE__CONSOLE__LISTEN", "0.0.0.0:8080")]),
+    ));
+    assert!(
+        refused.contains("console.listen") && refused.contains("auth.mode is \"none\""),
+        "{refused}"
+    );
+    let told = Config::load_with_env(
+        None,
+        env(&[
+            ("RISKGATE__CONSOLE__LISTEN", "0.0.0.0:8080"),
+            ("RISKGATE__CONSOLE__ALLOW_REMOTE_WITHOUT_AUTH", "true"),
+        ]),
+    )
+    .expect("allowed explicitly");
+    assert_eq!(told.console.listen, "0.0.0.0:8080");
+    let loopback = Config::load_with_env(
+        None,
+        env(&[("RISKGATE__CONSOLE__LISTEN", "127.0.0.1:9000")]),
+    )
+    .expect("loopback without authentication");
+    assert!(!loopback.console.best_effort);
+    let bad = error_of(Config::load_with_env(
+        None,
+        env(&[("RISKGATE__CONSOLE__LISTEN", "localhost")]),
+    ));
+    assert!(bad.contains("console.listen must be an address"), "{bad}");
+    let short = error_of(Config::load_with_env(
+        None,
+        env(&[("RISKGATE__CONSOLE__SESSION_IDLE_SECS", "5")]),
+    ));
+    assert!(short.contains("console.session_idle_secs"), "{short}");
+}
+
+#[test]
+fn the_quick_start_serves_the_console_on_loopback_best_effort() {
+    let mut config = Config::load_with_env(None, env(&[])).expect("default");
+    assert!(config.console.listen.is_empty(), "off by default");
+    if std::env::var_os("RISKGATE__CONSOLE__LISTEN").is_none() {
+        config.console.quick_start();
+        assert_eq!(config.console.listen, ConsoleConfig::QUICK_START);
+        assert!(config.console.best_effort);
+        assert!(config.validate().is_ok());
+    }
+    let mut given = Config::load_with_env(
+        None,
+        env(&[("RISKGATE__CONSOLE__LISTEN", "127.0.0.1:9000")]),
+    )
+    .expect("given");
+    given.console.quick_start();
+    assert_eq!(
+        given.console.listen, "127.0.0.1:9000",
+        "what is given stays"
+    );
+    assert!(!given.console.best_effort);
+}
