@@ -326,7 +326,9 @@ function drawNode(data) {
   $("node").textContent = n.clustered
     ? `${n.node_id} (${n.role}${n.leader_id && n.role !== "leader" ? `, leader ${n.leader_id} at ${n.leader_address}` : ""}, epoch ${n.epoch})`
     : n.role;
-  $("store-failing").hidden = data.store_writable !== false;
+  // Only a node that decides writes: a standby's store is the leader's concern.
+  const decides = !n.clustered || n.role === "leader";
+  $("store-failing").hidden = !decides || data.store_writable !== false;
 }
 
 // ---------- the overview ----------
@@ -447,11 +449,13 @@ function accountRow(b) {
 function overviewFrame() {
   const mayAct = state.session.may_act;
   const search = el("input", { id: "filter", type: "search", placeholder: "filter accounts", value: state.query });
-  search.addEventListener("input", () => {
+  const filter = () => {
+    if (state.query === search.value) return;
     state.query = search.value;
     clearTimeout(state.queryTimer);
     state.queryTimer = setTimeout(() => loadOverview(false), 250);
-  });
+  };
+  for (const type of ["input", "change", "search"]) search.addEventListener(type, filter);
   const stateSelect = el("select", { id: "state-filter" },
     [["all", "every state"], ["attention", "needs attention"], ["OPEN", "OPEN"], ["HALF_OPEN", "HALF_OPEN"], ["CLOSED", "CLOSED"]]
       .map(([v, t]) => el("option", { value: v }, t)));
