@@ -380,7 +380,11 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
         .expect("type a filter");
     wait_until_gone(&client, r#"#accounts tr[data-account="desk-a:momo"]"#).await;
     wait_for_css(&client, r#"#accounts tr[data-account="desk-c:basis"]"#).await;
-    wait_for_css(&client, "#filter").await.clear().await.expect("clear the filter");
+    wait_for_css(&client, "#filter")
+        .await
+        .clear()
+        .await
+        .expect("clear the filter");
     wait_for_css(&client, r#"#accounts tr[data-account="desk-a:momo"]"#).await;
 
     // A trip made through gRPC appears on the open page, pushed by the event feed.
