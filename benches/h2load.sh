@@ -66,7 +66,7 @@ taskset -c "$server_core" target/release/examples/plain_tonic_server "127.0.0.1:
 pids+=($!)
 port[riskgate]=$(free_port)
 RISKGATE__SERVER__LISTEN="127.0.0.1:${port[riskgate]}" RISKGATE__STORE__PATH="$work/data" \
-  RISKGATE__LOG__LEVEL=warn taskset -c "$server_core" target/release/riskgate serve &
+  RISKGATE__LOG__LEVEL=warn RISKGATE__CONSOLE__LISTEN= taskset -c "$server_core" target/release/riskgate serve &
 pids+=($!)
 port[production]=$(free_port)
 metrics_port=$(free_port)

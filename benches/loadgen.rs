@@ -644,6 +644,7 @@ fn measure_riskgate(runtime: &tokio::runtime::Runtime, mode: Mode, load: &Load) 
             ("RISKGATE__SERVER__LISTEN", addr.to_string()),
             ("RISKGATE__STORE__KIND", "memory".to_owned()),
             ("RISKGATE__LOG__LEVEL", "warn".to_owned()),
+            ("RISKGATE__CONSOLE__LISTEN", String::new()),
         ],
     );
     let result = runtime.block_on(run(&format!("http://{addr}"), mode, load));

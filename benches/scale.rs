@@ -162,6 +162,7 @@ fn serve_until_serving(path: &std::path::Path, accounts: usize) -> Duration {
         .env("RISKGATE__STORE__PATH", path)
         .env("RISKGATE__SERVER__MAX_ACCOUNTS", (accounts * 2).to_string())
         .env("RISKGATE__LOG__LEVEL", "info")
+        .env("RISKGATE__CONSOLE__LISTEN", "")
         .env("RISKGATE__LOG__FORMAT", "json")
         .spawn()
         .expect("serve");
@@ -215,6 +216,7 @@ fn fan_out(watchers: usize, changes: usize) {
             (watchers + 10).to_string(),
         )
         .env("RISKGATE__LOG__LEVEL", "warn")
+        .env("RISKGATE__CONSOLE__LISTEN", "")
         .spawn()
         .expect("serve");
     let addr = format!("http://127.0.0.1:{port}");

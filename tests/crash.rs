@@ -594,7 +594,8 @@ async fn survive(
 
     for round in 0..=rounds {
         failure.power_on();
-        let mut server = start(&listen, data, failpoints);
+        // Killed if this round panics (a lost change found), so no server outlives the test.
+        let mut server = common::process::Running(start(&listen, data, failpoints));
         let channel = connect(&listen).await;
         {
             let mut model = model.lock().await;
@@ -662,7 +663,7 @@ async fn survive(
         })
         .await
         .expect("clients make progress");
-        failure.fail(&mut server);
+        failure.fail(&mut server.0);
         for client in clients {
             tokio::time::timeout(PATIENCE, client)
                 .await
