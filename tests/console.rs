@@ -257,6 +257,20 @@ async fn wait_until_gone(client: &Client, css: &str) {
     }
 }
 
+/// The text of the element `css` finds, finding it again if the page redrew it in between.
+async fn text_of(client: &Client, css: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match wait_for_css(client, css).await.text().await {
+            Ok(text) => return text,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot read {css:?}: {e}"),
+        }
+    }
+}
+
 /// Clicks the element `css` finds, finding it again if the page redrew it in between.
 async fn click(client: &Client, css: &str) {
     let deadline = Instant::now() + PATIENCE;
@@ -365,12 +379,12 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
         r#"#accounts tr[data-account="desk-a:momo"][data-state="OPEN"]"#,
     )
     .await;
-    let shadow = wait_for_css(
+    let shadow = text_of(
         &client,
         r#"#accounts tr[data-account="desk-c:basis"] .badge.mode-shadow"#,
     )
     .await;
-    assert_eq!(shadow.text().await.expect("badge"), "shadow");
+    assert_eq!(shadow, "shadow");
 
     // The filter narrows the accounts shown.
     wait_for_css(&client, "#filter")
@@ -412,12 +426,11 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
             "venue X rejecting everything",
         ],
     );
-    let banner = wait_for_css(
+    let text = text_of(
         &client,
         r#".banner.halt[data-scope="group"][data-group="venue-x"]"#,
     )
     .await;
-    let text = banner.text().await.expect("banner text");
     assert!(
         text.contains("GROUP venue-x HALTED")
             && text.contains("ops")
@@ -460,7 +473,7 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
         .await
         .expect("failures");
     assert_eq!(failures.len(), 3, "the three failures that opened it");
-    let first = failures[0].text().await.expect("failure row");
+    let first = text_of(&client, "#failures tbody tr").await;
     assert!(
         first.contains("order_rejected") && first.contains("ORD-41"),
         "{first}"
@@ -791,6 +804,63 @@ async fn the_console_over_http_resumes_events_by_id_and_rechecks_the_token_on_ev
         .expect("events");
     let text = read_stream_until(ahead, "event: resync").await;
     assert!(text.contains("ahead of the latest sequence"), "{text}");
+
+    // A timed trip through the console's API: held until the given time, then tested.
+    let session: Value = serde_json::from_str(
+        &body_text(
+            client
+                .request(request("GET", &session_url, Some(&cookie), &[], None))
+                .await
+                .expect("session"),
+        )
+        .await,
+    )
+    .expect("JSON");
+    let csrf = session["csrf"].as_str().expect("a CSRF token").to_owned();
+    let until =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    let tripped = client
+        .request(request(
+            "POST",
+            &format!("{}/api/actions/trip", server.console),
+            Some(&cookie),
+            &[("x-csrf-token", &csrf)],
+            Some(json!({ "account_id": "desk-z:1", "reason": "an hour off", "until": until })),
+        ))
+        .await
+        .expect("trip");
+    assert_eq!(tripped.status(), 200);
+    let answer: Value = serde_json::from_str(&body_text(tripped).await).expect("JSON");
+    assert_eq!(answer["breaker"]["tripped_by_operator"], true);
+    let recovery = answer["breaker"]["recovery_at"]
+        .as_str()
+        .expect("a recovery time");
+    assert_eq!(
+        humantime::parse_rfc3339_weak(recovery).expect("time"),
+        humantime::parse_rfc3339_weak(&until).expect("time"),
+        "{answer}"
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("until")),
+        "{answer}"
+    );
+    let unknown_mode = client
+        .request(request(
+            "POST",
+            &format!("{}/api/actions/mode", server.console),
+            Some(&cookie),
+            &[("x-csrf-token", &csrf)],
+            Some(json!({ "account_id": "desk-z:1", "reason": "x", "mode": "off" })),
+        ))
+        .await
+        .expect("mode");
+    assert_eq!(unknown_mode.status(), 400);
+    assert!(body_text(unknown_mode)
+        .await
+        .contains("enforce, shadow or disabled"));
 
     // A reload that removes the operator's principal signs the open session out.
     std::fs::write(
