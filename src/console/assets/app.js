@@ -162,14 +162,21 @@ function signedIn() {
 
 async function showSignIn(why) {
   stopFeed();
+  state.view = null;
   $("who").textContent = "";
   $("sign-out").hidden = true;
   $("halts").replaceChildren();
+  // Already asking (a refresh that raced the sign-out): keep what is being typed.
+  if ($("sign-in")) {
+    if (why && why !== "not signed in") $("sign-in-error").textContent = why;
+    return;
+  }
   let auth = "token";
   try {
     const r = await fetch("/api/session", { credentials: "same-origin" });
     auth = (await r.json()).auth || auth;
   } catch (_) { /* keep the token form */ }
+  if ($("sign-in")) return;
   const error = el("p", { class: "error", id: "sign-in-error" }, why && why !== "not signed in" ? why : "");
   const field = auth === "none"
     ? el("input", { id: "sign-in-name", name: "name", autocomplete: "username", required: true, maxlength: "128" })
@@ -199,6 +206,8 @@ async function showSignIn(why) {
 }
 
 async function signOut() {
+  stopFeed();
+  state.view = null;
   try { await api("DELETE", "/api/session"); } catch (_) { /* signed out anyway */ }
   state.session = null;
   showSignIn();
