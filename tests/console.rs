@@ -195,11 +195,27 @@ async fn bot_fails(server: &Server, account: &str, failures: usize) {
     }
 }
 
-async fn start_browser(chromium: &PathBuf, driver: &PathBuf) -> (Running, Client) {
+/// chromedriver in a process group of its own, with the browsers it starts: all killed when
+/// dropped, so a failing test leaves no browser behind.
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            // SAFETY: sends a signal to the process group this test created; no memory is shared.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_browser(chromium: &PathBuf, driver: &PathBuf) -> (Driver, Client) {
+    use std::os::unix::process::CommandExt as _;
     let port = free_port();
-    let driver = Running(
+    let driver = Driver(
         Command::new(driver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
