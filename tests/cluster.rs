@@ -1000,6 +1000,66 @@ mod cluster {
             halted_at.elapsed()
         );
         clients.act("", Action::Resume, "propagation-over").await;
+        // The console of a standby shows the mirror and refuses actions, naming the leader;
+        // the leader's console acts, and the standby's shows it.
+        let standby_console = super::common::http::ConsoleSession::sign_in(
+            &cluster.nodes[standby].console,
+            None,
+            "ops",
+        )
+        .await;
+        let (status, refused) = standby_console
+            .post(
+                "/api/actions/halt",
+                serde_json::json!({ "reason": "from a standby" }),
+            )
+            .await;
+        assert_eq!(status, 503, "{refused}");
+        let message = refused["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("standby") && message.contains(&cluster.nodes[leader].id),
+            "{message}"
+        );
+        let (status, overview) = standby_console.get("/api/overview").await;
+        assert_eq!(status, 200, "{overview}");
+        assert_eq!(overview["node"]["role"], "standby", "{overview}");
+        assert_eq!(
+            overview["node"]["leader_id"],
+            cluster.nodes[leader].id.as_str()
+        );
+        let leader_console = super::common::http::ConsoleSession::sign_in(
+            &cluster.nodes[leader].console,
+            None,
+            "ops",
+        )
+        .await;
+        let (status, halted) = leader_console
+            .post(
+                "/api/actions/halt",
+                serde_json::json!({ "reason": "console drill" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{halted}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, overview) = standby_console.get("/api/overview").await;
+            if overview["halts"].as_array().is_some_and(|h| !h.is_empty()) {
+                assert_eq!(overview["halts"][0]["reason"], "console drill");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the standby's console never showed the halt"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, resumed) = leader_console
+            .post(
+                "/api/actions/resume",
+                serde_json::json!({ "reason": "drill over" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{resumed}");
         // An operator's settings for an account, set on the leader, are in force on every
         // node's mirror, with their source.
         cluster.nodes[leader]

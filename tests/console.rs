@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::{body_text, http, read_stream_until, request};
 use common::process::{free_port, lines, riskgate, wait_for, Running};
 use common::{sha256_hex, PATIENCE};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -634,77 +635,6 @@ async fn the_console_in_a_real_browser_shows_live_state_and_acts_as_the_operator
     }
     assert!(error.text().await.expect("text").contains("unknown token"));
     client.close().await.expect("close the browser");
-}
-
-type Http = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<bytes::Bytes>,
->;
-
-fn http() -> Http {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
-}
-
-fn request(
-    method: &str,
-    url: &str,
-    cookie: Option<&str>,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut builder = http::Request::builder().method(method).uri(url);
-    if let Some(cookie) = cookie {
-        builder = builder.header("cookie", cookie);
-    }
-    if body.is_some() {
-        builder = builder.header("content-type", "application/json");
-    }
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    builder
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .expect("request")
-}
-
-async fn body_text<B>(response: http::Response<B>) -> String
-where
-    B: http_body::Body,
-    B::Error: std::fmt::Debug,
-{
-    use http_body_util::BodyExt as _;
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Reads an event stream until `until` appears in it (or the stream ends).
-async fn read_stream_until<B>(response: http::Response<B>, until: &str) -> String
-where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    use http_body_util::BodyExt as _;
-    let mut body = response.into_body();
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !text.contains(until) {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    text.push_str(&String::from_utf8_lossy(data));
-                }
-            }
-            Ok(_) => break,
-            Err(_) => panic!("{until:?} never came; the stream said {text:?}"),
-        }
-    }
-    text
 }
 
 #[tokio::test]

@@ -288,6 +288,8 @@ impl Drop for Proxy {
 pub struct Node {
     pub id: String,
     pub addr: String,
+    /// The node's web console, http://host:port.
+    pub console: String,
     config: PathBuf,
     log: PathBuf,
     proxies: Vec<Proxy>,
@@ -310,6 +312,7 @@ impl Node {
         }
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
+        let console = format!("127.0.0.1:{}", free_port());
         let endpoints: Vec<String> = proxies
             .iter()
             .map(|p| format!("\"http://127.0.0.1:{}\"", p.port))
@@ -320,6 +323,7 @@ impl Node {
             file,
             "[server]\nlisten = \"{addr}\"\nshutdown_grace_secs = 1.0\n\
              [store]\nkind = \"memory\"\n\
+             [console]\nlisten = \"{console}\"\n\
              [cluster]\netcd_endpoints = [{}]\nnode_id = \"{id}\"\nadvertise = \"{addr}\"\n\
              lease_secs = {}\nkey_prefix = \"/riskgate-test\"\n\
              {}\n",
@@ -336,6 +340,7 @@ impl Node {
         let mut node = Node {
             id: id.to_owned(),
             addr,
+            console: format!("http://{console}"),
             config,
             log: dir.join(format!("{id}.log")),
             proxies,

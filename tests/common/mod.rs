@@ -3,6 +3,7 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod http;
 pub mod powercut;
 pub mod process;
 
