@@ -492,3 +492,70 @@ async fn a_connection_with_no_calls_for_the_idle_timeout_is_closed() {
     );
     server.stop().await;
 }
+
+/// A client whose share of calls in flight is full still gets health answers (probes share an
+/// address with the bots on it), while its next check is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_a_client_whose_share_is_full() {
+    let (mut server, addr) = serve(&[
+        ("MAX_IN_FLIGHT_PER_CLIENT", "4"),
+        ("REQUEST_BODY_TIMEOUT_SECS", "60"),
+    ]);
+    // Four calls held in flight from 127.0.0.1: headers and part of a body, never the rest.
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, connection) = h2::client::Builder::new()
+        .handshake::<_, Bytes>(stream)
+        .await
+        .expect("handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let attack = Arc::new(Attack::default());
+    for _ in 0..4 {
+        tokio::spawn(stall_forever(
+            send.clone(),
+            addr.to_string(),
+            attack.clone(),
+        ));
+    }
+    let deadline = Instant::now() + common::PATIENCE;
+    let mut gate = client_from(addr, "127.0.0.1").await;
+    loop {
+        let refused = gate
+            .check_trade(CheckTradeRequest {
+                account_id: "busy".into(),
+                ..Default::default()
+            })
+            .await;
+        if refused
+            .as_ref()
+            .is_err_and(|s| s.code() == tonic::Code::ResourceExhausted)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the share never filled: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .local_address(Some("127.0.0.1".parse().expect("ip")))
+        .connect()
+        .await
+        .expect("connect");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers a client whose share is full")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // The held calls would keep a graceful stop waiting for its grace period.
+    server.kill().expect("kill the server");
+}
