@@ -72,18 +72,7 @@ pub struct MetricsConfig {
 
 impl MetricsConfig {
     pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        if self.listen.is_empty() {
-            return Ok(None);
-        }
-        self.listen.parse().map(Some).map_err(|_| {
-            invalid(
-                "metrics.listen",
-                format!(
-                    "must be an address such as 0.0.0.0:9090 (or empty: no metrics), not {:?}",
-                    self.listen
-                ),
-            )
-        })
+        optional_addr("metrics.listen", &self.listen, "0.0.0.0:9090", "no metrics")
     }
 }
 
@@ -113,18 +102,12 @@ impl ConsoleConfig {
     pub const QUICK_START: &'static str = "127.0.0.1:8080";
 
     pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        if self.listen.is_empty() {
-            return Ok(None);
-        }
-        self.listen.parse().map(Some).map_err(|_| {
-            invalid(
-                "console.listen",
-                format!(
-                    "must be an address such as 127.0.0.1:8080 (or empty: no console), not {:?}",
-                    self.listen
-                ),
-            )
-        })
+        optional_addr(
+            "console.listen",
+            &self.listen,
+            "127.0.0.1:8080",
+            "no console",
+        )
     }
 
     fn validate(&self, auth: AuthMode) -> Result<(), ConfigError> {
@@ -162,6 +145,24 @@ impl ConsoleConfig {
     pub fn session_idle(&self) -> Duration {
         Duration::from_secs_f64(self.session_idle_secs)
     }
+}
+
+/// The address of an optional listener (`key`), or `None` when `text` is empty.
+fn optional_addr(
+    key: &str,
+    text: &str,
+    example: &str,
+    empty: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        invalid(
+            key,
+            format!("must be an address such as {example} (or empty: {empty}), not {text:?}"),
+        )
+    })
 }
 
 /// `[groups.NAME]`: accounts halted and resumed together.

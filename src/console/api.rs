@@ -421,19 +421,61 @@ fn new_note(known: bool) -> &'static str {
     }
 }
 
-/// `POST /api/actions/trip`.
-pub async fn trip(
+/// `POST /api/actions/{trip,reset,mode,halt,resume}`: an operator's action, with the
+/// session's CSRF token.
+pub async fn action(
     State(console): State<Arc<Console>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     session: Session,
     headers: HeaderMap,
-    Json(form): Json<AccountAction>,
+    Path(action): Path<String>,
+    Json(form): Json<Value>,
 ) -> Result<Response, ApiError> {
     let viewer = actor(&console, &session, &headers).await?;
-    leader_only(&console, "/riskgate.v1.AdminService/TripBreaker")?;
-    let until = match form.until.trim() {
-        "" => None,
-        text => {
+    let change = match action.as_str() {
+        "trip" => Change::Trip,
+        "reset" => Change::Reset,
+        "mode" => Change::Mode,
+        "halt" | "resume" => {
+            let form = parse_form::<HaltAction>(form)?;
+            return halt_or_resume(&console, &viewer, peer, action == "halt", form).await;
+        }
+        _ => return Err(not_found().await),
+    };
+    let form = parse_form::<AccountAction>(form)?;
+    act_on_account(&console, &viewer, peer, change, form).await
+}
+
+fn parse_form<T: serde::de::DeserializeOwned>(form: Value) -> Result<T, ApiError> {
+    serde_json::from_value(form)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the action's form: {e}")))
+}
+
+/// What an operator does to one account from the console.
+#[derive(Clone, Copy)]
+enum Change {
+    Trip,
+    Reset,
+    Mode,
+}
+
+/// Trips, resets or sets the mode of the account `form` names, and says what changed.
+async fn act_on_account(
+    console: &Console,
+    viewer: &Viewer,
+    peer: SocketAddr,
+    change: Change,
+    form: AccountAction,
+) -> Result<Response, ApiError> {
+    let path = match change {
+        Change::Trip => "/riskgate.v1.AdminService/TripBreaker",
+        Change::Reset => "/riskgate.v1.AdminService/ResetBreaker",
+        Change::Mode => "/riskgate.v1.AdminService/SetMode",
+    };
+    leader_only(console, path)?;
+    // What the form asks is checked before anything is looked up.
+    let until = match (change, form.until.trim()) {
+        (Change::Trip, text) if !text.is_empty() => {
             let at = humantime::parse_rfc3339_weak(text).map_err(|_| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -442,118 +484,66 @@ pub async fn trip(
             })?;
             Some(prost_types::Timestamp::from(at))
         }
+        _ => None,
     };
-    let known = known_or_confirmed(&console, &viewer, peer, &form).await?;
-    let breaker = console
-        .admin
-        .trip_breaker(call(
-            &viewer,
-            peer,
-            TripBreakerRequest {
-                account_id: form.account_id.clone(),
-                reason: form.reason.clone(),
-                operator: viewer.operator.clone(),
-                until,
-            },
-        ))
-        .await?
-        .into_inner()
-        .breaker;
-    let held = match &until {
-        Some(at) => format!("until {}", json::time(at)),
-        None => "until reset".to_owned(),
-    };
-    Ok(acted(
-        format!(
-            "tripped {}{}: OPEN, every order refused {held}",
-            form.account_id,
-            new_note(known)
-        ),
-        breaker,
-    ))
-}
-
-/// `POST /api/actions/reset`.
-pub async fn reset(
-    State(console): State<Arc<Console>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    session: Session,
-    headers: HeaderMap,
-    Json(form): Json<AccountAction>,
-) -> Result<Response, ApiError> {
-    let viewer = actor(&console, &session, &headers).await?;
-    leader_only(&console, "/riskgate.v1.AdminService/ResetBreaker")?;
-    let known = known_or_confirmed(&console, &viewer, peer, &form).await?;
-    let breaker = console
-        .admin
-        .reset_breaker(call(
-            &viewer,
-            peer,
-            ResetBreakerRequest {
-                account_id: form.account_id.clone(),
-                reason: form.reason.clone(),
-                operator: viewer.operator.clone(),
-            },
-        ))
-        .await?
-        .into_inner()
-        .breaker;
-    Ok(acted(
-        format!(
-            "reset {}{}: CLOSED, failures cleared",
-            form.account_id,
-            new_note(known)
-        ),
-        breaker,
-    ))
-}
-
-/// `POST /api/actions/mode`.
-pub async fn set_mode(
-    State(console): State<Arc<Console>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    session: Session,
-    headers: HeaderMap,
-    Json(form): Json<AccountAction>,
-) -> Result<Response, ApiError> {
-    let viewer = actor(&console, &session, &headers).await?;
-    leader_only(&console, "/riskgate.v1.AdminService/SetMode")?;
-    let mode = match form.mode.as_str() {
-        "enforce" => Mode::Enforce,
-        "shadow" => Mode::Shadow,
-        "disabled" => Mode::Disabled,
-        other => {
+    let mode = match (change, form.mode.as_str()) {
+        (Change::Mode, "enforce") => Mode::Enforce,
+        (Change::Mode, "shadow") => Mode::Shadow,
+        (Change::Mode, "disabled") => Mode::Disabled,
+        (Change::Mode, other) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("mode must be enforce, shadow or disabled, not {other:?}"),
             ))
         }
+        _ => Mode::Unspecified,
     };
-    let known = known_or_confirmed(&console, &viewer, peer, &form).await?;
-    let breaker = console
-        .admin
-        .set_mode(call(
-            &viewer,
-            peer,
-            SetModeRequest {
-                account_id: form.account_id.clone(),
+    let known = known_or_confirmed(console, viewer, peer, &form).await?;
+    let new = new_note(known);
+    let AccountAction {
+        account_id, reason, ..
+    } = form;
+    let operator = viewer.operator.clone();
+    let admin = &console.admin;
+    let (breaker, message) = match change {
+        Change::Trip => {
+            let held = match &until {
+                Some(at) => format!("until {}", json::time(at)),
+                None => "until reset".to_owned(),
+            };
+            let message = format!("tripped {account_id}{new}: OPEN, every order refused {held}");
+            let request = TripBreakerRequest {
+                account_id,
+                reason,
+                operator,
+                until,
+            };
+            let answer = admin.trip_breaker(call(viewer, peer, request)).await?;
+            (answer.into_inner().breaker, message)
+        }
+        Change::Reset => {
+            let message = format!("reset {account_id}{new}: CLOSED, failures cleared");
+            let request = ResetBreakerRequest {
+                account_id,
+                reason,
+                operator,
+            };
+            let answer = admin.reset_breaker(call(viewer, peer, request)).await?;
+            (answer.into_inner().breaker, message)
+        }
+        Change::Mode => {
+            let message = format!("{account_id} is now in mode {}{new}", form.mode);
+            let request = SetModeRequest {
+                account_id,
                 mode: mode.into(),
-                reason: form.reason.clone(),
-                operator: viewer.operator.clone(),
-            },
-        ))
-        .await?
-        .into_inner()
-        .breaker;
-    Ok(acted(
-        format!(
-            "{} is now in mode {}{}",
-            form.account_id,
-            form.mode,
-            new_note(known)
-        ),
-        breaker,
-    ))
+                reason,
+                operator,
+            };
+            let answer = admin.set_mode(call(viewer, peer, request)).await?;
+            (answer.into_inner().breaker, message)
+        }
+    };
+    Ok(acted(message, breaker))
 }
 
 #[derive(Deserialize)]
@@ -564,111 +554,67 @@ pub struct HaltAction {
     reason: String,
 }
 
-/// `POST /api/actions/halt`: the whole firm, or one group.
-pub async fn halt(
-    State(console): State<Arc<Console>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    session: Session,
-    headers: HeaderMap,
-    Json(form): Json<HaltAction>,
+/// Halts (or resumes) the firm, or the group `form` names, and says what changed.
+async fn halt_or_resume(
+    console: &Console,
+    viewer: &Viewer,
+    peer: SocketAddr,
+    halt: bool,
+    form: HaltAction,
 ) -> Result<Response, ApiError> {
-    let viewer = actor(&console, &session, &headers).await?;
     let group = form.group.trim().to_owned();
-    let (halts, began, what) = if group.is_empty() {
-        leader_only(&console, "/riskgate.v1.AdminService/HaltAll")?;
-        let answer = console
-            .admin
-            .halt_all(call(
-                &viewer,
-                peer,
-                HaltAllRequest {
-                    reason: form.reason,
-                    operator: viewer.operator.clone(),
-                },
-            ))
-            .await?
-            .into_inner();
-        (answer.halts, answer.began, "the whole firm".to_owned())
-    } else {
-        leader_only(&console, "/riskgate.v1.AdminService/HaltGroup")?;
-        let answer = console
-            .admin
-            .halt_group(call(
-                &viewer,
-                peer,
-                HaltGroupRequest {
-                    group: group.clone(),
-                    reason: form.reason,
-                    operator: viewer.operator.clone(),
-                },
-            ))
-            .await?
-            .into_inner();
-        (answer.halts, answer.began, format!("group {group}"))
+    let (reason, operator) = (form.reason, viewer.operator.clone());
+    let admin = &console.admin;
+    let (halts, changed) = match (halt, group.is_empty()) {
+        (true, true) => {
+            leader_only(console, "/riskgate.v1.AdminService/HaltAll")?;
+            let request = HaltAllRequest { reason, operator };
+            let answer = admin.halt_all(call(viewer, peer, request)).await?;
+            (answer.get_ref().halts.clone(), answer.get_ref().began)
+        }
+        (true, false) => {
+            leader_only(console, "/riskgate.v1.AdminService/HaltGroup")?;
+            let request = HaltGroupRequest {
+                group: group.clone(),
+                reason,
+                operator,
+            };
+            let answer = admin.halt_group(call(viewer, peer, request)).await?;
+            (answer.get_ref().halts.clone(), answer.get_ref().began)
+        }
+        (false, true) => {
+            leader_only(console, "/riskgate.v1.AdminService/ResumeAll")?;
+            let request = ResumeAllRequest { reason, operator };
+            let answer = admin.resume_all(call(viewer, peer, request)).await?;
+            (answer.get_ref().halts.clone(), answer.get_ref().ended)
+        }
+        (false, false) => {
+            leader_only(console, "/riskgate.v1.AdminService/ResumeGroup")?;
+            let request = ResumeGroupRequest {
+                group: group.clone(),
+                reason,
+                operator,
+            };
+            let answer = admin.resume_group(call(viewer, peer, request)).await?;
+            (answer.get_ref().halts.clone(), answer.get_ref().ended)
+        }
     };
-    let message = if began {
-        format!("halted {what}: every order refused until resumed")
+    let what = if group.is_empty() {
+        "the whole firm".to_owned()
     } else {
-        format!("{what} was already halted: the first halt (its operator, reason and time) stands")
+        format!("group {group}")
+    };
+    let message = match (halt, changed) {
+        (true, true) => format!("halted {what}: every order refused until resumed"),
+        (true, false) => format!(
+            "{what} was already halted: the first halt (its operator, reason and time) stands"
+        ),
+        (false, true) => format!("resumed {what}: its breakers decide orders again"),
+        (false, false) => format!("{what} was not halted: nothing changed"),
     };
     Ok(Json(json!({
         "message": message,
-        "changed": began,
-        "halts": halts.iter().map(json::halt).collect::<Vec<_>>(),
-    }))
-    .into_response())
-}
-
-/// `POST /api/actions/resume`: the whole firm, or one group.
-pub async fn resume(
-    State(console): State<Arc<Console>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    session: Session,
-    headers: HeaderMap,
-    Json(form): Json<HaltAction>,
-) -> Result<Response, ApiError> {
-    let viewer = actor(&console, &session, &headers).await?;
-    let group = form.group.trim().to_owned();
-    let (halts, ended, what) = if group.is_empty() {
-        leader_only(&console, "/riskgate.v1.AdminService/ResumeAll")?;
-        let answer = console
-            .admin
-            .resume_all(call(
-                &viewer,
-                peer,
-                ResumeAllRequest {
-                    reason: form.reason,
-                    operator: viewer.operator.clone(),
-                },
-            ))
-            .await?
-            .into_inner();
-        (answer.halts, answer.ended, "the whole firm".to_owned())
-    } else {
-        leader_only(&console, "/riskgate.v1.AdminService/ResumeGroup")?;
-        let answer = console
-            .admin
-            .resume_group(call(
-                &viewer,
-                peer,
-                ResumeGroupRequest {
-                    group: group.clone(),
-                    reason: form.reason,
-                    operator: viewer.operator.clone(),
-                },
-            ))
-            .await?
-            .into_inner();
-        (answer.halts, answer.ended, format!("group {group}"))
-    };
-    let message = if ended {
-        format!("resumed {what}: its breakers decide orders again")
-    } else {
-        format!("{what} was not halted: nothing changed")
-    };
-    Ok(Json(json!({
-        "message": message,
-        "changed": ended,
+        "changed": changed,
         "halts": halts.iter().map(json::halt).collect::<Vec<_>>(),
     }))
     .into_response())
