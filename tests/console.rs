@@ -685,6 +685,26 @@ async fn the_console_over_http_resumes_events_by_id_and_rechecks_the_token_on_ev
         .await
         .expect("cross-origin sign-in");
     assert_eq!(cross.status(), 403);
+    // Behind a proxy that rewrites Host, the browser's host arrives in X-Forwarded-Host.
+    let proxied = |origin: &'static str| {
+        request(
+            "POST",
+            &session_url,
+            None,
+            &[("origin", origin), ("x-forwarded-host", "console.example")],
+            Some(json!({ "token": OPS_TOKEN })),
+        )
+    };
+    let through_proxy = client
+        .request(proxied("https://console.example"))
+        .await
+        .expect("sign-in through a proxy");
+    assert_eq!(through_proxy.status(), 200);
+    let forged = client
+        .request(proxied("https://evil.example"))
+        .await
+        .expect("cross-origin sign-in through a proxy");
+    assert_eq!(forged.status(), 403);
     let signed_in = client
         .request(request(
             "POST",

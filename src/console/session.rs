@@ -195,20 +195,28 @@ pub async fn actor(
 }
 
 /// Refuses a request whose `Origin` is not the host it was sent to (a cross-site request).
+/// Behind a proxy that rewrites `Host`, the host the browser used is in `X-Forwarded-Host`.
 fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
         return Ok(());
     };
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.split(',').next())
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let host = header("host");
+    let forwarded = header("x-forwarded-host");
     let origin = origin.to_str().unwrap_or("");
     let origin_host = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
         .unwrap_or("");
-    if host.is_empty() || origin_host != host {
+    let matches = |host: &str| !host.is_empty() && origin_host == host;
+    if !matches(host) && !matches(forwarded) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("cross-origin request refused (origin {origin:?}, console at {host:?})"),
