@@ -729,6 +729,19 @@ async fn the_console_over_http_resumes_events_by_id_and_rechecks_the_token_on_ev
     let cookie = set_cookie.split(';').next().expect("name=value").to_owned();
     let info: Value = serde_json::from_str(&body_text(signed_in).await).expect("JSON");
     assert_eq!(info["operator"], "ops");
+    // Each request extends the session (its cookie comes back with a later expiry).
+    let used = client
+        .request(request("GET", &session_url, Some(&cookie), &[], None))
+        .await
+        .expect("session");
+    assert!(
+        used.headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(&cookie)),
+        "{:?}",
+        used.headers()
+    );
     assert_eq!(info["may_act"], true);
 
     // Three events; a browser that reconnects after the first gets the second and third, once.

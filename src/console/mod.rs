@@ -79,6 +79,8 @@ pub fn router(console: Arc<Console>, config: &ConsoleConfig) -> Router {
         .with_http_only(true)
         .with_same_site(SameSite::Strict)
         .with_secure(config.secure_cookie)
+        // Every request extends the session: idle means no console open, not no change.
+        .with_always_save(true)
         .with_expiry(Expiry::OnInactivity(
             tower_sessions::cookie::time::Duration::seconds(idle),
         ));

@@ -138,8 +138,13 @@ async function api(method, path, body) {
 
 // ---------- signing in ----------
 
+// The page reads its state again this often even without events: a backstop, and what keeps
+// an open console's session alive.
+const REFRESH_MS = 30000;
+
 async function start() {
   setInterval(tick, 1000);
+  setInterval(() => { if (state.session && state.view) reload(); }, REFRESH_MS);
   $("sign-out").addEventListener("click", signOut);
   $("home").addEventListener("click", (e) => { e.preventDefault(); go("/"); });
   window.addEventListener("popstate", route);
