@@ -13,6 +13,7 @@ const state = {
   lastSeq: 0,        // the highest event sequence shown
   events: [],        // events shown in the tail, newest first
   refreshTimer: null,
+  drawQueued: false,
   sort: "attention",
   stateFilter: "all",
   query: "",
@@ -254,6 +255,7 @@ function stopFeed() {
   if (state.source) state.source.close();
   state.source = null;
   clearTimeout(state.refreshTimer);
+  state.refreshTimer = null;
   setLive(false, "offline");
 }
 
@@ -288,7 +290,11 @@ function follow(start, fallback) {
     state.lastSeq = event.sequence;
     state.events.unshift(event);
     state.events.length = Math.min(state.events.length, MAX_EVENTS);
-    drawEvents();
+    // A storm of events is drawn once a frame, not once an event.
+    if (!state.drawQueued) {
+      state.drawQueued = true;
+      requestAnimationFrame(() => { state.drawQueued = false; drawEvents(); });
+    }
     scheduleRefresh();
   });
   source.addEventListener("heartbeat", () => setLive(true, "live"));
@@ -307,9 +313,10 @@ function follow(start, fallback) {
   });
 }
 
+// At most one refresh in flight and four a second, however many events arrive.
 function scheduleRefresh() {
-  clearTimeout(state.refreshTimer);
-  state.refreshTimer = setTimeout(reload, 250);
+  if (state.refreshTimer) return;
+  state.refreshTimer = setTimeout(() => { state.refreshTimer = null; reload(); }, 250);
 }
 
 function reload() {
