@@ -95,6 +95,8 @@ mod cluster {
         channels: Arc<Vec<(String, tonic::transport::Channel)>>,
         leader: Arc<AtomicUsize>,
         history: History,
+        /// Each node's log, shown when an action is never acknowledged.
+        logs: Arc<Vec<(String, std::path::PathBuf)>>,
     }
 
     impl Clients {
@@ -116,6 +118,7 @@ mod cluster {
                 channels: Arc::new(channels),
                 leader: Arc::new(AtomicUsize::new(0)),
                 history,
+                logs: Arc::new(nodes.iter().map(|n| (n.id.clone(), n.log_path())).collect()),
             }
         }
 
@@ -249,10 +252,18 @@ mod cluster {
                 match result {
                     Ok(()) => return,
                     Err(status) => {
-                        assert!(
-                            Instant::now() < deadline,
-                            "{action:?} on {account} never acknowledged: {status:?}"
-                        );
+                        if Instant::now() >= deadline {
+                            let logs: String = self
+                                .logs
+                                .iter()
+                                .map(|(id, path)| {
+                                    format!("--- {id}\n{}\n", super::common::cluster::tail_of(path))
+                                })
+                                .collect();
+                            panic!(
+                                "{action:?} on {account} never acknowledged: {status:?}\n{logs}"
+                            );
+                        }
                         self.follow(node, &status);
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }

@@ -469,10 +469,20 @@ impl Node {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail_of(&self.log)
     }
+
+    /// Where the node logs, for a test that must show it after the node is out of reach.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+}
+
+/// The last 40 lines of a log file.
+pub fn tail_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Waits until one of `nodes` says it is the leader and its GateService is SERVING; returns its
