@@ -98,14 +98,14 @@ pub enum Service {
 
 impl Service {
     pub fn of_path(path: &str) -> Service {
-        // AdminService's reads (halts, the audit trail, the configuration) are monitoring.
-        if crate::cluster::routing::ADMIN_READS.contains(&path) {
-            return Service::Monitor;
-        }
         let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
         match service {
             "riskgate.v1.GateService" => Service::Gate,
             "riskgate.v1.MonitorService" => Service::Monitor,
+            // AdminService's reads (halts, the audit trail, the configuration) are monitoring.
+            "riskgate.v1.AdminService" if crate::cluster::routing::ADMIN_READS.contains(&path) => {
+                Service::Monitor
+            }
             "riskgate.v1.AdminService" => Service::Admin,
             "grpc.health.v1.Health" => Service::Health,
             "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {

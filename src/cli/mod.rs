@@ -117,12 +117,8 @@ pub enum Command {
     },
     /// Open a breaker and hold it open until it is reset (or, with --for, for that long).
     Trip {
-        /// The account, as its bots name it (for example desk-a:momo).
-        account: String,
-        /// Act on an account riskgate has never seen (before its first order); without it, such
-        /// an account is refused as a likely typo.
-        #[arg(long)]
-        new: bool,
+        #[command(flatten)]
+        subject: AccountArgs,
         /// Hold it open this long (e.g. 15m, 2h), then test recovery as usual.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         hold: Option<std::time::Duration>,
@@ -133,12 +129,8 @@ pub enum Command {
     },
     /// Close a breaker and clear its counters.
     Reset {
-        /// The account, as its bots name it (for example desk-a:momo).
-        account: String,
-        /// Act on an account riskgate has never seen (before its first order); without it, such
-        /// an account is refused as a likely typo.
-        #[arg(long)]
-        new: bool,
+        #[command(flatten)]
+        subject: AccountArgs,
         #[command(flatten)]
         action: ActionArgs,
         #[command(flatten)]
@@ -147,12 +139,8 @@ pub enum Command {
     /// Set how strictly an account's breaker is applied: enforce, shadow, disabled, or
     /// configured (back to what the configuration says).
     Mode {
-        /// The account, as its bots name it (for example desk-a:momo).
-        account: String,
-        /// Act on an account riskgate has never seen (before its first order); without it, such
-        /// an account is refused as a likely typo.
-        #[arg(long)]
-        new: bool,
+        #[command(flatten)]
+        subject: AccountArgs,
         #[arg(value_parser = ["enforce", "shadow", "disabled", "configured"])]
         mode: String,
         #[command(flatten)]
@@ -164,8 +152,8 @@ pub enum Command {
     /// cleared; configuration reloads keep them. `riskgate config ACCOUNT` shows the settings
     /// in force and where each comes from.
     Settings {
-        /// The account, as its bots name it (for example desk-a:momo).
-        account: String,
+        #[command(flatten)]
+        subject: AccountArgs,
         /// Settings to set, as KEY=VALUE with the keys of `[breaker]` (failure_threshold=3,
         /// open_timeout_secs=60, failure_kinds.order_rejected=ignore).
         #[arg(value_name = "KEY=VALUE")]
@@ -174,10 +162,6 @@ pub enum Command {
         /// `failure_kinds` clears every kind, `all` every setting).
         #[arg(long, value_name = "KEY")]
         clear: Vec<String>,
-        /// Act on an account riskgate has never seen (before its first order); without it, such
-        /// an account is refused as a likely typo.
-        #[arg(long)]
-        new: bool,
         #[command(flatten)]
         action: ActionArgs,
         #[command(flatten)]
@@ -230,6 +214,17 @@ pub struct Target {
     /// How long to wait for each answer, in seconds.
     #[arg(long, env = "RISKGATE_TIMEOUT_SECS", default_value_t = 10.0)]
     pub timeout: f64,
+}
+
+/// The account an operator acts on.
+#[derive(Debug, Args)]
+pub struct AccountArgs {
+    /// The account, as its bots name it (for example desk-a:momo).
+    pub account: String,
+    /// Act on an account riskgate has never seen (before its first order); without it, such
+    /// an account is refused as a likely typo.
+    #[arg(long)]
+    pub new: bool,
 }
 
 #[derive(Debug, Args)]
@@ -300,18 +295,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Halts { json, target } => remote::halts(&target.addr, json).await,
         Command::Watch { accounts, target } => watch::follow(&target.addr, accounts).await,
         Command::Reset {
-            account,
-            new,
+            subject,
             action,
             target,
-        } => remote::act(&target.addr, remote::Action::Reset, account, new, action).await,
+        } => {
+            let AccountArgs { account, new } = subject;
+            remote::act(&target.addr, remote::Action::Reset, account, new, action).await
+        }
         Command::Trip {
-            account,
-            new,
+            subject,
             hold,
             action,
             target,
         } => {
+            let AccountArgs { account, new } = subject;
             remote::act(
                 &target.addr,
                 remote::Action::Trip(hold),
@@ -322,12 +319,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             .await
         }
         Command::Mode {
-            account,
-            new,
+            subject,
             mode,
             action,
             target,
-        } => remote::set_mode(&target.addr, account, &mode, new, action).await,
+        } => remote::set_mode(&target.addr, subject.account, &mode, subject.new, action).await,
         Command::Halt {
             group,
             action,
@@ -343,13 +339,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             None => remote::config(&target.addr).await,
         },
         Command::Settings {
-            account,
+            subject,
             set,
             clear,
-            new,
             action,
             target,
-        } => remote::set_settings(&target.addr, account, set, clear, new, action).await,
+        } => {
+            let AccountArgs { account, new } = subject;
+            remote::set_settings(&target.addr, account, set, clear, new, action).await
+        }
         Command::Cluster { json, target } => remote::cluster(&target.addr, json).await,
         Command::Health { service, target } => remote::health(&target.addr, service).await,
         Command::Audit {

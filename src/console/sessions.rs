@@ -3,7 +3,7 @@
 //! [`MAX_SESSIONS`], dropping expired ones first and then those closest to expiring.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tower_sessions::cookie::time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
@@ -12,16 +12,17 @@ use tower_sessions::session_store::{self, SessionStore};
 /// Most sessions kept at once: far more than a desk has operators.
 pub const MAX_SESSIONS: usize = 1_000;
 
-#[derive(Debug)]
+/// Clones share the sessions (the session layer is cloned with the router).
+#[derive(Clone, Debug)]
 pub struct BoundedStore {
-    records: Mutex<HashMap<Id, Record>>,
+    records: Arc<Mutex<HashMap<Id, Record>>>,
     max: usize,
 }
 
 impl BoundedStore {
     pub fn new(max: usize) -> Self {
         BoundedStore {
-            records: Mutex::new(HashMap::new()),
+            records: Arc::new(Mutex::new(HashMap::new())),
             max: max.max(1),
         }
     }
@@ -48,15 +49,6 @@ impl BoundedStore {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.with(|records| records.len())
-    }
-}
-
-impl Clone for BoundedStore {
-    fn clone(&self) -> Self {
-        BoundedStore {
-            records: Mutex::new(self.with(|records| records.clone())),
-            max: self.max,
-        }
     }
 }
 
