@@ -6,6 +6,8 @@
 #   benches/h2load.sh                       # 5 rounds of 5 s per pattern
 #   ROUNDS=3 SECONDS_PER_RUN=3 benches/h2load.sh
 #   SESSION=1 benches/h2load.sh             # and TradeSession through benches/loadgen.rs
+#   BASELINE=/tmp/riskgate-before benches/h2load.sh   # and another build of riskgate, run as
+#                                           # the quick start runs it, in the same rounds
 #
 # Patterns: -c1 -m16 (one connection, 16 streams: one bot's channel), -c8 -m8, -c1 -m1.
 # riskgate runs three ways: as the quick start runs it (SQLite store, no metrics, no auth), and
@@ -74,7 +76,15 @@ sed -i "s/127.0.0.1:0/127.0.0.1:$metrics_port/" "$work/production.toml"
 RISKGATE__SERVER__LISTEN="127.0.0.1:${port[production]}" RISKGATE__STORE__PATH="$work/data-production" \
   RISKGATE__LOG__LEVEL=warn taskset -c "$server_core" target/release/riskgate serve --config "$work/production.toml" &
 pids+=($!)
-for name in plain riskgate production; do wait_port "${port[$name]}"; done
+names=(plain riskgate production)
+if [ -n "${BASELINE:-}" ]; then
+  port[baseline]=$(free_port)
+  RISKGATE__SERVER__LISTEN="127.0.0.1:${port[baseline]}" RISKGATE__STORE__PATH="$work/data-baseline" \
+    RISKGATE__LOG__LEVEL=warn RISKGATE__CONSOLE__LISTEN= taskset -c "$server_core" "$BASELINE" serve &
+  pids+=($!)
+  names+=(baseline)
+fi
+for name in "${names[@]}"; do wait_port "${port[$name]}"; done
 sleep 0.5
 
 # Prints calls/s of one h2load run against $1 with $2 connections and $3 streams each.
@@ -99,7 +109,7 @@ verify() {
     exit 1
   fi
 }
-for name in plain riskgate production; do verify "$name"; done
+for name in "${names[@]}"; do verify "$name"; done
 
 declare -A rates
 patterns=("1 16" "8 8" "1 1")
@@ -107,7 +117,7 @@ for pattern in "${patterns[@]}"; do
   read -r c m <<<"$pattern"
   for round in $(seq "$ROUNDS"); do
     # Alternate the order each round: drift over time falls on both.
-    if [ $((round % 2)) = 1 ]; then order="plain riskgate production"; else order="production riskgate plain"; fi
+    if [ $((round % 2)) = 1 ]; then order="${names[*]}"; else order=$(printf '%s\n' "${names[@]}" | tac | xargs); fi
     for name in $order; do
       rate=$(run "$name" "$c" "$m")
       rates["$pattern,$name"]+="$rate "
@@ -132,6 +142,13 @@ for pattern in "${patterns[@]}"; do
     "$(echo "${rates["$pattern,production"]}" | stats)" \
     "$(awk -v a="$riskgate" -v b="$plain" 'BEGIN { printf "%.2fx", a / b }')" \
     "$(awk -v a="$production" -v b="$plain" 'BEGIN { printf "%.2fx", a / b }')"
+  if [ -n "${BASELINE:-}" ]; then
+    baseline=$(echo "${rates["$pattern,baseline"]}" | mean)
+    printf '%-10s baseline %s: %s, ratio %s; riskgate/baseline %s\n' "-c$c -m$m" "$BASELINE" \
+      "$(echo "${rates["$pattern,baseline"]}" | stats)" \
+      "$(awk -v a="$baseline" -v b="$plain" 'BEGIN { printf "%.2fx", a / b }')" \
+      "$(awk -v a="$riskgate" -v b="$baseline" 'BEGIN { printf "%.2fx", a / b }')"
+  fi
 done
 
 if [ "${SESSION:-0}" = 1 ]; then

@@ -18,6 +18,8 @@
 //! waits on the store) beside the reporting ones, each at one call in flight on a connection,
 //! thread and runtime of its own at real-time priority (when allowed), and prints their latency
 //! under that load; `--callers 0 --checks 1` gives the idle figure.
+//!
+//! `-- --split --riskgate PATH` serves with another build of `riskgate` (an A/B of two builds).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,7 +112,7 @@ impl Server {
                 .args([
                     "-c",
                     &last_core.to_string(),
-                    env!("CARGO_BIN_EXE_riskgate"),
+                    &arg("--riskgate").unwrap_or_else(|| env!("CARGO_BIN_EXE_riskgate").into()),
                     "serve",
                 ])
                 .env("RISKGATE__SERVER__LISTEN", addr.to_string())

@@ -10,6 +10,10 @@
 //! per peer. The accept loop backs off when the process runs out of file descriptors instead of
 //! spinning.
 
+mod http2;
+
+pub use http2::{serve, AnswerInline, Http2Settings};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;

@@ -18,9 +18,10 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+use tower_layer::Layer;
 
 use crate::api::{Admin, Gate, Monitor, WatchOptions};
 use crate::auth::tls::Tls;
@@ -29,7 +30,7 @@ use crate::clock::Clock;
 use crate::cluster::{LeaderRouting, Membership};
 use crate::config::LimitsConfig;
 use crate::config::{Config, StoreKind};
-use crate::connections::{ConnectionLimits, Connections};
+use crate::connections::{ConnectionLimits, Connections, Http2Settings};
 use crate::error::Error;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::gate_service_server::GateServiceServer;
@@ -64,8 +65,6 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the listener failed: {0}")]
     Listener(#[from] std::io::Error),
-    #[error("the gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
     #[error("cannot serve the console on {addr}: {source} (set [console] listen to a free address, or empty for no console)")]
@@ -223,41 +222,39 @@ pub async fn serve_node(
     .await?;
     let connections = Connections::new(connection_limits(limits));
     let max_message = limits.max_message_bytes;
-    let router = Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
+    let services = Services {
+        gate: GateServiceServer::new(Gate::new(registry.clone(), stop.clone()))
+            .max_decoding_message_size(max_message),
+        monitor: MonitorServiceServer::from_arc(monitor.clone())
+            .max_decoding_message_size(max_message),
+        admin: AdminServiceServer::from_arc(admin.clone()).max_decoding_message_size(max_message),
+        others: Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .prepare(),
+    };
+    let service =
+        AuthLayer::new(auth.clone()).layer(LeaderRouting::new(membership.clone()).layer(services));
+    let http2 = Http2Settings {
+        max_concurrent_streams: Some(limits.max_concurrent_streams),
         // What a client may send before the server has read it: 1 MiB a stream and a
         // connection (hyper's defaults, stated here because docs/clients.md promises them).
-        .initial_stream_window_size(RECEIVE_WINDOW)
-        .initial_connection_window_size(RECEIVE_WINDOW)
-        .http2_keepalive_interval(Some(Duration::from_secs_f64(
-            limits.keepalive_interval_secs,
-        )))
-        .http2_keepalive_timeout(Some(Duration::from_secs_f64(limits.keepalive_timeout_secs)))
-        .layer(AuthLayer::new(auth.clone()))
-        .layer(LeaderRouting::new(membership.clone()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            GateServiceServer::new(Gate::new(registry.clone(), stop.clone()))
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            MonitorServiceServer::from_arc(monitor.clone()).max_decoding_message_size(max_message),
-        )
-        .add_service(
-            AdminServiceServer::from_arc(admin.clone()).max_decoding_message_size(max_message),
-        );
-    let server: std::pin::Pin<
-        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
-    > = match &tls {
-        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+        receive_window: RECEIVE_WINDOW,
+        keepalive_interval: Some(Duration::from_secs_f64(limits.keepalive_interval_secs)),
+        keepalive_timeout: Duration::from_secs_f64(limits.keepalive_timeout_secs),
+    };
+    let server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &tls {
+        Some(tls) => Box::pin(crate::connections::serve(
             tls.clone().incoming(listener, connections.clone()),
+            &http2,
+            service,
             signal,
         )),
         // Small unary answers must not wait for Nagle's algorithm (set on accept).
-        None => Box::pin(router.serve_with_incoming_shutdown(
+        None => Box::pin(crate::connections::serve(
             crate::connections::incoming(listener, connections.clone()),
+            &http2,
+            service,
             signal,
         )),
     };
@@ -289,7 +286,7 @@ pub async fn serve_node(
                 return Err(ServeError::Registry(error));
             }
         }
-        result = &mut server => return result.map_err(ServeError::from),
+        () = &mut server => return Ok(()),
     }
     tracing::info!(
         %addr,
@@ -341,7 +338,7 @@ pub async fn serve_node(
         tokio::time::sleep(grace).await;
     };
     let result = tokio::select! {
-        result = server => result.map_err(ServeError::from),
+        () = server => Ok(()),
         _ = grace_elapsed => {
             tracing::warn!(?grace, "shutdown grace period elapsed; closing the remaining connections");
             Ok(())
@@ -381,6 +378,47 @@ pub async fn serve_node(
         .name("riskgate-free".into())
         .spawn(move || drop(registry));
     result
+}
+
+/// The services on the listener, found by the service name in a call's path
+/// (`/riskgate.v1.GateService/CheckTrade`): riskgate's three directly, health and reflection
+/// (and the UNIMPLEMENTED answer to any other path) through tonic's routes, whose matching
+/// and boxing a check does not need.
+#[derive(Clone)]
+struct Services {
+    gate: GateServiceServer<Gate>,
+    monitor: MonitorServiceServer<Monitor>,
+    admin: AdminServiceServer<Admin>,
+    others: Routes,
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Services {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    /// Always ready, as every service behind it is (tonic's generated servers and routes).
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        use tonic::server::NamedService;
+        let path = request.uri().path();
+        let service = path
+            .strip_prefix('/')
+            .and_then(|path| path.split_once('/'))
+            .map_or("", |(service, _)| service);
+        match service {
+            GateServiceServer::<Gate>::NAME => self.gate.call(request),
+            MonitorServiceServer::<Monitor>::NAME => self.monitor.call(request),
+            AdminServiceServer::<Admin>::NAME => self.admin.call(request),
+            _ => Box::pin(self.others.call(request)),
+        }
+    }
 }
 
 /// Spawns `task`, handing it a future that resolves when the server starts stopping.
