@@ -28,7 +28,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::body::Body;
 use tonic::transport::server::Connected;
 
-use super::ConnInfo;
+use std::sync::Arc;
+
+use super::{Conn, ConnInfo};
 
 /// A connection's executor: runs a call's future in the connection's task as far as it goes
 /// without waiting, and spawns the rest, when answering at once is worth a write of its own.
@@ -37,30 +39,43 @@ use super::ConnInfo;
 /// the task looks at the socket again); calls spawned as tasks are written together when the
 /// connection's task next runs after them. Writes cost: on loopback a write carries the
 /// receiver's side of TCP too, about as much as deciding a check. So a call is answered in
-/// place when no other task waits for the runtime's workers in their own queues (where
-/// connections woken by their sockets and calls spawned by them wait): a client's answers
-/// then leave one by one while the server works on the rest, and the client, on another core,
-/// sends more meanwhile. With other connections' work queued, calls are spawned and their
-/// answers leave together. Tasks woken from other threads (the answers of a durable commit,
-/// woken by the store's writer) wait in the runtime's shared queue and do not count: a check
-/// arriving beside a flood of reports is still answered in place.
+/// place
+/// - when it is the only call in flight on its connection (a client at one call in flight,
+///   the usual bot): there is no other answer to write with it, and spawned it would wait
+///   twice more behind whatever the runtime has queued (a check beside a flood of reports);
+/// - when no other task waits in a worker's own queue (where connections woken by their
+///   sockets, and calls spawned by them, wait): a client's answers then leave one by one while
+///   the server works on the rest, and the client, on another core, sends more meanwhile.
+///
+/// Otherwise, with other connections' work queued, calls are spawned and their answers leave
+/// together.
 #[derive(Clone)]
 pub struct AnswerInline {
-    remote: std::net::SocketAddr,
+    conn: Arc<Conn>,
     runtime: tokio::runtime::RuntimeMetrics,
 }
 
 impl AnswerInline {
-    fn new(remote: std::net::SocketAddr) -> Self {
+    fn new(conn: Arc<Conn>) -> Self {
         AnswerInline {
-            remote,
+            conn,
             runtime: tokio::runtime::Handle::current().metrics(),
         }
     }
 
-    /// Whether no task waits in a worker's own queue. Without `tokio_unstable` (set in
-    /// .cargo/config.toml) the queues cannot be read, and every call is answered in place.
+    /// Whether to answer the call being handed over in place. Its connection counts it in
+    /// flight already (the call layer counts a call as it is made). Without `tokio_unstable`
+    /// (set in .cargo/config.toml) the queues cannot be read, and every call is answered in
+    /// place.
     fn in_place(&self) -> bool {
+        if self
+            .conn
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= 1
+        {
+            return true;
+        }
         #[cfg(tokio_unstable)]
         {
             (0..self.runtime.num_workers())
@@ -101,7 +116,7 @@ where
 impl std::fmt::Debug for AnswerInline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnswerInline")
-            .field("remote", &self.remote)
+            .field("remote", &self.conn.remote)
             .finish()
     }
 }
@@ -155,7 +170,7 @@ pub async fn serve<I, IO, S>(
         };
         let info = io.connect_info();
         let mut builder =
-            hyper::server::conn::http2::Builder::new(AnswerInline::new(info.conn.remote));
+            hyper::server::conn::http2::Builder::new(AnswerInline::new(info.conn.clone()));
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.max_concurrent_streams)
@@ -245,8 +260,25 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
+    /// The executor of a connection with `calls` in flight.
+    fn executor_with(calls: usize) -> AnswerInline {
+        let connections =
+            crate::connections::Connections::new(crate::connections::ConnectionLimits {
+                max_connections: 10,
+                max_connections_per_peer: 10,
+                handshake_timeout: Duration::from_secs(5),
+                idle_timeout: None,
+                listen_backlog: 128,
+            });
+        let conn = connections.admit("127.0.0.1:1".parse().unwrap()).unwrap();
+        for _ in 0..calls {
+            conn.call_started();
+        }
+        AnswerInline::new(conn)
+    }
+
     fn executor() -> AnswerInline {
-        AnswerInline::new("127.0.0.1:1".parse().unwrap())
+        executor_with(1)
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -280,16 +312,25 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn calls_are_spawned_while_other_tasks_wait_for_the_runtime() {
-        // A task in the runtime's queue (spawned, not yet run): the next call waits its turn.
+    async fn calls_among_others_are_spawned_while_other_tasks_wait_for_the_runtime() {
+        // A task in the runtime's queue (spawned, not yet run).
         let _queued = tokio::spawn(async {});
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
-        executor().execute(async move { flag.store(true, Ordering::SeqCst) });
+        executor_with(2).execute(async move { flag.store(true, Ordering::SeqCst) });
         #[cfg(tokio_unstable)]
-        assert!(!done.load(Ordering::SeqCst), "spawned behind the queued task");
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "spawned behind the queued task"
+        );
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
         assert!(done.load(Ordering::SeqCst));
+        // The only call in flight on its connection is answered at once all the same.
+        let _queued = tokio::spawn(async {});
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        executor_with(1).execute(async move { flag.store(true, Ordering::SeqCst) });
+        assert!(done.load(Ordering::SeqCst), "answered in place");
     }
 }
