@@ -4,11 +4,14 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use riskgate::proto::trade_session_request::Kind as In;
 use riskgate::proto::trade_session_response::Kind as Out;
 use riskgate::proto::*;
+use riskgate::store::Store;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -259,5 +262,122 @@ async fn a_batch_is_handled_in_order_and_answered_message_by_message() {
     );
     session.send(check(3, "OTHER")).await;
     assert!(matches!(session.answer().await.kind, Some(Out::Check(c)) if c.allowed));
+    server.stop().await;
+}
+
+/// A store that makes nothing durable until told to: reports wait for their commit as long
+/// as the test likes.
+struct HeldStore {
+    durable: Arc<riskgate::store::MemoryStore>,
+    held: std::sync::Mutex<(u64, Vec<(u64, riskgate::store::Batch, HeldReply)>)>,
+    signals: Arc<riskgate::store::StoreSignals>,
+}
+
+type HeldReply = tokio::sync::oneshot::Sender<Result<(), riskgate::store::StoreError>>;
+
+impl HeldStore {
+    /// Makes every held batch durable and answers its callers.
+    fn release(&self) {
+        let mut held = self.held.lock().unwrap();
+        let mut through = None;
+        let mut sequence = None;
+        for (ticket, batch, reply) in held.1.drain(..) {
+            sequence = batch.events.last().map(|e| e.sequence).or(sequence);
+            self.durable.submit(batch);
+            through = Some(ticket);
+            let _ = reply.send(Ok(()));
+        }
+        if let Some(ticket) = through {
+            self.signals.wrote(sequence, ticket);
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().unwrap().1.len()
+    }
+}
+
+impl Store for HeldStore {
+    fn load_streaming(
+        &self,
+        breakers: &(dyn Fn(riskgate::store::Loading) + Sync),
+    ) -> Result<riskgate::store::Recovered, riskgate::store::StoreError> {
+        self.durable.load_streaming(breakers)
+    }
+
+    fn submit(&self, batch: riskgate::store::Batch) -> riskgate::store::Commit {
+        let mut held = self.held.lock().unwrap();
+        held.0 += 1;
+        let ticket = held.0;
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        held.1.push((ticket, batch, reply));
+        riskgate::store::Commit::pending(ticket, receiver)
+    }
+
+    fn signals(&self) -> Arc<riskgate::store::StoreSignals> {
+        self.signals.clone()
+    }
+
+    fn audit_records(
+        &self,
+        query: &riskgate::store::AuditQuery,
+    ) -> Result<Vec<riskgate::history::AuditRecord>, riskgate::store::StoreError> {
+        self.durable.audit_records(query)
+    }
+}
+
+#[tokio::test]
+async fn a_check_is_not_answered_after_reports_that_wait_for_the_disk() {
+    let store = Arc::new(HeldStore {
+        durable: Arc::new(riskgate::store::MemoryStore::new(10_000)),
+        held: Default::default(),
+        signals: Arc::new(riskgate::store::StoreSignals::new(0)),
+    });
+    let server = TestServer::start_with(config(""), store.clone()).await;
+    let mut session = Session::open(&server).await;
+    // Both accounts known and durable (the first check of an account waits for its
+    // creation to be durable), and permits for two reports.
+    let mut permits = Vec::new();
+    for (id, account) in [(0, "REPORTING"), (1, "REPORTING"), (2, "CHECKING")] {
+        session.send(check(id, account)).await;
+        let answer = loop {
+            store.release();
+            if let Ok(answer) =
+                tokio::time::timeout(Duration::from_millis(20), session.answer()).await
+            {
+                break answer;
+            }
+        };
+        assert_eq!(answer.correlation_id, id);
+        match answer.kind {
+            Some(Out::Check(check)) => permits.push(check.permit_id),
+            other => panic!("a check's answer, got {other:?}"),
+        }
+    }
+    assert_eq!(store.held(), 0);
+    // Two failures, whose answers wait for their commit; then a check on another account.
+    session.send(failure(10, "REPORTING", &permits[0])).await;
+    session.send(failure(11, "REPORTING", &permits[1])).await;
+    session.send(check(12, "CHECKING")).await;
+    let first = session.answer().await;
+    assert_eq!(
+        first.correlation_id, 12,
+        "the check overtakes the reports waiting for the disk: {first:?}"
+    );
+    assert!(matches!(first.kind, Some(Out::Check(c)) if c.allowed));
+    assert!(store.held() >= 1, "the reports are still waiting");
+    store.release();
+    let mut reports = vec![session.answer().await, session.answer().await];
+    reports.sort_by_key(|answer| answer.correlation_id);
+    assert_eq!(
+        reports.iter().map(|a| a.correlation_id).collect::<Vec<_>>(),
+        [10, 11]
+    );
+    for report in reports {
+        assert!(
+            matches!(report.kind, Some(Out::Report(_))),
+            "a report's answer once durable: {report:?}"
+        );
+    }
     server.stop().await;
 }
