@@ -269,11 +269,16 @@ async fn a_batch_is_handled_in_order_and_answered_message_by_message() {
 /// as the test likes.
 struct HeldStore {
     durable: Arc<riskgate::store::MemoryStore>,
-    held: std::sync::Mutex<(u64, Vec<(u64, riskgate::store::Batch, HeldReply)>)>,
+    /// The last ticket given, and the batches held with their tickets and callers.
+    held: std::sync::Mutex<(u64, Vec<HeldBatch>)>,
     signals: Arc<riskgate::store::StoreSignals>,
 }
 
-type HeldReply = tokio::sync::oneshot::Sender<Result<(), riskgate::store::StoreError>>;
+type HeldBatch = (
+    u64,
+    riskgate::store::Batch,
+    tokio::sync::oneshot::Sender<Result<(), riskgate::store::StoreError>>,
+);
 
 impl HeldStore {
     /// Makes every held batch durable and answers its callers.

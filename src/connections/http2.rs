@@ -4,13 +4,9 @@
 //! hyper hands every call's future to an executor. tokio's would spawn each one as a task,
 //! so a check passes three times through the runtime's queue: the connection's task reads it,
 //! the call's task decides it, the connection's task writes the answer, each time behind
-//! whatever the runtime woke meanwhile (the answers of a durable commit, say).
-//! [`AnswerInline`] polls the call's future once where hyper hands it over, inside the
-//! connection's task, and spawns it only if it must wait (a durable report waiting for its
-//! commit, a watch stream). A check is then read, decided and its answer queued in one turn
-//! of its connection's task, and written as soon as that task next looks at the socket,
-//! before the connection's other calls are decided: a client with many calls in flight on
-//! one connection gets its first answers while the server works on the rest.
+//! whatever the runtime woke meanwhile (the answers of a durable commit, say). Here the
+//! executor ([`CollectCalls`]) keeps the calls for the connection's task, which, once it has
+//! read what the socket held, answers them in place or spawns them ([`drive`] says when).
 //! docs/benchmarks.md ("Answering in the connection's task") has the figures.
 
 use std::convert::Infallible;
@@ -28,96 +24,130 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::body::Body;
 use tonic::transport::server::Connected;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{Conn, ConnInfo};
+use super::ConnInfo;
 
-/// A connection's executor: runs a call's future in the connection's task as far as it goes
-/// without waiting, and spawns the rest, when answering at once is worth a write of its own.
+/// A call hyper handed over, not run yet.
+type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A connection's executor: keeps the calls hyper hands over for the connection's task,
+/// which decides how to run them once it has read what the socket held ([`drive`]).
+#[derive(Clone, Default)]
+pub struct CollectCalls {
+    calls: Arc<Mutex<VecDeque<Call>>>,
+}
+
+impl CollectCalls {
+    fn take(&self) -> VecDeque<Call> {
+        std::mem::take(&mut *self.calls.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts back calls not run yet, ahead of any handed over since.
+    fn put_back(&self, mut calls: VecDeque<Call>) {
+        let mut queued = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        calls.append(&mut queued);
+        *queued = calls;
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for CollectCalls
+where
+    F: Future + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let call: Call = Box::pin(async move {
+            let _ = future.await;
+        });
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(call);
+    }
+}
+
+impl std::fmt::Debug for CollectCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectCalls").finish_non_exhaustive()
+    }
+}
+
+/// Drives one connection until hyper is done with it, running the calls each of its turns
+/// reads.
 ///
-/// Each call answered in the connection's task is written on its own (h2 flushes whenever
-/// the task looks at the socket again); calls spawned as tasks are written together when the
-/// connection's task next runs after them. Writes cost: on loopback a write carries the
-/// receiver's side of TCP too, about as much as deciding a check. So a call is answered in
-/// place
-/// - when it is the only call in flight on its connection (a client at one call in flight,
-///   the usual bot): there is no other answer to write with it, and spawned it would wait
-///   twice more behind whatever the runtime has queued (a check beside a flood of reports);
+/// A call answered in the connection's task is written on its own: the task looks at the
+/// socket again right after it, and h2 flushes whatever is ready. Calls spawned as tasks are
+/// written together, when the connection's task next runs after them. Writes cost (on
+/// loopback a write carries the receiver's side of TCP too, about as much as deciding a
+/// check), and so does waiting in the runtime's queue. So a call is answered in place
+/// - when it is the only one the read brought (a client at one call in flight, the usual
+///   bot): there is no other answer to write with it, and spawned it would wait twice more
+///   behind whatever the runtime has queued (a check beside a flood of reports);
 /// - when no other task waits in a worker's own queue (where connections woken by their
 ///   sockets, and calls spawned by them, wait): a client's answers then leave one by one while
 ///   the server works on the rest, and the client, on another core, sends more meanwhile.
 ///
-/// Otherwise, with other connections' work queued, calls are spawned and their answers leave
-/// together.
-#[derive(Clone)]
-pub struct AnswerInline {
-    conn: Arc<Conn>,
-    runtime: tokio::runtime::RuntimeMetrics,
+/// Otherwise, with other connections' work queued, the read's calls are spawned and their
+/// answers leave together. A call answered in place that must wait (a durable report waiting
+/// for its commit, a watch stream) is spawned when it first waits.
+async fn drive<C: Future>(
+    mut connection: Pin<&mut C>,
+    calls: &CollectCalls,
+    runtime: &tokio::runtime::RuntimeMetrics,
+) -> C::Output {
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(done) = connection.as_mut().poll(cx) {
+            // Calls handed over in hyper's last turn have no connection to answer on.
+            drop(calls.take());
+            return Poll::Ready(done);
+        }
+        let mut read = calls.take();
+        let Some(first) = read.pop_front() else {
+            return Poll::Pending;
+        };
+        if read.is_empty() || runtime_idle(runtime) {
+            calls.put_back(read);
+            answer_in_place(first);
+            continue;
+        }
+        tokio::spawn(first);
+        for call in read {
+            tokio::spawn(call);
+        }
+        return Poll::Pending;
+    })
+    .await
 }
 
-impl AnswerInline {
-    fn new(conn: Arc<Conn>) -> Self {
-        AnswerInline {
-            conn,
-            runtime: tokio::runtime::Handle::current().metrics(),
-        }
+/// Whether no task waits in a worker's own queue. Without `tokio_unstable` (set in
+/// .cargo/config.toml) the queues cannot be read and the runtime counts as busy.
+fn runtime_idle(runtime: &tokio::runtime::RuntimeMetrics) -> bool {
+    #[cfg(tokio_unstable)]
+    {
+        (0..runtime.num_workers()).all(|worker| runtime.worker_local_queue_depth(worker) == 0)
     }
-
-    /// Whether to answer the call being handed over in place. Its connection counts it in
-    /// flight already (the call layer counts a call as it is made). Without `tokio_unstable`
-    /// (set in .cargo/config.toml) the queues cannot be read, and every call is answered in
-    /// place.
-    fn in_place(&self) -> bool {
-        if self
-            .conn
-            .in_flight
-            .load(std::sync::atomic::Ordering::Relaxed)
-            <= 1
-        {
-            return true;
-        }
-        #[cfg(tokio_unstable)]
-        {
-            (0..self.runtime.num_workers())
-                .all(|worker| self.runtime.worker_local_queue_depth(worker) == 0)
-        }
-        #[cfg(not(tokio_unstable))]
-        true
-    }
-}
-
-impl<F> hyper::rt::Executor<F> for AnswerInline
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        if !self.in_place() {
-            tokio::spawn(future);
-            return;
-        }
-        let mut future = Box::pin(future);
-        // A future that is not ready registers this waker, which wakes nothing; spawned, it
-        // is polled again at once and registers its task's waker then, so no wake-up is lost.
-        let mut cx = Context::from_waker(Waker::noop());
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
-            Ok(Poll::Ready(_)) => {}
-            Ok(Poll::Pending) => {
-                tokio::spawn(future);
-            }
-            // As a spawned task's panic would: the call ends (its stream is reset when its
-            // future is dropped), the connection and its other calls go on. The panic hook
-            // has logged it.
-            Err(_) => {}
-        }
+    #[cfg(not(tokio_unstable))]
+    {
+        let _ = runtime;
+        false
     }
 }
 
-impl std::fmt::Debug for AnswerInline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnswerInline")
-            .field("remote", &self.conn.remote)
-            .finish()
+/// Runs `call` as far as it goes without waiting, and spawns the rest.
+fn answer_in_place(mut call: Call) {
+    // A call that is not ready registers this waker, which wakes nothing; spawned, it is
+    // polled again at once and registers its task's waker then, so no wake-up is lost.
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(())) => {}
+        Ok(Poll::Pending) => {
+            tokio::spawn(call);
+        }
+        // As a spawned task's panic would: the call ends (its stream is reset when its future
+        // is dropped), the connection and its other calls go on. The panic hook has logged it.
+        Err(_) => {}
     }
 }
 
@@ -169,8 +199,8 @@ pub async fn serve<I, IO, S>(
             },
         };
         let info = io.connect_info();
-        let mut builder =
-            hyper::server::conn::http2::Builder::new(AnswerInline::new(info.conn.clone()));
+        let calls = CollectCalls::default();
+        let mut builder = hyper::server::conn::http2::Builder::new(calls.clone());
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.max_concurrent_streams)
@@ -184,13 +214,14 @@ pub async fn serve<I, IO, S>(
         };
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut closing = open.clone();
+        let runtime = tokio::runtime::Handle::current().metrics();
         tokio::spawn(async move {
             tokio::pin!(connection);
             let result = tokio::select! {
-                result = connection.as_mut() => result,
+                result = drive(connection.as_mut(), &calls, &runtime) => result,
                 _ = async { closing.wait_for(|closing| *closing).await.map(|_| ()) } => {
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    drive(connection.as_mut(), &calls, &runtime).await
                 }
             };
             if let Err(error) = result {
@@ -257,46 +288,100 @@ impl<S> std::fmt::Debug for PerConnection<S> {
 mod tests {
     use super::*;
     use hyper::rt::Executor;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    /// The executor of a connection with `calls` in flight.
-    fn executor_with(calls: usize) -> AnswerInline {
-        let connections =
-            crate::connections::Connections::new(crate::connections::ConnectionLimits {
-                max_connections: 10,
-                max_connections_per_peer: 10,
-                handshake_timeout: Duration::from_secs(5),
-                idle_timeout: None,
-                listen_backlog: 128,
-            });
-        let conn = connections.admit("127.0.0.1:1".parse().unwrap()).unwrap();
-        for _ in 0..calls {
-            conn.call_started();
-        }
-        AnswerInline::new(conn)
+    /// A call that sets its flag when run.
+    fn call(flag: &Arc<AtomicBool>) -> impl Future<Output = ()> + Send + 'static {
+        let flag = flag.clone();
+        async move { flag.store(true, Ordering::SeqCst) }
     }
 
-    fn executor() -> AnswerInline {
-        executor_with(1)
+    fn flags(n: usize) -> Vec<Arc<AtomicBool>> {
+        (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect()
+    }
+
+    /// A connection whose first turn reads `calls` (hands them to the executor) and which then
+    /// waits for ever, counting its turns.
+    struct Reading {
+        calls: Vec<Arc<AtomicBool>>,
+        executor: CollectCalls,
+        turns: Arc<AtomicUsize>,
+    }
+
+    impl Future for Reading {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            let this = self.get_mut();
+            this.turns.fetch_add(1, Ordering::SeqCst);
+            for flag in this.calls.drain(..) {
+                this.executor.execute(call(&flag));
+            }
+            Poll::Pending
+        }
+    }
+
+    /// Drives a connection that reads `n` calls until it waits; the calls' flags as they
+    /// stand then, and the connection's turns.
+    async fn one_read(n: usize) -> (Vec<Arc<AtomicBool>>, Vec<bool>, usize) {
+        let calls = flags(n);
+        let executor = CollectCalls::default();
+        let turns = Arc::new(AtomicUsize::new(0));
+        let mut connection = Box::pin(Reading {
+            calls: calls.clone(),
+            executor: executor.clone(),
+            turns: turns.clone(),
+        });
+        let runtime = tokio::runtime::Handle::current().metrics();
+        let mut driving = Box::pin(drive(connection.as_mut(), &executor, &runtime));
+        let pending = std::future::poll_fn(|cx| Poll::Ready(driving.as_mut().poll(cx))).await;
+        assert!(pending.is_pending());
+        drop(driving);
+        let now = calls.iter().map(|f| f.load(Ordering::SeqCst)).collect();
+        (calls, now, turns.load(Ordering::SeqCst))
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_call_that_need_not_wait_is_answered_before_execute_returns() {
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
-        executor().execute(async move { flag.store(true, Ordering::SeqCst) });
-        assert!(done.load(Ordering::SeqCst), "run in place, not spawned");
+    async fn the_only_call_a_read_brought_is_answered_in_place_whatever_the_runtime_has_queued() {
+        let _queued = tokio::spawn(async {});
+        let (_, now, turns) = one_read(1).await;
+        assert_eq!(now, [true]);
+        assert_eq!(
+            turns, 2,
+            "the connection looks at the socket again to write the answer"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_of_several_calls_is_spawned_while_other_tasks_wait_for_the_runtime() {
+        let _queued = tokio::spawn(async {});
+        let (calls, now, turns) = one_read(3).await;
+        assert_eq!(now, [false, false, false], "spawned behind the queued task");
+        assert_eq!(turns, 1, "their answers are written together later");
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(calls.iter().all(|f| f.load(Ordering::SeqCst)));
+    }
+
+    #[cfg(tokio_unstable)]
+    #[tokio::test(flavor = "current_thread")]
+    async fn with_the_runtime_idle_each_call_is_answered_in_place_and_written_on_its_own() {
+        let (_, now, turns) = one_read(3).await;
+        assert_eq!(now, [true, true, true]);
+        assert_eq!(
+            turns, 4,
+            "the connection looks at the socket after each answer"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_that_waits_is_spawned_and_its_wake_up_is_not_lost() {
         let (send, receive) = tokio::sync::oneshot::channel::<u32>();
         let (answered, answer) = tokio::sync::oneshot::channel::<u32>();
-        executor().execute(async move {
+        answer_in_place(Box::pin(async move {
             let value = receive.await.unwrap_or(0);
             let _ = answered.send(value + 1);
-        });
+        }));
         // Woken after the first poll, which registered a waker that wakes nothing.
         send.send(41).unwrap();
         assert_eq!(answer.await.unwrap(), 42);
@@ -304,33 +389,9 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_that_panics_ends_alone() {
-        executor().execute(async { panic!("a handler's bug") });
+        answer_in_place(Box::pin(async { panic!("a handler's bug") }));
         let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
-        executor().execute(async move { flag.store(true, Ordering::SeqCst) });
+        answer_in_place(Box::pin(call(&done)));
         assert!(done.load(Ordering::SeqCst), "the next call is answered");
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn calls_among_others_are_spawned_while_other_tasks_wait_for_the_runtime() {
-        // A task in the runtime's queue (spawned, not yet run).
-        let _queued = tokio::spawn(async {});
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
-        executor_with(2).execute(async move { flag.store(true, Ordering::SeqCst) });
-        #[cfg(tokio_unstable)]
-        assert!(
-            !done.load(Ordering::SeqCst),
-            "spawned behind the queued task"
-        );
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        assert!(done.load(Ordering::SeqCst));
-        // The only call in flight on its connection is answered at once all the same.
-        let _queued = tokio::spawn(async {});
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
-        executor_with(1).execute(async move { flag.store(true, Ordering::SeqCst) });
-        assert!(done.load(Ordering::SeqCst), "answered in place");
     }
 }
