@@ -111,7 +111,7 @@ verify() {
 }
 for name in "${names[@]}"; do verify "$name"; done
 
-declare -A rates
+declare -A rates round_rate
 patterns=("1 16" "8 8" "1 1")
 for pattern in "${patterns[@]}"; do
   read -r c m <<<"$pattern"
@@ -121,6 +121,7 @@ for pattern in "${patterns[@]}"; do
     for name in $order; do
       rate=$(run "$name" "$c" "$m")
       rates["$pattern,$name"]+="$rate "
+      round_rate["$pattern,$name,$round"]=$rate
       echo "-c$c -m$m round $round $name: $rate req/s"
     done
   done
@@ -149,6 +150,23 @@ for pattern in "${patterns[@]}"; do
       "$(awk -v a="$baseline" -v b="$plain" 'BEGIN { printf "%.2fx", a / b }')" \
       "$(awk -v a="$riskgate" -v b="$baseline" 'BEGIN { printf "%.2fx", a / b }')"
   fi
+done
+
+# Ratios of the runs of one round (run next to each other, so the machine's drift over the
+# whole run does not enter), median over the rounds.
+median_ratio() {
+  local pattern=$1 a=$2 b=$3
+  for round in $(seq "$ROUNDS"); do
+    awk -v a="${round_rate["$pattern,$a,$round"]}" -v b="${round_rate["$pattern,$b,$round"]}" 'BEGIN { print a / b }'
+  done | sort -g | awk '{ v[NR] = $1 } END { printf "%.2fx", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+echo
+echo "Medians of the ratios within each round:"
+printf '%-10s %-16s %-16s %-22s\n' pattern riskgate/plain production/plain production/riskgate
+for pattern in "${patterns[@]}"; do
+  read -r c m <<<"$pattern"
+  printf '%-10s %-16s %-16s %-22s\n' "-c$c -m$m" "$(median_ratio "$pattern" riskgate plain)" \
+    "$(median_ratio "$pattern" production plain)" "$(median_ratio "$pattern" production riskgate)"
 done
 
 if [ "${SESSION:-0}" = 1 ]; then

@@ -9,6 +9,7 @@
 //! median; `--store DIR` writes the store there (or reuses what an earlier run left there) and
 //! keeps it, for profiling a start-up, e.g. `riskgate serve` under `perf record`. A reused store
 //! needs the `--accounts` it was written with: the server is started with room for twice that.
+//! `--riskgate PATH` runs another build of `riskgate` for the restart and the fan-out.
 
 mod common;
 
@@ -156,7 +157,7 @@ fn serve_until_serving(path: &std::path::Path, accounts: usize) -> Duration {
         .expect("addr")
         .port();
     let started = Instant::now();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_riskgate"))
+    let mut server = std::process::Command::new(riskgate_bin())
         .arg("serve")
         .env("RISKGATE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("RISKGATE__STORE__PATH", path)
@@ -207,7 +208,7 @@ fn fan_out(watchers: usize, changes: usize) {
         .local_addr()
         .expect("addr")
         .port();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_riskgate"))
+    let mut server = std::process::Command::new(riskgate_bin())
         .arg("serve")
         .env("RISKGATE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("RISKGATE__STORE__KIND", "memory")
@@ -327,6 +328,12 @@ fn fan_out(watchers: usize, changes: usize) {
     );
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// The `riskgate` binary to measure: `--riskgate PATH` (another build, for an A/B
+/// comparison), or the one built with this bench.
+fn riskgate_bin() -> String {
+    arg("--riskgate").unwrap_or_else(|| env!("CARGO_BIN_EXE_riskgate").to_owned())
 }
 
 fn main() {

@@ -8,7 +8,7 @@
 //! for `idle_timeout` is closed. The connection's shared state ([`Conn`]) rides along to every
 //! call as its connect info, so that the call layer counts calls in flight per connection and
 //! per peer. The accept loop backs off when the process runs out of file descriptors instead of
-//! spinning.
+//! spinning. [`serve`] speaks HTTP/2 on the admitted connections (`http2`).
 
 mod http2;
 

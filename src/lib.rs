@@ -22,8 +22,9 @@
 //! 5. [`auth`]: who is calling and what they may do; the layer that authenticates, authorizes,
 //!    rate-limits and sheds every call before a handler runs.
 //!    [`connections`]: who may connect and for how long (limits in total and per address,
-//!    handshake and idle deadlines, an accept loop that backs off), and each connection's
-//!    state, which rides along to its calls.
+//!    handshake and idle deadlines, an accept loop that backs off), each connection's
+//!    state, which rides along to its calls, and HTTP/2 on hyper with each connection's calls
+//!    answered in its own task when that is quicker.
 //! 6. [`cluster`]: a node's leadership of a replicated riskgate, as a pure state machine
 //!    (its role, its self-fence, when a new leader may serve).
 //!    [`logging`]: the tracing subscriber, human or JSON.
