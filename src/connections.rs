@@ -12,7 +12,7 @@
 
 mod http2;
 
-pub use http2::{serve, CollectCalls, Http2Settings};
+pub use http2::{serve, Http2Settings};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -36,7 +36,7 @@ type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A connection's executor: keeps the calls hyper hands over for the connection's task,
 /// which decides how to run them once it has read what the socket held ([`drive`]).
 #[derive(Clone, Default)]
-pub struct CollectCalls {
+struct CollectCalls {
     calls: Arc<Mutex<VecDeque<Call>>>,
 }
 
