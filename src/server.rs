@@ -407,12 +407,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Services {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         use tonic::server::NamedService;
-        let path = request.uri().path();
-        let service = path
-            .strip_prefix('/')
-            .and_then(|path| path.split_once('/'))
-            .map_or("", |(service, _)| service);
-        match service {
+        match crate::auth::service_name(request.uri().path()) {
             GateServiceServer::<Gate>::NAME => self.gate.call(request),
             MonitorServiceServer::<Monitor>::NAME => self.monitor.call(request),
             AdminServiceServer::<Admin>::NAME => self.admin.call(request),

@@ -96,10 +96,15 @@ pub enum Service {
     Unknown,
 }
 
+/// The service a call's path names: `riskgate.v1.GateService` in
+/// `/riskgate.v1.GateService/CheckTrade`.
+pub fn service_name(path: &str) -> &str {
+    path.trim_start_matches('/').split('/').next().unwrap_or("")
+}
+
 impl Service {
     pub fn of_path(path: &str) -> Service {
-        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        match service {
+        match service_name(path) {
             "riskgate.v1.GateService" => Service::Gate,
             "riskgate.v1.MonitorService" => Service::Monitor,
             // AdminService's reads (halts, the audit trail, the configuration) are monitoring.

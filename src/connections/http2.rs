@@ -41,30 +41,36 @@ struct CollectCalls {
 }
 
 impl CollectCalls {
-    fn take(&self) -> VecDeque<Call> {
-        std::mem::take(&mut *self.calls.lock().unwrap_or_else(PoisonError::into_inner))
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Call>> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Puts back calls not run yet, ahead of any handed over since.
-    fn put_back(&self, mut calls: VecDeque<Call>) {
-        let mut queued = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        calls.append(&mut queued);
-        *queued = calls;
+    /// The oldest call not run yet, and whether it is the only one.
+    fn next(&self) -> Option<(Call, bool)> {
+        let mut queue = self.queue();
+        let call = queue.pop_front()?;
+        Some((call, queue.is_empty()))
+    }
+
+    /// Spawns every call not run yet, as a task of its own.
+    fn spawn_all(&self) {
+        for call in self.queue().drain(..) {
+            tokio::spawn(call);
+        }
+    }
+
+    /// Drops every call not run yet.
+    fn clear(&self) {
+        self.queue().clear();
     }
 }
 
 impl<F> hyper::rt::Executor<F> for CollectCalls
 where
-    F: Future + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, future: F) {
-        let call: Call = Box::pin(async move {
-            let _ = future.await;
-        });
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(call);
+        self.queue().push_back(Box::pin(future));
     }
 }
 
@@ -100,22 +106,18 @@ async fn drive<C: Future>(
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(done) = connection.as_mut().poll(cx) {
             // Calls handed over in hyper's last turn have no connection to answer on.
-            drop(calls.take());
+            calls.clear();
             return Poll::Ready(done);
         }
-        let mut read = calls.take();
-        let Some(first) = read.pop_front() else {
+        let Some((first, alone)) = calls.next() else {
             return Poll::Pending;
         };
-        if read.is_empty() || runtime_idle(runtime) {
-            calls.put_back(read);
+        if alone || runtime_idle(runtime) {
             answer_in_place(first);
             continue;
         }
         tokio::spawn(first);
-        for call in read {
-            tokio::spawn(call);
-        }
+        calls.spawn_all();
         return Poll::Pending;
     })
     .await
