@@ -28,10 +28,21 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures_util::future::CatchUnwind;
+use futures_util::stream::FuturesUnordered;
+use futures_util::FutureExt;
+
 use super::ConnInfo;
 
 /// A call hyper handed over, not run yet.
 type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The calls a connection's task answered in place that had to wait (a durable report for its
+/// commit, a watch for its next event). Each one that is woken wakes the connection's task,
+/// which polls it and writes its answer in the same turn: one pass through the runtime's queue
+/// instead of two (the call's own task, then the connection's to write). A call that panics
+/// ends alone, as a spawned task's panic would.
+type Waiting = FuturesUnordered<CatchUnwind<AssertUnwindSafe<Call>>>;
 
 /// A connection's executor: keeps the calls hyper hands over for the connection's task,
 /// which decides how to run them once it has read what the socket held ([`drive`]).
@@ -97,23 +108,32 @@ impl std::fmt::Debug for CollectCalls {
 ///
 /// Otherwise, with other connections' work queued, the read's calls are spawned and their
 /// answers leave together. A call answered in place that must wait (a durable report waiting
-/// for its commit, a watch stream) is spawned when it first waits.
+/// for its commit, a watch stream) joins the connection's [`Waiting`] calls.
 async fn drive<C: Future>(
     mut connection: Pin<&mut C>,
     calls: &CollectCalls,
+    waiting: &mut Waiting,
     runtime: &tokio::runtime::RuntimeMetrics,
 ) -> C::Output {
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(done) = connection.as_mut().poll(cx) {
             // Calls handed over in hyper's last turn have no connection to answer on.
             calls.clear();
+            // Those still waiting finish on their own, as spawned calls do.
+            for call in std::mem::take(waiting) {
+                tokio::spawn(call.map(|_| ()));
+            }
             return Poll::Ready(done);
+        }
+        if answer_woken(waiting, cx) {
+            // Their answers are written when the connection is polled again.
+            continue;
         }
         let Some((first, alone)) = calls.next() else {
             return Poll::Pending;
         };
         if alone || runtime_idle(runtime) {
-            answer_in_place(first);
+            answer_in_place(first, waiting);
             continue;
         }
         tokio::spawn(first);
@@ -137,20 +157,29 @@ fn runtime_idle(runtime: &tokio::runtime::RuntimeMetrics) -> bool {
     }
 }
 
-/// Runs `call` as far as it goes without waiting, and spawns the rest.
-fn answer_in_place(mut call: Call) {
-    // A call that is not ready registers this waker, which wakes nothing; spawned, it is
-    // polled again at once and registers its task's waker then, so no wake-up is lost.
+/// Runs `call` as far as it goes without waiting; a call that must wait joins `waiting`.
+fn answer_in_place(mut call: Call, waiting: &mut Waiting) {
+    // A call that is not ready registers this waker, which wakes nothing; in `waiting` it is
+    // polled again (by [`answer_woken`], before the connection's task waits) and registers a
+    // waker of its own then, so no wake-up is lost.
     let mut cx = Context::from_waker(Waker::noop());
     match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx))) {
         Ok(Poll::Ready(())) => {}
-        Ok(Poll::Pending) => {
-            tokio::spawn(call);
-        }
+        Ok(Poll::Pending) => waiting.push(AssertUnwindSafe(call).catch_unwind()),
         // As a spawned task's panic would: the call ends (its stream is reset when its future
         // is dropped), the connection and its other calls go on. The panic hook has logged it.
         Err(_) => {}
     }
+}
+
+/// Polls the waiting calls that were woken (and those just added); whether any finished.
+fn answer_woken(waiting: &mut Waiting, cx: &mut Context<'_>) -> bool {
+    let mut finished = false;
+    // A call that panicked has ended like one that finished: its stream is reset.
+    while let Poll::Ready(Some(_)) = Pin::new(&mut *waiting).poll_next(cx) {
+        finished = true;
+    }
+    finished
 }
 
 /// How the server speaks HTTP/2.
@@ -219,11 +248,12 @@ pub async fn serve<I, IO, S>(
         let runtime = tokio::runtime::Handle::current().metrics();
         tokio::spawn(async move {
             tokio::pin!(connection);
+            let mut waiting = Waiting::new();
             let result = tokio::select! {
-                result = drive(connection.as_mut(), &calls, &runtime) => result,
+                result = drive(connection.as_mut(), &calls, &mut waiting, &runtime) => result,
                 _ = async { closing.wait_for(|closing| *closing).await.map(|_| ()) } => {
                     connection.as_mut().graceful_shutdown();
-                    drive(connection.as_mut(), &calls, &runtime).await
+                    drive(connection.as_mut(), &calls, &mut waiting, &runtime).await
                 }
             };
             if let Err(error) = result {
@@ -334,7 +364,13 @@ mod tests {
             turns: turns.clone(),
         });
         let runtime = tokio::runtime::Handle::current().metrics();
-        let mut driving = Box::pin(drive(connection.as_mut(), &executor, &runtime));
+        let mut waiting = Waiting::new();
+        let mut driving = Box::pin(drive(
+            connection.as_mut(),
+            &executor,
+            &mut waiting,
+            &runtime,
+        ));
         let pending = std::future::poll_fn(|cx| Poll::Ready(driving.as_mut().poll(cx))).await;
         assert!(pending.is_pending());
         drop(driving);
@@ -376,24 +412,127 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_call_that_waits_is_spawned_and_its_wake_up_is_not_lost() {
-        let (send, receive) = tokio::sync::oneshot::channel::<u32>();
-        let (answered, answer) = tokio::sync::oneshot::channel::<u32>();
-        answer_in_place(Box::pin(async move {
+    /// A connection that hands over `calls` in its first turn and then waits until `end`.
+    struct Handing {
+        calls: Vec<Call>,
+        executor: CollectCalls,
+        end: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    impl Future for Handing {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let this = self.get_mut();
+            for call in this.calls.drain(..) {
+                this.executor.execute(call);
+            }
+            Pin::new(&mut this.end).poll(cx).map(|_| ())
+        }
+    }
+
+    /// A call that waits for `receive` and answers its value plus one on `answered`.
+    fn waiting_call(
+        receive: tokio::sync::oneshot::Receiver<u32>,
+        answered: tokio::sync::oneshot::Sender<u32>,
+    ) -> Call {
+        Box::pin(async move {
             let value = receive.await.unwrap_or(0);
             let _ = answered.send(value + 1);
-        }));
-        // Woken after the first poll, which registered a waker that wakes nothing.
+        })
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_that_waits_is_answered_by_its_connection_when_woken_without_a_task_of_its_own()
+    {
+        let (send, receive) = tokio::sync::oneshot::channel::<u32>();
+        let (answered, answer) = tokio::sync::oneshot::channel::<u32>();
+        let (_end, end) = tokio::sync::oneshot::channel::<()>();
+        let executor = CollectCalls::default();
+        let connection = Handing {
+            calls: vec![waiting_call(receive, answered)],
+            executor: executor.clone(),
+            end,
+        };
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let serving = tokio::spawn(async move {
+            tokio::pin!(connection);
+            let mut waiting = Waiting::new();
+            let runtime = tokio::runtime::Handle::current().metrics();
+            drive(connection.as_mut(), &executor, &mut waiting, &runtime).await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(metrics.num_alive_tasks(), 1, "only the connection's task");
+        // Woken after its first poll, which registered a waker that wakes nothing.
         send.send(41).unwrap();
         assert_eq!(answer.await.unwrap(), 42);
+        assert_eq!(metrics.num_alive_tasks(), 1, "the connection goes on");
+        serving.abort();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_still_waiting_when_the_connection_ends_are_answered_on_their_own() {
+        let (send, receive) = tokio::sync::oneshot::channel::<u32>();
+        let (answered, answer) = tokio::sync::oneshot::channel::<u32>();
+        let (end_now, end) = tokio::sync::oneshot::channel::<()>();
+        let executor = CollectCalls::default();
+        let connection = Handing {
+            calls: vec![waiting_call(receive, answered)],
+            executor: executor.clone(),
+            end,
+        };
+        let serving = tokio::spawn(async move {
+            tokio::pin!(connection);
+            let mut waiting = Waiting::new();
+            let runtime = tokio::runtime::Handle::current().metrics();
+            drive(connection.as_mut(), &executor, &mut waiting, &runtime).await
+        });
+        tokio::task::yield_now().await;
+        end_now.send(()).unwrap();
+        serving.await.unwrap();
+        send.send(1).unwrap();
+        assert_eq!(answer.await.unwrap(), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_call_that_panics_ends_alone() {
+        let (send, receive) = tokio::sync::oneshot::channel::<u32>();
+        let (answered, answer) = tokio::sync::oneshot::channel::<u32>();
+        let (panic_now, panic_when) = tokio::sync::oneshot::channel::<()>();
+        let (_end, end) = tokio::sync::oneshot::channel::<()>();
+        let executor = CollectCalls::default();
+        let connection = Handing {
+            calls: vec![
+                Box::pin(async move {
+                    let _ = panic_when.await;
+                    panic!("a handler's bug after waiting");
+                }),
+                waiting_call(receive, answered),
+            ],
+            executor: executor.clone(),
+            end,
+        };
+        let serving = tokio::spawn(async move {
+            tokio::pin!(connection);
+            let mut waiting = Waiting::new();
+            let runtime = tokio::runtime::Handle::current().metrics();
+            drive(connection.as_mut(), &executor, &mut waiting, &runtime).await
+        });
+        tokio::task::yield_now().await;
+        panic_now.send(()).unwrap();
+        tokio::task::yield_now().await;
+        send.send(1).unwrap();
+        assert_eq!(answer.await.unwrap(), 2, "the other call is answered");
+        assert!(!serving.is_finished(), "the connection goes on");
+        serving.abort();
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_call_that_panics_ends_alone() {
-        answer_in_place(Box::pin(async { panic!("a handler's bug") }));
+        let mut waiting = Waiting::new();
+        answer_in_place(Box::pin(async { panic!("a handler's bug") }), &mut waiting);
         let done = Arc::new(AtomicBool::new(false));
-        answer_in_place(Box::pin(call(&done)));
+        answer_in_place(Box::pin(call(&done)), &mut waiting);
         assert!(done.load(Ordering::SeqCst), "the next call is answered");
+        assert!(waiting.is_empty());
     }
 }
