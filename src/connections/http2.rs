@@ -174,6 +174,10 @@ fn answer_in_place(mut call: Call, waiting: &mut Waiting) {
 
 /// Polls the waiting calls that were woken (and those just added); whether any finished.
 fn answer_woken(waiting: &mut Waiting, cx: &mut Context<'_>) -> bool {
+    // With none waiting there is nothing to be woken (the usual case: checks do not wait).
+    if waiting.is_empty() {
+        return false;
+    }
     let mut finished = false;
     // A call that panicked has ended like one that finished: its stream is reset.
     while let Poll::Ready(Some(_)) = Pin::new(&mut *waiting).poll_next(cx) {
