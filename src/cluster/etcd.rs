@@ -294,8 +294,22 @@ impl Shared {
                         break;
                     }
                     Err(error) => {
+                        if self.epoch() != epoch {
+                            // The change's epoch ended while it was being written (it is
+                            // answered at the loop's top): its failure says nothing of the
+                            // epoch in force, which a win started able to write.
+                            continue;
+                        }
                         self.signals
                             .failed(&format!("cluster: etcd did not take a write: {error}"));
+                        if self.epoch() != epoch {
+                            // A win came between the two looks and its fresh start was
+                            // recorded before this failure. This task writes every epoch, so
+                            // the new one has neither written nor failed yet: it stays able
+                            // to write, or no change would ever reach the writer to clear it.
+                            self.signals.wrote(None, 0);
+                            continue;
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_millis(500));
                     }
@@ -757,4 +771,72 @@ pub(super) async fn put_leased(
         .await
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An etcd endpoint that takes connections and never answers.
+    async fn silent_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                connections.push(connection);
+            }
+        });
+        (format!("http://{address}"), held)
+    }
+
+    #[tokio::test]
+    async fn a_write_of_an_ended_epoch_that_fails_leaves_the_new_epoch_able_to_write() {
+        let (endpoint, _held) = silent_endpoint().await;
+        let etcd = Arc::new(
+            Etcd::connect(&[endpoint], etcd_client::ConnectOptions::new())
+                .await
+                .unwrap(),
+        );
+        let store = EtcdStore::new(
+            etcd,
+            EtcdOptions {
+                keys: Keys::new("/test"),
+                max_txn_ops: 128,
+                retained_events: 0,
+                retained_age: Duration::from_secs(60),
+                audit: AuditRetention::default(),
+                audit_records: 1_000,
+                request_timeout: Duration::from_millis(300),
+            },
+            Snapshot {
+                recovered: Recovered::default(),
+                counters: Counters::default(),
+                revision: 0,
+            },
+        );
+        let shared = store.shared();
+        // The node's leadership is not what this test is about: it may decide throughout.
+        store.signals().set_authority(Some(u64::MAX - 1), "");
+        tokio::spawn(shared.clone().run_writer());
+        shared.begin_epoch(3, Counters::default());
+        let commit = store.submit(Batch::default());
+        // The write is on its way to an etcd that does not answer; the node loses and wins
+        // again before it times out.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shared.end_epoch("lost");
+        shared.begin_epoch(13, Counters::default());
+        let answer = commit.durable().await;
+        assert!(
+            answer.is_err(),
+            "the old epoch's change is not acknowledged"
+        );
+        // The old write's timeout has passed by now.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            store.signals().last_error(),
+            None,
+            "the new epoch is not failed by the old one's write"
+        );
+    }
 }

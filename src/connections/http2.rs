@@ -434,6 +434,26 @@ mod tests {
         }
     }
 
+    /// Serves, as a task, a connection that hands over `calls` in its first turn and then
+    /// waits until `end`.
+    fn serve_handing(
+        calls: Vec<Call>,
+        end: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let executor = CollectCalls::default();
+        let connection = Handing {
+            calls,
+            executor: executor.clone(),
+            end,
+        };
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let mut waiting = Waiting::new();
+            let runtime = tokio::runtime::Handle::current().metrics();
+            drive(connection.as_mut(), &executor, &mut waiting, &runtime).await
+        })
+    }
+
     /// A call that waits for `receive` and answers its value plus one on `answered`.
     fn waiting_call(
         receive: tokio::sync::oneshot::Receiver<u32>,
@@ -451,19 +471,8 @@ mod tests {
         let (send, receive) = tokio::sync::oneshot::channel::<u32>();
         let (answered, answer) = tokio::sync::oneshot::channel::<u32>();
         let (_end, end) = tokio::sync::oneshot::channel::<()>();
-        let executor = CollectCalls::default();
-        let connection = Handing {
-            calls: vec![waiting_call(receive, answered)],
-            executor: executor.clone(),
-            end,
-        };
         let metrics = tokio::runtime::Handle::current().metrics();
-        let serving = tokio::spawn(async move {
-            tokio::pin!(connection);
-            let mut waiting = Waiting::new();
-            let runtime = tokio::runtime::Handle::current().metrics();
-            drive(connection.as_mut(), &executor, &mut waiting, &runtime).await
-        });
+        let serving = serve_handing(vec![waiting_call(receive, answered)], end);
         tokio::task::yield_now().await;
         assert_eq!(metrics.num_alive_tasks(), 1, "only the connection's task");
         // Woken after its first poll, which registered a waker that wakes nothing.
@@ -478,18 +487,7 @@ mod tests {
         let (send, receive) = tokio::sync::oneshot::channel::<u32>();
         let (answered, answer) = tokio::sync::oneshot::channel::<u32>();
         let (end_now, end) = tokio::sync::oneshot::channel::<()>();
-        let executor = CollectCalls::default();
-        let connection = Handing {
-            calls: vec![waiting_call(receive, answered)],
-            executor: executor.clone(),
-            end,
-        };
-        let serving = tokio::spawn(async move {
-            tokio::pin!(connection);
-            let mut waiting = Waiting::new();
-            let runtime = tokio::runtime::Handle::current().metrics();
-            drive(connection.as_mut(), &executor, &mut waiting, &runtime).await
-        });
+        let serving = serve_handing(vec![waiting_call(receive, answered)], end);
         tokio::task::yield_now().await;
         end_now.send(()).unwrap();
         serving.await.unwrap();
@@ -503,24 +501,16 @@ mod tests {
         let (answered, answer) = tokio::sync::oneshot::channel::<u32>();
         let (panic_now, panic_when) = tokio::sync::oneshot::channel::<()>();
         let (_end, end) = tokio::sync::oneshot::channel::<()>();
-        let executor = CollectCalls::default();
-        let connection = Handing {
-            calls: vec![
+        let serving = serve_handing(
+            vec![
                 Box::pin(async move {
                     let _ = panic_when.await;
                     panic!("a handler's bug after waiting");
                 }),
                 waiting_call(receive, answered),
             ],
-            executor: executor.clone(),
             end,
-        };
-        let serving = tokio::spawn(async move {
-            tokio::pin!(connection);
-            let mut waiting = Waiting::new();
-            let runtime = tokio::runtime::Handle::current().metrics();
-            drive(connection.as_mut(), &executor, &mut waiting, &runtime).await
-        });
+        );
         tokio::task::yield_now().await;
         panic_now.send(()).unwrap();
         tokio::task::yield_now().await;
