@@ -386,3 +386,124 @@ async fn a_check_is_not_answered_after_reports_that_wait_for_the_disk() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_report_still_waiting_for_the_disk_at_its_deadline_is_answered_deadline_exceeded() {
+    let store = Arc::new(HeldStore {
+        durable: Arc::new(riskgate::store::MemoryStore::new(10_000)),
+        held: Default::default(),
+        signals: Arc::new(riskgate::store::StoreSignals::new(0)),
+    });
+    let server = TestServer::start_with(config(""), store.clone()).await;
+    let gate = server.gate();
+    // The account's creation is durable once released; the check gives a permit.
+    let checking = {
+        let mut gate = gate.clone();
+        tokio::spawn(async move {
+            gate.check_trade(CheckTradeRequest {
+                account_id: "LATE".into(),
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    while !checking.is_finished() {
+        store.release();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let permit = checking.await.unwrap().unwrap().into_inner().permit_id;
+    // A failure whose commit is held past the deadline the client gives it, sent over a
+    // bare HTTP/2 connection: tonic's client would enforce the deadline itself.
+    let failure = ReportOutcomeRequest {
+        account_id: "LATE".into(),
+        permit_id: permit,
+        outcome: Outcome::Failure as i32,
+        ..Default::default()
+    };
+    let (status, message) = tokio::time::timeout(
+        Duration::from_secs(10),
+        unary_with_deadline(
+            server.addr,
+            "/riskgate.v1.GateService/ReportOutcome",
+            &failure,
+            "200m",
+        ),
+    )
+    .await
+    .expect("answered by the deadline, not when the disk lets it");
+    assert_eq!(
+        status,
+        (tonic::Code::DeadlineExceeded as i32).to_string(),
+        "{message}"
+    );
+    assert!(message.contains("deadline"), "{message}");
+    assert_eq!(
+        store.held(),
+        1,
+        "the change is still on its way to the disk"
+    );
+    // The connection goes on: a call without a deadline is answered once durable.
+    store.release();
+    let mut gate_again = gate.clone();
+    let next = tokio::spawn(async move {
+        gate_again
+            .check_trade(CheckTradeRequest {
+                account_id: "LATE".into(),
+                ..Default::default()
+            })
+            .await
+    });
+    while !next.is_finished() {
+        store.release();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(next.await.unwrap().is_ok());
+    server.stop().await;
+}
+
+/// One unary call over a bare HTTP/2 connection with `grpc-timeout: timeout`; the
+/// `grpc-status` and `grpc-message` it ends with.
+async fn unary_with_deadline(
+    addr: std::net::SocketAddr,
+    path: &str,
+    message: &impl prost::Message,
+    timeout: &str,
+) -> (String, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = ::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    body.send_data(bytes::Bytes::from(frame), true).unwrap();
+    let response = response.await.unwrap();
+    let read = |headers: &::http::HeaderMap| {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        (get("grpc-status"), get("grpc-message"))
+    };
+    if response.headers().contains_key("grpc-status") {
+        return read(response.headers());
+    }
+    let mut answer = response.into_body();
+    while let Some(data) = answer.data().await {
+        data.unwrap();
+    }
+    let trailers = answer.trailers().await.unwrap().unwrap_or_default();
+    read(&trailers)
+}

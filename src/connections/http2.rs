@@ -280,9 +280,77 @@ struct PerConnection<S> {
     service: S,
 }
 
-/// The inner service's answer, or a refusal made at once.
-type Answer<F> =
-    futures_util::future::Either<F, std::future::Ready<Result<http::Response<Body>, Infallible>>>;
+pin_project_lite::pin_project! {
+    /// A call's answer: the inner service's, by the client's deadline when it gave one, or a
+    /// refusal made at once.
+    #[project = AnswerProjection]
+    enum Answer<F> {
+        Served { #[pin] future: F },
+        ByDeadline {
+            #[pin]
+            future: F,
+            // Boxed: only calls with a deadline pay for the timer's size.
+            expires: Pin<Box<tokio::time::Sleep>>,
+            timeout: Duration,
+        },
+        Refused { response: Option<http::Response<Body>> },
+    }
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<http::Response<Body>, Infallible>>,
+{
+    type Output = Result<http::Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AnswerProjection::Served { future } => future.poll(cx),
+            AnswerProjection::ByDeadline {
+                future,
+                expires,
+                timeout,
+            } => {
+                if let Poll::Ready(answer) = future.poll(cx) {
+                    return Poll::Ready(answer);
+                }
+                // Past the deadline the client has given up: the call is dropped (a change it
+                // made is not undone, and a durable one still becomes durable).
+                expires.as_mut().poll(cx).map(|()| {
+                    Ok(tonic::Status::deadline_exceeded(format!(
+                        "the call's deadline (grpc-timeout, {timeout:?}) passed before it was \
+                         answered; a change it made may still take effect"
+                    ))
+                    .into_http())
+                })
+            }
+            AnswerProjection::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| tonic::Status::internal("answered twice").into_http()))),
+        }
+    }
+}
+
+/// The deadline a client gave its call (`grpc-timeout`: up to eight digits and a unit, `H`,
+/// `M`, `S`, `m`, `u` or `n`). `None` without one; a malformed one is ignored, as gRPC
+/// servers do.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
 
 impl<S> hyper::service::Service<http::Request<Incoming>> for PerConnection<S>
 where
@@ -299,15 +367,27 @@ where
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(self.info.clone());
+        let timeout = grpc_timeout(request.headers());
         let mut service = self.service.clone();
         // The services behind it (tonic's routes, the layers that pass readiness through)
         // are always ready; one that is not is refused rather than called unready.
         match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => futures_util::future::Either::Left(service.call(request)),
+            Poll::Ready(Ok(())) => match timeout {
+                None => Answer::Served {
+                    future: service.call(request),
+                },
+                Some(timeout) => Answer::ByDeadline {
+                    future: service.call(request),
+                    expires: Box::pin(tokio::time::sleep(timeout)),
+                    timeout,
+                },
+            },
             Poll::Ready(Err(never)) => match never {},
-            Poll::Pending => futures_util::future::Either::Right(std::future::ready(Ok(
-                tonic::Status::unavailable("the server is not ready for calls").into_http(),
-            ))),
+            Poll::Pending => Answer::Refused {
+                response: Some(
+                    tonic::Status::unavailable("the server is not ready for calls").into_http(),
+                ),
+            },
         }
     }
 }
@@ -518,6 +598,51 @@ mod tests {
         assert_eq!(answer.await.unwrap(), 2, "the other call is answered");
         assert!(!serving.is_finished(), "the connection goes on");
         serving.abort();
+    }
+
+    #[test]
+    fn a_grpc_timeout_is_read_in_each_unit_and_a_malformed_one_is_ignored() {
+        let read = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(read("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(read("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(read("99999999S"), Some(Duration::from_secs(99_999_999)));
+        assert_eq!(read("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(read("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(read("0n"), Some(Duration::ZERO));
+        for malformed in ["", "S", "100000000S", "1.5S", "-1S", "10", "10s", "1 S"] {
+            assert_eq!(read(malformed), None, "{malformed:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_past_its_deadline_is_answered_deadline_exceeded_and_one_within_it_as_served() {
+        let status = |response: http::Response<Body>| {
+            tonic::Status::from_header_map(response.headers()).map(|s| s.code())
+        };
+        let never = std::future::pending::<Result<http::Response<Body>, Infallible>>();
+        let late = Answer::ByDeadline {
+            future: never,
+            expires: Box::pin(tokio::time::sleep(Duration::from_millis(1))),
+            timeout: Duration::from_millis(1),
+        };
+        let answer = late.await.unwrap();
+        assert_eq!(status(answer), Some(tonic::Code::DeadlineExceeded));
+        let prompt = Answer::ByDeadline {
+            future: std::future::ready(Ok(http::Response::new(Body::empty()))),
+            expires: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timeout: Duration::ZERO,
+        };
+        let answer = prompt.await.unwrap();
+        assert_eq!(
+            status(answer),
+            None,
+            "an answer ready in time is the service's"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
