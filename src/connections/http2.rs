@@ -290,10 +290,27 @@ pin_project_lite::pin_project! {
             #[pin]
             future: F,
             // Boxed: only calls with a deadline pay for the timer's size.
-            expires: Pin<Box<tokio::time::Sleep>>,
-            timeout: Duration,
+            expiry: Pin<Box<Expiry>>,
         },
         Refused { response: Option<http::Response<Body>> },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// When a call's deadline passes, and the timeout it was given in.
+    struct Expiry {
+        #[pin]
+        sleep: tokio::time::Sleep,
+        timeout: Duration,
+    }
+}
+
+impl Expiry {
+    fn after(timeout: Duration) -> Pin<Box<Expiry>> {
+        Box::pin(Expiry {
+            sleep: tokio::time::sleep(timeout),
+            timeout,
+        })
     }
 }
 
@@ -306,17 +323,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             AnswerProjection::Served { future } => future.poll(cx),
-            AnswerProjection::ByDeadline {
-                future,
-                expires,
-                timeout,
-            } => {
+            AnswerProjection::ByDeadline { future, expiry } => {
                 if let Poll::Ready(answer) = future.poll(cx) {
                     return Poll::Ready(answer);
                 }
                 // Past the deadline the client has given up: the call is dropped (a change it
                 // made is not undone, and a durable one still becomes durable).
-                expires.as_mut().poll(cx).map(|()| {
+                let expiry = expiry.as_mut().project();
+                let timeout = *expiry.timeout;
+                expiry.sleep.poll(cx).map(|()| {
                     Ok(tonic::Status::deadline_exceeded(format!(
                         "the call's deadline (grpc-timeout, {timeout:?}) passed before it was \
                          answered; a change it made may still take effect"
@@ -335,7 +350,8 @@ where
 /// `M`, `S`, `m`, `u` or `n`). `None` without one; a malformed one is ignored, as gRPC
 /// servers do.
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.as_bytes();
+    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    let value = headers.get(GRPC_TIMEOUT)?.as_bytes();
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -378,8 +394,7 @@ where
                 },
                 Some(timeout) => Answer::ByDeadline {
                     future: service.call(request),
-                    expires: Box::pin(tokio::time::sleep(timeout)),
-                    timeout,
+                    expiry: Expiry::after(timeout),
                 },
             },
             Poll::Ready(Err(never)) => match never {},
@@ -627,15 +642,13 @@ mod tests {
         let never = std::future::pending::<Result<http::Response<Body>, Infallible>>();
         let late = Answer::ByDeadline {
             future: never,
-            expires: Box::pin(tokio::time::sleep(Duration::from_millis(1))),
-            timeout: Duration::from_millis(1),
+            expiry: Expiry::after(Duration::from_millis(1)),
         };
         let answer = late.await.unwrap();
         assert_eq!(status(answer), Some(tonic::Code::DeadlineExceeded));
         let prompt = Answer::ByDeadline {
             future: std::future::ready(Ok(http::Response::new(Body::empty()))),
-            expires: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            timeout: Duration::ZERO,
+            expiry: Expiry::after(Duration::ZERO),
         };
         let answer = prompt.await.unwrap();
         assert_eq!(
