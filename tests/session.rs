@@ -397,21 +397,11 @@ async fn a_report_still_waiting_for_the_disk_at_its_deadline_is_answered_deadlin
     let server = TestServer::start_with(config(""), store.clone()).await;
     let gate = server.gate();
     // The account's creation is durable once released; the check gives a permit.
-    let checking = {
-        let mut gate = gate.clone();
-        tokio::spawn(async move {
-            gate.check_trade(CheckTradeRequest {
-                account_id: "LATE".into(),
-                ..Default::default()
-            })
-            .await
-        })
-    };
-    while !checking.is_finished() {
-        store.release();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let permit = checking.await.unwrap().unwrap().into_inner().permit_id;
+    let permit = check_releasing(gate.clone(), &store, "LATE")
+        .await
+        .unwrap()
+        .into_inner()
+        .permit_id;
     // A failure whose commit is held past the deadline the client gives it, sent over a
     // bare HTTP/2 connection: tonic's client would enforce the deadline itself.
     let failure = ReportOutcomeRequest {
@@ -442,23 +432,27 @@ async fn a_report_still_waiting_for_the_disk_at_its_deadline_is_answered_deadlin
         1,
         "the change is still on its way to the disk"
     );
-    // The connection goes on: a call without a deadline is answered once durable.
-    store.release();
-    let mut gate_again = gate.clone();
-    let next = tokio::spawn(async move {
-        gate_again
-            .check_trade(CheckTradeRequest {
-                account_id: "LATE".into(),
-                ..Default::default()
-            })
-            .await
-    });
-    while !next.is_finished() {
+    // The server goes on: a check is answered once what it waits for is durable.
+    assert!(check_releasing(gate, &store, "LATE").await.is_ok());
+    server.stop().await;
+}
+
+/// A check on `account`, answered once the store has released what it waits for.
+async fn check_releasing(
+    mut gate: riskgate::proto::gate_service_client::GateServiceClient<tonic::transport::Channel>,
+    store: &HeldStore,
+    account: &str,
+) -> Result<tonic::Response<CheckTradeResponse>, tonic::Status> {
+    let request = CheckTradeRequest {
+        account_id: account.into(),
+        ..Default::default()
+    };
+    let checking = tokio::spawn(async move { gate.check_trade(request).await });
+    while !checking.is_finished() {
         store.release();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(next.await.unwrap().is_ok());
-    server.stop().await;
+    checking.await.unwrap()
 }
 
 /// One unary call over a bare HTTP/2 connection with `grpc-timeout: timeout`; the
