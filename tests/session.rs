@@ -281,6 +281,14 @@ type HeldBatch = (
 );
 
 impl HeldStore {
+    fn new() -> Self {
+        HeldStore {
+            durable: Arc::new(riskgate::store::MemoryStore::new(10_000)),
+            held: Default::default(),
+            signals: Arc::new(riskgate::store::StoreSignals::new(0)),
+        }
+    }
+
     /// Makes every held batch durable and answers its callers.
     fn release(&self) {
         let mut held = self.held.lock().unwrap();
@@ -333,11 +341,7 @@ impl Store for HeldStore {
 
 #[tokio::test]
 async fn a_check_is_not_answered_after_reports_that_wait_for_the_disk() {
-    let store = Arc::new(HeldStore {
-        durable: Arc::new(riskgate::store::MemoryStore::new(10_000)),
-        held: Default::default(),
-        signals: Arc::new(riskgate::store::StoreSignals::new(0)),
-    });
+    let store = Arc::new(HeldStore::new());
     let server = TestServer::start_with(config(""), store.clone()).await;
     let mut session = Session::open(&server).await;
     // Both accounts known and durable (the first check of an account waits for its
@@ -389,11 +393,7 @@ async fn a_check_is_not_answered_after_reports_that_wait_for_the_disk() {
 
 #[tokio::test]
 async fn a_report_still_waiting_for_the_disk_at_its_deadline_is_answered_deadline_exceeded() {
-    let store = Arc::new(HeldStore {
-        durable: Arc::new(riskgate::store::MemoryStore::new(10_000)),
-        held: Default::default(),
-        signals: Arc::new(riskgate::store::StoreSignals::new(0)),
-    });
+    let store = Arc::new(HeldStore::new());
     let server = TestServer::start_with(config(""), store.clone()).await;
     let gate = server.gate();
     // The account's creation is durable once released; the check gives a permit.

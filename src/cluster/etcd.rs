@@ -823,7 +823,9 @@ mod tests {
         let commit = store.submit(Batch::default());
         // The write is on its way to an etcd that does not answer; the node loses and wins
         // again before it times out.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        while shared.in_flight.load(Ordering::Acquire) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         shared.end_epoch("lost");
         shared.begin_epoch(13, Counters::default());
         let answer = commit.durable().await;
