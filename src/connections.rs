@@ -106,6 +106,10 @@ pub struct Conn {
     /// [`elapsed_ms`]: idle time counts only while no call is in flight.
     last_call: AtomicU64,
     connections: Arc<Connections>,
+    /// What a layer above proved about this connection's caller, for its next calls (the
+    /// authentication layer: the principal a token proved, so the same token on the same
+    /// connection is not hashed and looked up again on every call).
+    pub proven: Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl Conn {
@@ -197,6 +201,7 @@ impl Connections {
             in_flight: AtomicUsize::new(0),
             last_call: AtomicU64::new(elapsed_ms()),
             connections: self.clone(),
+            proven: Mutex::new(None),
         }))
     }
 

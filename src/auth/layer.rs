@@ -4,13 +4,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 
+use subtle::ConstantTimeEq;
 use tonic::body::Body;
 use tonic::Status;
 
-use super::{Auth, Service};
+use super::{Auth, AuthPolicy, Principal, Service};
+use crate::config::AuthMode;
 use crate::connections::{Conn, ConnInfo};
 use crate::error::Error;
 
@@ -100,6 +102,62 @@ where
 }
 
 /// The client's address, for the log line of a refusal.
+/// What a token proved on a connection, under which policy.
+struct ProvenToken {
+    policy: Arc<AuthPolicy>,
+    authorization: http::HeaderValue,
+    principal: Arc<Principal>,
+}
+
+/// The caller of a call. Under token authentication a connection remembers the principal its
+/// last token proved: a call presenting the same token under the same policy is that principal
+/// without hashing the token and comparing it with every principal's again. A reload puts a new
+/// policy in force and so proves every connection's token anew; a different token is
+/// authenticated as if nothing were remembered.
+fn authenticate(
+    policy: &Arc<AuthPolicy>,
+    conn: Option<&Conn>,
+    headers: &http::HeaderMap,
+    client_cert: Option<&[u8]>,
+) -> Result<Arc<Principal>, &'static str> {
+    let remembering = match (
+        policy.mode(),
+        conn,
+        headers.get(http::header::AUTHORIZATION),
+    ) {
+        (AuthMode::Token, Some(conn), Some(authorization)) => Some((conn, authorization)),
+        _ => None,
+    };
+    if let Some((conn, authorization)) = remembering {
+        let proven = conn.proven.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(token) = proven
+            .as_deref()
+            .and_then(|p| p.downcast_ref::<ProvenToken>())
+        {
+            if Arc::ptr_eq(&token.policy, policy)
+                && bool::from(
+                    token
+                        .authorization
+                        .as_bytes()
+                        .ct_eq(authorization.as_bytes()),
+                )
+            {
+                return Ok(token.principal.clone());
+            }
+        }
+    }
+    let principal = policy.authenticate(headers, client_cert)?;
+    if let Some((conn, authorization)) = remembering {
+        let token = ProvenToken {
+            policy: policy.clone(),
+            authorization: authorization.clone(),
+            principal: principal.clone(),
+        };
+        *conn.proven.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(token));
+    }
+    Ok(principal)
+}
+
 fn peer<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
     request
         .extensions()
@@ -166,7 +224,12 @@ where
         }
         let client_cert = certs.as_deref().and_then(|c| c.first()).map(|c| c.as_ref());
         let policy = auth.policy();
-        let principal = match policy.authenticate(request.headers(), client_cert) {
+        let principal = match authenticate(
+            &policy,
+            in_flight.conn.as_deref(),
+            request.headers(),
+            client_cert,
+        ) {
             Ok(principal) => principal,
             Err(why) => {
                 auth.count(&auth.counters.unauthenticated);
@@ -405,5 +468,185 @@ mod tests {
         }
         let response = third.await.expect("task").expect("answered");
         assert_eq!(grpc_status(&response), None);
+    }
+
+    /// A service that answers every call at once.
+    #[derive(Clone)]
+    struct Answering;
+
+    impl Service<http::Request<Body>> for Answering {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
+    }
+
+    fn sha256_hex(token: &str) -> String {
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A configuration under token authentication with these principals: (name, role, token).
+    fn token_config(dir: &std::path::Path, principals: &[(&str, &str, &str)]) -> Config {
+        let mut text = String::from("[auth]\nmode = \"token\"\n");
+        for (name, role, token) in principals {
+            text.push_str(&format!(
+                "[[auth.principals]]\nname = \"{name}\"\nroles = [\"{role}\"]\ntoken_sha256 = \"{}\"\n",
+                sha256_hex(token)
+            ));
+        }
+        let path = dir.join("riskgate.toml");
+        std::fs::write(&path, text).expect("write the configuration");
+        Config::load_with_env(Some(&path), Some(HashMap::new())).expect("config")
+    }
+
+    fn check_on(conn: &Arc<Conn>, token: &str) -> http::Request<Body> {
+        let mut request = request();
+        request.extensions_mut().insert(ConnInfo {
+            conn: conn.clone(),
+            certs: None,
+        });
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
+        request
+    }
+
+    fn connection() -> Arc<Conn> {
+        let connections =
+            crate::connections::Connections::new(crate::connections::ConnectionLimits {
+                max_connections: 8,
+                max_connections_per_peer: 8,
+                handshake_timeout: std::time::Duration::from_secs(5),
+                idle_timeout: None,
+                listen_backlog: 8,
+            });
+        connections
+            .admit("127.0.0.1:40000".parse().expect("address"))
+            .map_err(|_| "refused")
+            .expect("admitted")
+    }
+
+    #[tokio::test]
+    async fn a_connection_remembers_its_token_and_proves_any_other_token_anew() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = token_config(
+            dir.path(),
+            &[
+                ("alpha", "bot", "alpha-token"),
+                ("watcher", "monitor", "watcher-token"),
+            ],
+        );
+        let auth = Auth::new(&config);
+        let mut service = AuthLayer::new(auth.clone()).layer(Answering);
+        let conn = connection();
+
+        let served = service
+            .call(check_on(&conn, "alpha-token"))
+            .await
+            .expect("answered");
+        assert_eq!(grpc_status(&served), None, "alpha may trade");
+        assert!(
+            conn.proven.lock().expect("lock").is_some(),
+            "the token is remembered"
+        );
+        let again = service
+            .call(check_on(&conn, "alpha-token"))
+            .await
+            .expect("answered");
+        assert_eq!(grpc_status(&again), None, "alpha, remembered");
+
+        // Another token on the same connection is its own principal, not the remembered one.
+        let watcher = service
+            .call(check_on(&conn, "watcher-token"))
+            .await
+            .expect("answered");
+        assert_eq!(
+            grpc_status(&watcher),
+            Some("7"),
+            "PERMISSION_DENIED: a monitor may not trade"
+        );
+        let unknown = service
+            .call(check_on(&conn, "alpha-tokem"))
+            .await
+            .expect("answered");
+        assert_eq!(grpc_status(&unknown), Some("16"), "UNAUTHENTICATED");
+        let no_token = {
+            let mut request = check_on(&conn, "alpha-token");
+            request.headers_mut().remove(http::header::AUTHORIZATION);
+            service.call(request).await.expect("answered")
+        };
+        assert_eq!(
+            grpc_status(&no_token),
+            Some("16"),
+            "UNAUTHENTICATED without a token"
+        );
+        let back = service
+            .call(check_on(&conn, "alpha-token"))
+            .await
+            .expect("answered");
+        assert_eq!(grpc_status(&back), None, "alpha again");
+        assert_eq!(auth.counters.unauthenticated.load(Ordering::Relaxed), 2);
+        assert_eq!(auth.counters.permission_denied.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reload_proves_a_remembered_token_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = token_config(dir.path(), &[("alpha", "bot", "alpha-token")]);
+        let auth = Auth::new(&config);
+        let mut service = AuthLayer::new(auth.clone()).layer(Answering);
+        let conn = connection();
+        let served = service
+            .call(check_on(&conn, "alpha-token"))
+            .await
+            .expect("answered");
+        assert_eq!(grpc_status(&served), None);
+
+        // alpha's token is rotated: the connection's remembered token no longer proves alpha.
+        auth.reload(&token_config(
+            dir.path(),
+            &[("alpha", "bot", "alpha-token-2")],
+        ));
+        let refused = service
+            .call(check_on(&conn, "alpha-token"))
+            .await
+            .expect("answered");
+        assert_eq!(
+            grpc_status(&refused),
+            Some("16"),
+            "UNAUTHENTICATED after the rotation"
+        );
+        let rotated = service
+            .call(check_on(&conn, "alpha-token-2"))
+            .await
+            .expect("answered");
+        assert_eq!(grpc_status(&rotated), None, "the new token proves alpha");
+
+        // alpha loses the bot role: its remembered token does not keep it.
+        auth.reload(&token_config(
+            dir.path(),
+            &[("alpha", "monitor", "alpha-token-2")],
+        ));
+        let demoted = service
+            .call(check_on(&conn, "alpha-token-2"))
+            .await
+            .expect("answered");
+        assert_eq!(
+            grpc_status(&demoted),
+            Some("7"),
+            "PERMISSION_DENIED after the reload"
+        );
     }
 }
