@@ -3,9 +3,10 @@
 //!
 //! Every accepted connection is admitted against a limit in total and a limit per peer address
 //! (refused by closing it, counted in metrics), then carried in a [`Tracked`] stream that
-//! enforces two deadlines a client cannot dodge: the HTTP/2 handshake (TLS included) must be
-//! done within `handshake_timeout`, and a connection with no call in flight and none started
-//! for `idle_timeout` is closed. The connection's shared state ([`Conn`]) rides along to every
+//! enforces the HTTP/2 handshake's deadline (TLS included, `handshake_timeout`) by closing the
+//! connection; a connection with no call in flight and none started for `idle_timeout` is
+//! closed by its HTTP/2 task with a GOAWAY, so that a client's call racing the close is either
+//! taken or retried on a new connection, never failed. The connection's shared state ([`Conn`]) rides along to every
 //! call as its connect info, so that the call layer counts calls in flight per connection and
 //! per peer. The accept loop backs off when the process runs out of file descriptors instead of
 //! spinning. [`serve`] speaks HTTP/2 on the admitted connections (`http2`).
@@ -124,6 +125,21 @@ impl Conn {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.peer.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.last_call.store(elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has had no call in flight, and none started, for
+    /// `idle_timeout`; never when there is no idle timeout.
+    async fn idle_expired(&self) {
+        let Some(idle) = self.connections.limits.idle_timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let idle_for = self.idle_for();
+            if idle_for >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - idle_for).await;
+        }
     }
 
     /// How long the connection has had no call in flight (zero while one is).
@@ -350,7 +366,6 @@ pin_project_lite::pin_project! {
         conn: Arc<Conn>,
         timer: Option<Pin<Box<Sleep>>>,
         phase: Phase,
-        idle: Option<Duration>,
     }
 }
 
@@ -364,7 +379,6 @@ impl<IO> Tracked<IO> {
                 (accepted + limits.handshake_timeout).into(),
             ))),
             phase: Phase::Handshake(0),
-            idle: limits.idle_timeout,
         }
     }
 
@@ -392,52 +406,32 @@ impl<IO: AsyncRead> AsyncRead for Tracked<IO> {
                     *read += buf.filled().len() - before;
                     if *read >= HANDSHAKE_BYTES {
                         *this.phase = Phase::Open;
-                        *this.timer = this.idle.map(|idle| Box::pin(tokio::time::sleep(idle)));
+                        *this.timer = None;
                     }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
+                // The timer is the handshake's deadline; it is gone once the handshake is done.
                 let Some(timer) = this.timer.as_mut() else {
                     return Poll::Pending;
                 };
-                loop {
-                    if timer.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    match (&*this.phase, *this.idle) {
-                        (Phase::Handshake(_), _) => {
-                            crate::metrics::connection_closed("handshake_timeout");
-                            crate::logging::throttled_warn(
-                                "handshake timeout",
-                                Some(this.conn.remote.ip()),
-                                &format!(
-                                    "connection from {} closed: no HTTP/2 handshake in time (limits.handshake_timeout_secs)",
-                                    this.conn.remote
-                                ),
-                            );
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "no HTTP/2 handshake in time",
-                            )));
-                        }
-                        (Phase::Open, Some(idle)) => {
-                            let idle_for = this.conn.idle_for();
-                            if idle_for >= idle {
-                                crate::metrics::connection_closed("idle");
-                                tracing::debug!(remote = %this.conn.remote, "idle connection closed");
-                                return Poll::Ready(Err(io::Error::new(
-                                    io::ErrorKind::TimedOut,
-                                    "idle connection closed",
-                                )));
-                            }
-                            // Not idle long enough yet: look again when it could be.
-                            let due = tokio::time::Instant::now() + (idle - idle_for);
-                            timer.as_mut().reset(due);
-                        }
-                        (Phase::Open, None) => return Poll::Pending,
-                    }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
+                crate::metrics::connection_closed("handshake_timeout");
+                crate::logging::throttled_warn(
+                    "handshake timeout",
+                    Some(this.conn.remote.ip()),
+                    &format!(
+                        "connection from {} closed: no HTTP/2 handshake in time (limits.handshake_timeout_secs)",
+                        this.conn.remote
+                    ),
+                );
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 handshake in time",
+                )))
             }
             ready => ready,
         }

@@ -472,7 +472,7 @@ async fn a_connection_with_no_calls_for_the_idle_timeout_is_closed() {
         .header("te", "trailers")
         .body(())
         .expect("request");
-    let mut ready = send.ready().await.expect("ready");
+    let mut ready = send.clone().ready().await.expect("ready");
     let (response, mut body) = ready.send_request(request, false).expect("send");
     let message = prost::Message::encode_to_vec(&CheckTradeRequest {
         account_id: "idle".into(),
@@ -486,9 +486,20 @@ async fn a_connection_with_no_calls_for_the_idle_timeout_is_closed() {
     assert_eq!(response.status(), 200);
     // Generous: the idle timeout is 0.3 s; this only bounds a failing test.
     let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
+    let ended = ended.expect("the idle connection was closed by the server");
     assert!(
-        ended.is_ok(),
-        "the idle connection was closed by the server"
+        ended.expect("the connection task").is_ok(),
+        "the connection ended cleanly"
+    );
+    // With a GOAWAY: the client knows to take its next call elsewhere, rather than finding
+    // the connection broken under it.
+    let error = send
+        .ready()
+        .await
+        .expect_err("no new call on a closed connection");
+    assert!(
+        error.is_go_away() && error.reason() == Some(h2::Reason::NO_ERROR),
+        "closed with a GOAWAY (NO_ERROR), not dropped: {error:?}"
     );
     server.stop().await;
 }

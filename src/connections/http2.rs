@@ -243,6 +243,7 @@ pub async fn serve<I, IO, S>(
             .initial_connection_window_size(settings.receive_window)
             .keep_alive_interval(settings.keepalive_interval)
             .keep_alive_timeout(settings.keepalive_timeout);
+        let conn = info.conn.clone();
         let service = PerConnection {
             info,
             service: service.clone(),
@@ -256,6 +257,13 @@ pub async fn serve<I, IO, S>(
             let result = tokio::select! {
                 result = drive(connection.as_mut(), &calls, &mut waiting, &runtime) => result,
                 _ = async { closing.wait_for(|closing| *closing).await.map(|_| ()) } => {
+                    connection.as_mut().graceful_shutdown();
+                    drive(connection.as_mut(), &calls, &mut waiting, &runtime).await
+                }
+                () = conn.idle_expired() => {
+                    crate::metrics::connection_closed("idle");
+                    tracing::debug!(remote = %conn.remote, "idle connection closed");
+                    // A GOAWAY: a call the client sends before it reads it is still taken.
                     connection.as_mut().graceful_shutdown();
                     drive(connection.as_mut(), &calls, &mut waiting, &runtime).await
                 }
