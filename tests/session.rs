@@ -501,3 +501,37 @@ async fn unary_with_deadline(
     let trailers = answer.trailers().await.unwrap().unwrap_or_default();
     read(&trailers)
 }
+
+#[tokio::test]
+async fn a_session_still_open_at_its_deadline_is_ended_with_deadline_exceeded() {
+    let server = TestServer::start("").await;
+    let (send, receive) = mpsc::channel(16);
+    let mut request = tonic::Request::new(ReceiverStream::new(receive));
+    request.set_timeout(Duration::from_millis(500));
+    let mut answers = server
+        .gate()
+        .trade_session(request)
+        .await
+        .expect("TradeSession")
+        .into_inner();
+    // The session works until its deadline.
+    send.send(check(1, "ACC-DEADLINE")).await.expect("send");
+    let answer = tokio::time::timeout(PATIENCE, answers.message())
+        .await
+        .expect("an answer within patience")
+        .expect("stream open")
+        .expect("an answer");
+    assert_eq!(answer.correlation_id, 1);
+    // Then nothing is sent, and the client keeps its end open: the server ends the call at
+    // its deadline (the client's own deadline covers only the answer's start).
+    let ended = tokio::time::timeout(PATIENCE, answers.message())
+        .await
+        .expect("the session ended within patience");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    // A session without a deadline is not ended by the server.
+    let mut session = Session::open(&server).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    session.send(check(3, "ACC-DEADLINE")).await;
+    assert_eq!(session.answer().await.correlation_id, 3);
+}

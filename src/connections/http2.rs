@@ -297,8 +297,9 @@ pin_project_lite::pin_project! {
         ByDeadline {
             #[pin]
             future: F,
-            // Boxed: only calls with a deadline pay for the timer's size.
-            expiry: Pin<Box<Expiry>>,
+            // Boxed: only calls with a deadline pay for the timer's size. Handed on to the
+            // answer's body once the answer starts (`None` then).
+            expiry: Option<Pin<Box<Expiry>>>,
         },
         Refused { response: Option<http::Response<Body>> },
     }
@@ -332,14 +333,27 @@ where
         match self.project() {
             AnswerProjection::Served { future } => future.poll(cx),
             AnswerProjection::ByDeadline { future, expiry } => {
+                let Some(timer) = expiry.as_mut() else {
+                    return Poll::Ready(Ok(tonic::Status::internal("answered twice").into_http()));
+                };
                 if let Poll::Ready(answer) = future.poll(cx) {
-                    return Poll::Ready(answer);
+                    // The deadline covers the whole call: a streaming answer (a trade session,
+                    // a watch) still open at it is ended there.
+                    let expiry = expiry.take();
+                    return Poll::Ready(answer.map(|response| {
+                        response.map(|body| {
+                            Body::new(DeadlineBody {
+                                inner: body,
+                                expiry,
+                            })
+                        })
+                    }));
                 }
                 // Past the deadline the client has given up: the call is dropped (a change it
                 // made is not undone, and a durable one still becomes durable).
-                let expiry = expiry.as_mut().project();
-                let timeout = *expiry.timeout;
-                expiry.sleep.poll(cx).map(|()| {
+                let timer = timer.as_mut().project();
+                let timeout = *timer.timeout;
+                timer.sleep.poll(cx).map(|()| {
                     Ok(tonic::Status::deadline_exceeded(format!(
                         "the call's deadline (grpc-timeout, {timeout:?}) passed before it was \
                          answered; a change it made may still take effect"
@@ -351,6 +365,58 @@ where
                 .take()
                 .unwrap_or_else(|| tonic::Status::internal("answered twice").into_http()))),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The body of an answer to a call with a deadline: the answer's own until it ends, or,
+    /// if the deadline passes first, trailers saying `DEADLINE_EXCEEDED` (the answer's body is
+    /// then dropped, which ends the call's handler as a client's cancel does).
+    struct DeadlineBody {
+        #[pin]
+        inner: Body,
+        // `None` once the deadline has ended the answer.
+        expiry: Option<Pin<Box<Expiry>>>,
+    }
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let Some(expiry) = this.expiry.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        let expiry = expiry.as_mut().project();
+        let timeout = *expiry.timeout;
+        if expiry.sleep.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        *this.expiry = None;
+        let status = tonic::Status::deadline_exceeded(format!(
+            "the call's deadline (grpc-timeout, {timeout:?}) passed; the stream is ended there"
+        ));
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(match status.add_header(&mut trailers) {
+            Ok(()) => Ok(hyper::body::Frame::trailers(trailers)),
+            Err(status) => Err(status),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expiry.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -402,7 +468,7 @@ where
                 },
                 Some(timeout) => Answer::ByDeadline {
                     future: service.call(request),
-                    expiry: Expiry::after(timeout),
+                    expiry: Some(Expiry::after(timeout)),
                 },
             },
             Poll::Ready(Err(never)) => match never {},
@@ -650,13 +716,13 @@ mod tests {
         let never = std::future::pending::<Result<http::Response<Body>, Infallible>>();
         let late = Answer::ByDeadline {
             future: never,
-            expiry: Expiry::after(Duration::from_millis(1)),
+            expiry: Some(Expiry::after(Duration::from_millis(1))),
         };
         let answer = late.await.unwrap();
         assert_eq!(status(answer), Some(tonic::Code::DeadlineExceeded));
         let prompt = Answer::ByDeadline {
             future: std::future::ready(Ok(http::Response::new(Body::empty()))),
-            expiry: Expiry::after(Duration::ZERO),
+            expiry: Some(Expiry::after(Duration::ZERO)),
         };
         let answer = prompt.await.unwrap();
         assert_eq!(
