@@ -538,6 +538,20 @@ mod tests {
             .expect("admitted")
     }
 
+    /// The `grpc-status` of a check presenting `token` on `conn` (`None`: served).
+    async fn status_of(
+        service: &mut AuthService<Answering>,
+        conn: &Arc<Conn>,
+        token: Option<&str>,
+    ) -> Option<String> {
+        let mut request = check_on(conn, token.unwrap_or_default());
+        if token.is_none() {
+            request.headers_mut().remove(http::header::AUTHORIZATION);
+        }
+        let response = service.call(request).await.expect("answered");
+        grpc_status(&response).map(str::to_owned)
+    }
+
     #[tokio::test]
     async fn a_connection_remembers_its_token_and_proves_any_other_token_anew() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -552,51 +566,41 @@ mod tests {
         let mut service = AuthLayer::new(auth.clone()).layer(Answering);
         let conn = connection();
 
-        let served = service
-            .call(check_on(&conn, "alpha-token"))
-            .await
-            .expect("answered");
-        assert_eq!(grpc_status(&served), None, "alpha may trade");
+        assert_eq!(
+            status_of(&mut service, &conn, Some("alpha-token")).await,
+            None
+        );
         assert!(
             conn.proven.lock().expect("lock").is_some(),
             "the token is remembered"
         );
-        let again = service
-            .call(check_on(&conn, "alpha-token"))
-            .await
-            .expect("answered");
-        assert_eq!(grpc_status(&again), None, "alpha, remembered");
-
-        // Another token on the same connection is its own principal, not the remembered one.
-        let watcher = service
-            .call(check_on(&conn, "watcher-token"))
-            .await
-            .expect("answered");
         assert_eq!(
-            grpc_status(&watcher),
-            Some("7"),
-            "PERMISSION_DENIED: a monitor may not trade"
+            status_of(&mut service, &conn, Some("alpha-token")).await,
+            None
         );
-        let unknown = service
-            .call(check_on(&conn, "alpha-tokem"))
-            .await
-            .expect("answered");
-        assert_eq!(grpc_status(&unknown), Some("16"), "UNAUTHENTICATED");
-        let no_token = {
-            let mut request = check_on(&conn, "alpha-token");
-            request.headers_mut().remove(http::header::AUTHORIZATION);
-            service.call(request).await.expect("answered")
-        };
+        // Another token on the same connection is its own principal, not the remembered one:
+        // a monitor may not trade (PERMISSION_DENIED), an unknown token or none is
+        // UNAUTHENTICATED.
         assert_eq!(
-            grpc_status(&no_token),
-            Some("16"),
-            "UNAUTHENTICATED without a token"
+            status_of(&mut service, &conn, Some("watcher-token"))
+                .await
+                .as_deref(),
+            Some("7")
         );
-        let back = service
-            .call(check_on(&conn, "alpha-token"))
-            .await
-            .expect("answered");
-        assert_eq!(grpc_status(&back), None, "alpha again");
+        assert_eq!(
+            status_of(&mut service, &conn, Some("alpha-tokem"))
+                .await
+                .as_deref(),
+            Some("16")
+        );
+        assert_eq!(
+            status_of(&mut service, &conn, None).await.as_deref(),
+            Some("16")
+        );
+        assert_eq!(
+            status_of(&mut service, &conn, Some("alpha-token")).await,
+            None
+        );
         assert_eq!(auth.counters.unauthenticated.load(Ordering::Relaxed), 2);
         assert_eq!(auth.counters.permission_denied.load(Ordering::Relaxed), 1);
     }
@@ -608,43 +612,37 @@ mod tests {
         let auth = Auth::new(&config);
         let mut service = AuthLayer::new(auth.clone()).layer(Answering);
         let conn = connection();
-        let served = service
-            .call(check_on(&conn, "alpha-token"))
-            .await
-            .expect("answered");
-        assert_eq!(grpc_status(&served), None);
+        assert_eq!(
+            status_of(&mut service, &conn, Some("alpha-token")).await,
+            None
+        );
 
         // alpha's token is rotated: the connection's remembered token no longer proves alpha.
         auth.reload(&token_config(
             dir.path(),
             &[("alpha", "bot", "alpha-token-2")],
         ));
-        let refused = service
-            .call(check_on(&conn, "alpha-token"))
-            .await
-            .expect("answered");
         assert_eq!(
-            grpc_status(&refused),
+            status_of(&mut service, &conn, Some("alpha-token"))
+                .await
+                .as_deref(),
             Some("16"),
             "UNAUTHENTICATED after the rotation"
         );
-        let rotated = service
-            .call(check_on(&conn, "alpha-token-2"))
-            .await
-            .expect("answered");
-        assert_eq!(grpc_status(&rotated), None, "the new token proves alpha");
+        assert_eq!(
+            status_of(&mut service, &conn, Some("alpha-token-2")).await,
+            None
+        );
 
         // alpha loses the bot role: its remembered token does not keep it.
         auth.reload(&token_config(
             dir.path(),
             &[("alpha", "monitor", "alpha-token-2")],
         ));
-        let demoted = service
-            .call(check_on(&conn, "alpha-token-2"))
-            .await
-            .expect("answered");
         assert_eq!(
-            grpc_status(&demoted),
+            status_of(&mut service, &conn, Some("alpha-token-2"))
+                .await
+                .as_deref(),
             Some("7"),
             "PERMISSION_DENIED after the reload"
         );
