@@ -565,7 +565,6 @@ mod tests {
         let auth = Auth::new(&config);
         let mut service = AuthLayer::new(auth.clone()).layer(Answering);
         let conn = connection();
-
         assert_eq!(
             status_of(&mut service, &conn, Some("alpha-token")).await,
             None
@@ -574,33 +573,19 @@ mod tests {
             conn.proven.lock().expect("lock").is_some(),
             "the token is remembered"
         );
-        assert_eq!(
-            status_of(&mut service, &conn, Some("alpha-token")).await,
-            None
-        );
-        // Another token on the same connection is its own principal, not the remembered one:
-        // a monitor may not trade (PERMISSION_DENIED), an unknown token or none is
-        // UNAUTHENTICATED.
-        assert_eq!(
-            status_of(&mut service, &conn, Some("watcher-token"))
-                .await
-                .as_deref(),
-            Some("7")
-        );
-        assert_eq!(
-            status_of(&mut service, &conn, Some("alpha-tokem"))
-                .await
-                .as_deref(),
-            Some("16")
-        );
-        assert_eq!(
-            status_of(&mut service, &conn, None).await.as_deref(),
-            Some("16")
-        );
-        assert_eq!(
-            status_of(&mut service, &conn, Some("alpha-token")).await,
-            None
-        );
+        // Then each token on the same connection is its own principal, not the remembered
+        // one: a monitor may not trade, an unknown token or none is refused.
+        let calls = [
+            (Some("alpha-token"), None),
+            (Some("watcher-token"), Some("7")),
+            (Some("alpha-tokem"), Some("16")),
+            (None, Some("16")),
+            (Some("alpha-token"), None),
+        ];
+        for (token, expected) in calls {
+            let status = status_of(&mut service, &conn, token).await;
+            assert_eq!(status.as_deref(), expected, "presenting {token:?}");
+        }
         assert_eq!(auth.counters.unauthenticated.load(Ordering::Relaxed), 2);
         assert_eq!(auth.counters.permission_denied.load(Ordering::Relaxed), 1);
     }
@@ -608,43 +593,33 @@ mod tests {
     #[tokio::test]
     async fn a_reload_proves_a_remembered_token_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = token_config(dir.path(), &[("alpha", "bot", "alpha-token")]);
-        let auth = Auth::new(&config);
+        let auth = Auth::new(&token_config(
+            dir.path(),
+            &[("alpha", "bot", "alpha-token")],
+        ));
         let mut service = AuthLayer::new(auth.clone()).layer(Answering);
         let conn = connection();
-        assert_eq!(
-            status_of(&mut service, &conn, Some("alpha-token")).await,
-            None
-        );
-
-        // alpha's token is rotated: the connection's remembered token no longer proves alpha.
-        auth.reload(&token_config(
-            dir.path(),
-            &[("alpha", "bot", "alpha-token-2")],
-        ));
-        assert_eq!(
-            status_of(&mut service, &conn, Some("alpha-token"))
-                .await
-                .as_deref(),
-            Some("16"),
-            "UNAUTHENTICATED after the rotation"
-        );
-        assert_eq!(
-            status_of(&mut service, &conn, Some("alpha-token-2")).await,
-            None
-        );
-
-        // alpha loses the bot role: its remembered token does not keep it.
-        auth.reload(&token_config(
-            dir.path(),
-            &[("alpha", "monitor", "alpha-token-2")],
-        ));
-        assert_eq!(
-            status_of(&mut service, &conn, Some("alpha-token-2"))
-                .await
-                .as_deref(),
-            Some("7"),
-            "PERMISSION_DENIED after the reload"
-        );
+        // (alpha's role and token in the configuration, the token presented, the status)
+        let steps = [
+            ("bot", "alpha-token", "alpha-token", None),
+            // The token is rotated: the remembered one no longer proves alpha.
+            ("bot", "alpha-token-2", "alpha-token", Some("16")),
+            ("bot", "alpha-token-2", "alpha-token-2", None),
+            // alpha loses the bot role: its remembered token does not keep it.
+            ("monitor", "alpha-token-2", "alpha-token-2", Some("7")),
+        ];
+        let mut in_force = ("bot", "alpha-token");
+        for (role, configured, presented, expected) in steps {
+            if (role, configured) != in_force {
+                auth.reload(&token_config(dir.path(), &[("alpha", role, configured)]));
+                in_force = (role, configured);
+            }
+            let status = status_of(&mut service, &conn, Some(presented)).await;
+            assert_eq!(
+                status.as_deref(),
+                expected,
+                "alpha as {role} with {configured}, presenting {presented}"
+            );
+        }
     }
 }
