@@ -79,11 +79,8 @@ async fn stall_forever(
         account_id: "victim-of-a-slow-client".into(),
         ..Default::default()
     };
-    let mut frame = vec![0u8];
-    let body = prost::Message::encode_to_vec(&message);
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    let partial = Bytes::copy_from_slice(&frame[..10.min(frame.len())]);
+    let frame = common::grpc_frame(&message);
+    let partial = frame.slice(..10.min(frame.len()));
     loop {
         let Ok(mut ready) = send.clone().ready().await else {
             return;
@@ -474,14 +471,12 @@ async fn a_connection_with_no_calls_for_the_idle_timeout_is_closed() {
         .expect("request");
     let mut ready = send.clone().ready().await.expect("ready");
     let (response, mut body) = ready.send_request(request, false).expect("send");
-    let message = prost::Message::encode_to_vec(&CheckTradeRequest {
+    let message = CheckTradeRequest {
         account_id: "idle".into(),
         ..Default::default()
-    });
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-    body.send_data(frame.into(), true).expect("data");
+    };
+    body.send_data(common::grpc_frame(&message), true)
+        .expect("data");
     let response = response.await.expect("answered");
     assert_eq!(response.status(), 200);
     // Generous: the idle timeout is 0.3 s; this only bounds a failing test.

@@ -44,10 +44,19 @@ struct Session {
 
 impl Session {
     async fn open(server: &TestServer) -> Session {
+        Session::open_by(server, None).await
+    }
+
+    /// A session whose call carries `deadline` (`grpc-timeout`) when given.
+    async fn open_by(server: &TestServer, deadline: Option<Duration>) -> Session {
         let (send, receive) = mpsc::channel(4096);
+        let mut request = tonic::Request::new(ReceiverStream::new(receive));
+        if let Some(deadline) = deadline {
+            request.set_timeout(deadline);
+        }
         let answers = server
             .gate()
-            .trade_session(ReceiverStream::new(receive))
+            .trade_session(request)
             .await
             .expect("TradeSession")
             .into_inner();
@@ -476,11 +485,7 @@ async fn unary_with_deadline(
         .body(())
         .unwrap();
     let (response, mut body) = send.send_request(request, false).unwrap();
-    let encoded = message.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&encoded);
-    body.send_data(bytes::Bytes::from(frame), true).unwrap();
+    body.send_data(grpc_frame(message), true).unwrap();
     let response = response.await.unwrap();
     let read = |headers: &::http::HeaderMap| {
         let get = |name: &str| {
@@ -505,26 +510,13 @@ async fn unary_with_deadline(
 #[tokio::test]
 async fn a_session_still_open_at_its_deadline_is_ended_with_deadline_exceeded() {
     let server = TestServer::start("").await;
-    let (send, receive) = mpsc::channel(16);
-    let mut request = tonic::Request::new(ReceiverStream::new(receive));
-    request.set_timeout(Duration::from_millis(500));
-    let mut answers = server
-        .gate()
-        .trade_session(request)
-        .await
-        .expect("TradeSession")
-        .into_inner();
+    let mut session = Session::open_by(&server, Some(Duration::from_millis(500))).await;
     // The session works until its deadline.
-    send.send(check(1, "ACC-DEADLINE")).await.expect("send");
-    let answer = tokio::time::timeout(PATIENCE, answers.message())
-        .await
-        .expect("an answer within patience")
-        .expect("stream open")
-        .expect("an answer");
-    assert_eq!(answer.correlation_id, 1);
+    session.send(check(1, "ACC-DEADLINE")).await;
+    assert_eq!(session.answer().await.correlation_id, 1);
     // Then nothing is sent, and the client keeps its end open: the server ends the call at
     // its deadline (the client's own deadline covers only the answer's start).
-    let ended = tokio::time::timeout(PATIENCE, answers.message())
+    let ended = tokio::time::timeout(PATIENCE, session.answers.message())
         .await
         .expect("the session ended within patience");
     let status = ended.expect_err("ended with a status");
@@ -534,4 +526,5 @@ async fn a_session_still_open_at_its_deadline_is_ended_with_deadline_exceeded() 
     tokio::time::sleep(Duration::from_millis(700)).await;
     session.send(check(3, "ACC-DEADLINE")).await;
     assert_eq!(session.answer().await.correlation_id, 3);
+    server.stop().await;
 }

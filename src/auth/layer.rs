@@ -101,7 +101,6 @@ where
     }
 }
 
-/// The client's address, for the log line of a refusal.
 /// What a token proved on a connection, under which policy.
 struct ProvenToken {
     policy: Arc<AuthPolicy>,
@@ -120,12 +119,11 @@ fn authenticate(
     headers: &http::HeaderMap,
     client_cert: Option<&[u8]>,
 ) -> Result<Arc<Principal>, &'static str> {
-    let remembering = match (
-        policy.mode(),
-        conn,
-        headers.get(http::header::AUTHORIZATION),
-    ) {
-        (AuthMode::Token, Some(conn), Some(authorization)) => Some((conn, authorization)),
+    // Only under token authentication: the header is not even looked up otherwise.
+    let remembering = match (policy.mode(), conn) {
+        (AuthMode::Token, Some(conn)) => headers
+            .get(http::header::AUTHORIZATION)
+            .map(|authorization| (conn, authorization)),
         _ => None,
     };
     if let Some((conn, authorization)) = remembering {
@@ -158,6 +156,7 @@ fn authenticate(
     Ok(principal)
 }
 
+/// The client's address, for the log line of a refusal.
 fn peer<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
     request
         .extensions()
@@ -488,21 +487,13 @@ mod tests {
         }
     }
 
-    fn sha256_hex(token: &str) -> String {
-        ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
     /// A configuration under token authentication with these principals: (name, role, token).
     fn token_config(dir: &std::path::Path, principals: &[(&str, &str, &str)]) -> Config {
         let mut text = String::from("[auth]\nmode = \"token\"\n");
         for (name, role, token) in principals {
             text.push_str(&format!(
                 "[[auth.principals]]\nname = \"{name}\"\nroles = [\"{role}\"]\ntoken_sha256 = \"{}\"\n",
-                sha256_hex(token)
+                crate::auth::token_sha256_hex(token)
             ));
         }
         let path = dir.join("riskgate.toml");

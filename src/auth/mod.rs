@@ -300,6 +300,15 @@ impl AuthPolicy {
     }
 }
 
+/// What `token_sha256` holds for `token`: its SHA-256, in lowercase hex (`riskgate hash-token`).
+pub fn token_sha256_hex(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Refuses a gate call (or trade session message) for an account the principal may not trade.
 /// The message does not say whether the account exists.
 pub fn authorize(principal: Option<&Principal>, account_id: &str) -> Result<(), Error> {

@@ -380,9 +380,7 @@ fn hash_token() -> Result<ExitCode, CliError> {
     if token.is_empty() {
         return Err(CliError::Refused("no token on stdin".into()));
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    sayln!("{hex}");
+    sayln!("{}", crate::auth::token_sha256_hex(token));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -321,6 +321,18 @@ impl Expiry {
             timeout,
         })
     }
+
+    /// Once the deadline has passed, the call's `DEADLINE_EXCEEDED`, `then` saying what of
+    /// the call it cut short.
+    fn poll_passed(self: Pin<&mut Self>, cx: &mut Context<'_>, then: &str) -> Poll<tonic::Status> {
+        let this = self.project();
+        let timeout = *this.timeout;
+        this.sleep.poll(cx).map(|()| {
+            tonic::Status::deadline_exceeded(format!(
+                "the call's deadline (grpc-timeout, {timeout:?}) passed{then}"
+            ))
+        })
+    }
 }
 
 impl<F> Future for Answer<F>
@@ -351,15 +363,13 @@ where
                 }
                 // Past the deadline the client has given up: the call is dropped (a change it
                 // made is not undone, and a durable one still becomes durable).
-                let timer = timer.as_mut().project();
-                let timeout = *timer.timeout;
-                timer.sleep.poll(cx).map(|()| {
-                    Ok(tonic::Status::deadline_exceeded(format!(
-                        "the call's deadline (grpc-timeout, {timeout:?}) passed before it was \
-                         answered; a change it made may still take effect"
-                    ))
-                    .into_http())
-                })
+                timer
+                    .as_mut()
+                    .poll_passed(
+                        cx,
+                        " before it was answered; a change it made may still take effect",
+                    )
+                    .map(|status| Ok(status.into_http()))
             }
             AnswerProjection::Refused { response } => Poll::Ready(Ok(response
                 .take()
@@ -395,15 +405,13 @@ impl hyper::body::Body for DeadlineBody {
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        let expiry = expiry.as_mut().project();
-        let timeout = *expiry.timeout;
-        if expiry.sleep.poll(cx).is_pending() {
+        let Poll::Ready(status) = expiry
+            .as_mut()
+            .poll_passed(cx, "; the stream is ended there")
+        else {
             return Poll::Pending;
-        }
+        };
         *this.expiry = None;
-        let status = tonic::Status::deadline_exceeded(format!(
-            "the call's deadline (grpc-timeout, {timeout:?}) passed; the stream is ended there"
-        ));
         let mut trailers = http::HeaderMap::new();
         Poll::Ready(Some(match status.add_header(&mut trailers) {
             Ok(()) => Ok(hyper::body::Frame::trailers(trailers)),

@@ -321,6 +321,16 @@ pub fn sha256_hex(token: &str) -> String {
         .collect()
 }
 
+/// `message` as one gRPC message on the wire: not compressed, its length, its bytes.
+pub fn grpc_frame(message: &impl prost::Message) -> bytes::Bytes {
+    let encoded = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + encoded.len());
+    frame.push(0u8);
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    frame.into()
+}
+
 /// Waits (within patience) until the server's health says SERVING: the store is loaded.
 pub async fn wait_until_serving(channel: Channel) {
     use tonic_health::pb::health_check_response::ServingStatus;
