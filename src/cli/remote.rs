@@ -301,7 +301,8 @@ pub(super) async fn status(
                 let page = client
                     .list_breakers(ListBreakersRequest {
                         state: 0,
-                        page_size: 0,
+                        // The largest page the server gives: each page reads every breaker.
+                        page_size: 10_000,
                         page_token,
                     })
                     .await

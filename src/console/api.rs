@@ -23,10 +23,9 @@ use crate::api::Caller;
 use crate::proto::admin_service_server::AdminService as _;
 use crate::proto::monitor_service_server::MonitorService as _;
 use crate::proto::{
-    watch_events_response::Kind, BreakerState, GetBreakerRequest, GetClusterRequest,
-    HaltAllRequest, HaltGroupRequest, ListAuditRecordsRequest, ListBreakersRequest,
-    ListHaltsRequest, Mode, ResetBreakerRequest, ResumeAllRequest, ResumeGroupRequest,
-    SetModeRequest, TripBreakerRequest, WatchEventsRequest,
+    watch_events_response::Kind, GetBreakerRequest, GetClusterRequest, HaltAllRequest,
+    HaltGroupRequest, ListAuditRecordsRequest, ListHaltsRequest, Mode, ResetBreakerRequest,
+    ResumeAllRequest, ResumeGroupRequest, SetModeRequest, TripBreakerRequest, WatchEventsRequest,
 };
 
 /// CLOSED, enforcing, untripped breakers shown on the overview beyond those that need
@@ -34,8 +33,6 @@ use crate::proto::{
 const CLOSED_SHOWN: usize = 500;
 /// Audit records shown on an account's page.
 const ACCOUNT_AUDIT: u32 = 50;
-/// Breakers read per page while the overview walks them.
-const PAGE: u32 = 10_000;
 
 /// A service call as the viewer, from the browser at `peer`.
 fn call<T>(viewer: &Viewer, peer: SocketAddr, message: T) -> tonic::Request<T> {
@@ -81,50 +78,24 @@ pub async fn overview(
         .await?
         .into_inner()
         .halts;
-    let needle = query.q.trim().to_lowercase();
-    let mut counts = Counts::default();
-    let mut attention = Vec::new();
-    let mut closed = Vec::new();
-    let mut closed_matching = 0usize;
-    let mut page_token = String::new();
-    loop {
-        let page = console
-            .monitor
-            .list_breakers(call(
-                &viewer,
-                peer,
-                ListBreakersRequest {
-                    state: 0,
-                    page_size: PAGE,
-                    page_token,
-                },
-            ))
-            .await?
-            .into_inner();
-        for b in page.breakers {
-            counts.add(&b);
-            if !needle.is_empty() && !b.account_id.to_lowercase().contains(&needle) {
-                continue;
-            }
-            let calm = b.state == BreakerState::Closed as i32
-                && b.mode == Mode::Enforce as i32
-                && !b.tripped_by_operator;
-            if !calm {
-                attention.push(json::breaker(&b));
-            } else {
-                closed_matching += 1;
-                if closed.len() < CLOSED_SHOWN {
-                    closed.push(json::breaker(&b));
-                }
-            }
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    // One walk of the registry for all of it: paging through a million breakers with
+    // ListBreakers would read them all for every page.
+    let survey = console
+        .registry
+        .survey(query.q.trim(), CLOSED_SHOWN)
+        .await
+        .map_err(|e| ApiError::from(tonic::Status::from(e)))?;
+    let shown = |views: Vec<crate::registry::BreakerView>| {
+        views
+            .into_iter()
+            .map(|view| json::breaker(&crate::api::convert::breaker(view)))
+            .collect::<Vec<_>>()
+    };
+    let closed_hidden = survey.calm_matching - survey.calm.len();
+    let counts = Counts::from(survey.counts);
+    let attention = shown(survey.attention);
+    let closed = shown(survey.calm);
     let groups: Vec<String> = console.registry.rulebook().groups.keys().cloned().collect();
-    let closed_hidden = closed_matching - closed.len();
     Ok(Json(json!({
         "sequence": sequence,
         "halts": halts.iter().map(json::halt).collect::<Vec<_>>(),
@@ -170,21 +141,16 @@ struct Counts {
     tripped: usize,
 }
 
-impl Counts {
-    fn add(&mut self, b: &crate::proto::Breaker) {
-        self.total += 1;
-        match BreakerState::try_from(b.state) {
-            Ok(BreakerState::Open) => self.open += 1,
-            Ok(BreakerState::HalfOpen) => self.half_open += 1,
-            _ => self.closed += 1,
-        }
-        match Mode::try_from(b.mode) {
-            Ok(Mode::Shadow) => self.shadow += 1,
-            Ok(Mode::Disabled) => self.disabled += 1,
-            _ => {}
-        }
-        if b.tripped_by_operator {
-            self.tripped += 1;
+impl From<crate::registry::Counts> for Counts {
+    fn from(c: crate::registry::Counts) -> Self {
+        Counts {
+            total: c.total,
+            closed: c.closed,
+            open: c.open,
+            half_open: c.half_open,
+            shadow: c.shadow,
+            disabled: c.disabled,
+            tripped: c.tripped,
         }
     }
 }

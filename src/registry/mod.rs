@@ -51,7 +51,7 @@ pub use changes::WhenDurable;
 pub use replica::Replicated;
 pub use rulebook::{AccountPattern, Rulebook, SettingSource};
 pub use view::{BreakerView, ProbeView};
-pub use views::Subscription;
+pub use views::{Counts, Subscription, Survey};
 
 use accounts::{Accounts, Locked};
 use answers::{shadowed, Explanation, DISABLED};
@@ -313,6 +313,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod durability_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod views_tests;
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)

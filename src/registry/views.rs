@@ -1,7 +1,134 @@
 //! What monitors read: one breaker, pages of breakers, a watch's starting point, the audit
 //! trail; each given once everything it shows is durable.
 
+use std::cmp::Ordering as ByOrder;
+use std::collections::BinaryHeap;
+
 use super::*;
+
+/// Accounts a walk of the registry reads between two turns it gives back to the runtime (at
+/// the end of a shard: a walk holds one shard's lock at a time and never across a turn). A
+/// walk reads about 100-160 ns an account on a large registry, most of it fetching the id.
+pub(super) const SCAN_TURN: usize = 1_024;
+
+/// What [`Registry::survey`] found.
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub counts: Counts,
+    /// The breakers that need attention among the matching accounts, by account id.
+    pub attention: Vec<BreakerView>,
+    /// The first calm breakers among the matching accounts, by account id.
+    pub calm: Vec<BreakerView>,
+    /// Calm breakers among the matching accounts, shown or not.
+    pub calm_matching: usize,
+}
+
+/// Breakers by state and by mode, of every account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: usize,
+    /// CLOSED, as its last change left it (a breaker whose recovery time has passed is OPEN
+    /// here until something looks at it).
+    pub closed: usize,
+    pub open: usize,
+    pub half_open: usize,
+    pub shadow: usize,
+    pub disabled: usize,
+    pub tripped: usize,
+}
+
+impl Counts {
+    fn add(&mut self, state: State, mode: Mode, tripped: bool) {
+        self.total += 1;
+        match state {
+            State::Closed => self.closed += 1,
+            State::Open => self.open += 1,
+            State::HalfOpen => self.half_open += 1,
+        }
+        match mode {
+            Mode::Shadow => self.shadow += 1,
+            Mode::Disabled => self.disabled += 1,
+            Mode::Enforce => {}
+        }
+        if tripped {
+            self.tripped += 1;
+        }
+    }
+}
+
+/// Whether `id` contains `needle`, which is lowercase, ignoring ASCII case (account ids are
+/// ASCII).
+fn contains_ignoring_case(id: &str, needle: &str) -> bool {
+    needle.is_empty()
+        || id
+            .as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// A breaker kept for a page, ordered by account id.
+struct Picked {
+    view: BreakerView,
+    ticket: u64,
+}
+
+impl PartialEq for Picked {
+    fn eq(&self, other: &Self) -> bool {
+        self.view.account_id == other.view.account_id
+    }
+}
+
+impl Eq for Picked {}
+
+impl PartialOrd for Picked {
+    fn partial_cmp(&self, other: &Self) -> Option<ByOrder> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Picked {
+    fn cmp(&self, other: &Self) -> ByOrder {
+        self.view.account_id.cmp(&other.view.account_id)
+    }
+}
+
+/// The `keep` breakers with the lowest account ids among those offered: a view is built only
+/// for an account that is among the lowest so far.
+struct Lowest {
+    keep: usize,
+    /// The highest kept id on top.
+    heap: BinaryHeap<Picked>,
+}
+
+impl Lowest {
+    fn new(keep: usize) -> Self {
+        Lowest {
+            keep,
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    fn offer(&mut self, id: &str, picked: impl FnOnce() -> (BreakerView, u64)) {
+        if self.keep == 0 {
+            return;
+        }
+        if self.heap.len() == self.keep {
+            match self.heap.peek_mut() {
+                Some(highest) if id < highest.view.account_id.as_str() => {
+                    std::collections::binary_heap::PeekMut::pop(highest);
+                }
+                _ => return,
+            }
+        }
+        let (view, ticket) = picked();
+        self.heap.push(Picked { view, ticket });
+    }
+
+    /// The kept breakers, lowest id first.
+    fn into_sorted(self) -> Vec<Picked> {
+        self.heap.into_sorted_vec()
+    }
+}
 
 /// Where a watcher starts: an optional snapshot, then the feed of events.
 pub struct Subscription {
@@ -59,39 +186,100 @@ impl Registry {
         limit: usize,
     ) -> Result<(Vec<BreakerView>, bool)> {
         self.ensure_ready()?;
-        let (views, more, ticket) = self.list_now(state, after, limit);
+        let (views, more, ticket) = self.page(state, after, limit).await;
         self.durable_through(ticket).await?;
         Ok((views, more))
     }
 
     /// [`Registry::list`] as memory holds it, with the ticket it must wait for.
-    pub(super) fn list_now(
+    ///
+    /// The accounts sit in hash tables, so a page reads every breaker in the registry: it keeps
+    /// the `limit` (and one more, to tell whether more follow) with the lowest ids above
+    /// `after` and builds views of those alone, holding one shard's lock at a time and giving
+    /// the thread back to the runtime every [`SCAN_TURN`] breakers, so that the checks served
+    /// on the same thread wait for a slice of the walk rather than all of it.
+    pub(super) async fn page(
         &self,
         state: Option<State>,
         after: Option<&str>,
         limit: usize,
     ) -> (Vec<BreakerView>, bool, u64) {
         let now = self.clock.now();
-        let mut views = Vec::new();
-        let mut ticket = 0;
-        for shard in self.shards.iter() {
-            let shard = lock(shard);
-            views.extend(
-                shard
-                    .iter()
-                    .filter(|(id, _)| after.is_none_or(|after| *id > after))
-                    .filter(|(_, slot)| state.is_none_or(|s| slot.breaker.state() == s))
-                    .map(|(id, slot)| {
-                        ticket = ticket.max(slot.ticket);
-                        slot.view(id, now)
-                    }),
-            );
-        }
-        views.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
-        let more = views.len() > limit;
-        views.truncate(limit);
+        let mut lowest = Lowest::new(limit.saturating_add(1));
+        self.walk(|id, slot| {
+            if after.is_some_and(|after| id <= after)
+                || state.is_some_and(|state| slot.breaker.state() != state)
+            {
+                return;
+            }
+            lowest.offer(id, || (slot.view(id, now), slot.ticket));
+        })
+        .await;
+        let mut picked = lowest.into_sorted();
+        let more = picked.len() > limit;
+        picked.truncate(limit);
+        let ticket = picked.iter().map(|p| p.ticket).max().unwrap_or(0);
+        let mut views: Vec<BreakerView> = picked.into_iter().map(|p| p.view).collect();
         self.add_groups(&mut views);
         (views, more, ticket)
+    }
+
+    /// What an overview of the whole registry shows, in one walk: counts of every breaker,
+    /// each breaker that needs attention (not CLOSED, not enforcing, or tripped by an
+    /// operator) and the first `calm_shown` of the others by account id, those last two only
+    /// among accounts whose id contains `needle` (ignoring case; empty: all). Given once
+    /// everything it counts is durable.
+    pub async fn survey(&self, needle: &str, calm_shown: usize) -> Result<Survey> {
+        self.ensure_ready()?;
+        let now = self.clock.now();
+        let needle = needle.to_ascii_lowercase();
+        let mut survey = Survey::default();
+        let mut attention = Vec::new();
+        let mut calm = Lowest::new(calm_shown);
+        let mut ticket = 0;
+        self.walk(|id, slot| {
+            ticket = ticket.max(slot.ticket);
+            let state = slot.breaker.state();
+            let mode = slot.mode.unwrap_or(slot.settings.mode);
+            let tripped = slot.breaker.is_tripped();
+            survey.counts.add(state, mode, tripped);
+            if !contains_ignoring_case(id, &needle) {
+                return;
+            }
+            if state == State::Closed && mode == Mode::Enforce && !tripped {
+                survey.calm_matching += 1;
+                calm.offer(id, || (slot.view(id, now), slot.ticket));
+            } else {
+                attention.push(slot.view(id, now));
+            }
+        })
+        .await;
+        self.durable_through(ticket).await?;
+        attention.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
+        survey.attention = attention;
+        survey.calm = calm.into_sorted().into_iter().map(|p| p.view).collect();
+        self.add_groups(&mut survey.attention);
+        self.add_groups(&mut survey.calm);
+        Ok(survey)
+    }
+
+    /// Calls `visit` with every account and its slot, one shard locked at a time, giving the
+    /// thread back to the runtime after every [`SCAN_TURN`] accounts.
+    async fn walk(&self, mut visit: impl FnMut(&str, &Slot)) {
+        let mut since_turn = 0;
+        for shard in self.shards.iter() {
+            {
+                let shard = lock(shard);
+                since_turn += shard.len();
+                for (id, slot) in shard.iter() {
+                    visit(id, slot);
+                }
+            }
+            if since_turn >= SCAN_TURN {
+                since_turn = 0;
+                tokio::task::yield_now().await;
+            }
+        }
     }
 
     /// Starts following events: with `after` (resume), the retained events after it; without,
@@ -114,7 +302,7 @@ impl Registry {
             None => {
                 let now = self.clock.now();
                 let (views, ticket) = if accounts.is_empty() {
-                    let (views, _, ticket) = self.list_now(None, None, usize::MAX);
+                    let (views, _, ticket) = self.page(None, None, usize::MAX).await;
                     (views, ticket)
                 } else {
                     let mut ticket = 0;
