@@ -192,23 +192,14 @@ async fn a_survey_counts_every_breaker_and_shows_those_that_need_attention() {
     // The needle picks accounts by id, ignoring case; the counts stay those of every breaker.
     let desks = registry.survey("DESK-", 1_000).await.expect("survey");
     assert_eq!(desks.counts, survey.counts);
-    let matching = |id: &&String| id.to_lowercase().contains("desk-");
-    assert_eq!(
-        shown(&desks.attention),
-        attention
-            .iter()
-            .filter(matching)
+    let matching = |ids: &[String]| -> Vec<String> {
+        ids.iter()
+            .filter(|id| id.to_lowercase().contains("desk-"))
             .cloned()
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(
-        shown(&desks.calm),
-        calm_ids
-            .iter()
-            .filter(matching)
-            .cloned()
-            .collect::<Vec<_>>()
-    );
+            .collect()
+    };
+    assert_eq!(shown(&desks.attention), matching(&attention));
+    assert_eq!(shown(&desks.calm), matching(&calm_ids));
     assert_eq!(desks.calm_matching, desks.calm.len());
     let none = registry.survey("no such desk", 10).await.expect("survey");
     assert!(none.attention.is_empty() && none.calm.is_empty() && none.calm_matching == 0);
