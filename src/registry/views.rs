@@ -27,8 +27,6 @@ pub struct Survey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub total: usize,
-    /// CLOSED, as its last change left it (a breaker whose recovery time has passed is OPEN
-    /// here until something looks at it).
     pub closed: usize,
     pub open: usize,
     pub half_open: usize,
