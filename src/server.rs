@@ -519,7 +519,7 @@ async fn follow_config(
                 if new.version() == current.version() {
                     continue;
                 }
-                registry.reload(new.rulebook());
+                registry.reload(new.rulebook()).await;
                 auth.reload(&new);
                 tracing::info!(trigger = why, from = %current.version(), to = %new.version(), "configuration reloaded");
                 current = new;

@@ -99,7 +99,7 @@ impl Registry {
         let when = {
             // Held until the change is applied: no other change of operator settings, and no
             // reload, comes between reading the account's settings and replacing them.
-            let _changing = lock(&self.settings_changes);
+            let _changing = self.settings_changes.lock().await;
             let current = self
                 .shard(account_id)
                 .get(account_id)

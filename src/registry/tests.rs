@@ -333,7 +333,7 @@ async fn a_reload_applies_to_the_next_decision_and_keeps_every_breaker() {
         ..Settings::default()
     });
     policy.version = "v2".into();
-    registry.reload(policy);
+    registry.reload(policy).await;
     let after = registry.get("ACC").await.expect("breaker");
     assert_eq!((after.state, after.failure_count), (State::Closed, 1));
     assert_eq!(after.settings.failure_threshold, 1);
@@ -742,7 +742,7 @@ async fn operator_settings_apply_at_once_outlive_reloads_and_restarts_and_clear_
         failure_threshold: 4,
         ..Settings::default()
     });
-    registry.reload(policy.clone());
+    registry.reload(policy.clone()).await;
     let reloaded = registry.get("ACC").await.expect("breaker");
     assert_eq!(reloaded.settings.failure_threshold, 1);
     assert_eq!(

@@ -6,11 +6,6 @@ use std::collections::BinaryHeap;
 
 use super::*;
 
-/// Accounts a walk of the registry reads between two turns it gives back to the runtime (at
-/// the end of a shard: a walk holds one shard's lock at a time and never across a turn). A
-/// walk reads about 100-160 ns an account on a large registry, most of it fetching the id.
-pub(super) const SCAN_TURN: usize = 1_024;
-
 /// What [`Registry::survey`] found.
 #[derive(Debug, Default)]
 pub struct Survey {
@@ -261,23 +256,14 @@ impl Registry {
         Ok(survey)
     }
 
-    /// Calls `visit` with every account and its slot, one shard locked at a time, giving the
-    /// thread back to the runtime after every [`SCAN_TURN`] accounts.
+    /// Calls `visit` with every account and its slot (see [`Registry::each_shard`]).
     async fn walk(&self, mut visit: impl FnMut(&str, &Slot)) {
-        let mut since_turn = 0;
-        for shard in self.shards.iter() {
-            {
-                let shard = lock(shard);
-                since_turn += shard.len();
-                for (id, slot) in shard.iter() {
-                    visit(id, slot);
-                }
+        self.each_shard(|shard| {
+            for (id, slot) in shard.iter() {
+                visit(id, slot);
             }
-            if since_turn >= SCAN_TURN {
-                since_turn = 0;
-                tokio::task::yield_now().await;
-            }
-        }
+        })
+        .await;
     }
 
     /// Starts following events: with `after` (resume), the retained events after it; without,

@@ -205,12 +205,12 @@ async fn a_survey_counts_every_breaker_and_shows_those_that_need_attention() {
     assert!(none.attention.is_empty() && none.calm.is_empty() && none.calm_matching == 0);
 }
 
-/// A page and a survey of many breakers give the runtime's thread back while they walk: a task
-/// beside them on a current-thread runtime gets turns before they finish.
+/// A page, a survey and a reload of many breakers give the runtime's thread back while they
+/// walk: a task beside them on a current-thread runtime gets turns before they finish.
 #[tokio::test(flavor = "current_thread")]
-async fn a_walk_of_many_breakers_lets_other_tasks_run() {
+async fn walks_of_many_breakers_let_other_tasks_run() {
     let registry = registry();
-    for id in ids(4 * views::SCAN_TURN) {
+    for id in ids(4 * SCAN_TURN) {
         registry.check(&id, Intent::New).await.expect("check");
     }
     let turns = Arc::new(AtomicUsize::new(0));
@@ -231,9 +231,21 @@ async fn a_walk_of_many_breakers_lets_other_tasks_run() {
     let before = turns.load(Ordering::Relaxed);
     registry.survey("", 10).await.expect("survey");
     let during_survey = turns.load(Ordering::Relaxed) - before;
+    let before = turns.load(Ordering::Relaxed);
+    registry.reload(Rulebook::default()).await;
+    let during_reload = turns.load(Ordering::Relaxed) - before;
     beside.abort();
     assert!(
-        during_page >= 3 && during_survey >= 3,
-        "turns the task beside had: {during_page} during a page, {during_survey} during a survey"
+        during_page >= 3 && during_survey >= 3 && during_reload >= 3,
+        "turns the task beside had: {during_page} during a page, {during_survey} during a \
+         survey, {during_reload} during a reload"
+    );
+    let threshold = Settings::default().failure_threshold;
+    assert_ne!(threshold, 1, "the reload changes what the registry had");
+    let (all, _) = registry.list(None, None, usize::MAX).await.expect("list");
+    assert!(
+        all.iter()
+            .all(|view| view.settings.failure_threshold == threshold),
+        "the reload reached every account"
     );
 }
