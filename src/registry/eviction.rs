@@ -9,12 +9,19 @@
 //! [`SAMPLE`] idle breakers, and takes the least recently used of them: exact LRU while
 //! the registry holds few idle breakers, and an approximation of it that costs a few hundred
 //! slot reads per eviction when it holds many. Only when little is idle does it read every
-//! shard.
+//! shard; when that finds nothing idle, new accounts are refused for [`NOTHING_IDLE_RESPITE`]
+//! without another search, so that a flood of new accounts at the limit (an incident, when
+//! most breakers hold failures) does not walk the whole registry on every one of their checks
+//! (a million accounts: tens of milliseconds each, on the thread that serves other checks).
 
 use super::*;
 
 /// Idle breakers seen before settling for the least recently used of them.
 const SAMPLE: usize = 64;
+
+/// After a search of every shard found no idle breaker, how long new accounts are refused
+/// without searching again. A breaker that becomes idle meanwhile makes room after it.
+const NOTHING_IDLE_RESPITE: Duration = Duration::from_secs(1);
 
 /// A slot's `used` stamp for `now`: Unix seconds (the service clock), which fit a `u32` until
 /// 2106.
@@ -43,6 +50,9 @@ impl Registry {
     /// Evicts the least recently used idle breaker found; whether one went.
     pub(super) fn evict_idle(&self) -> bool {
         let now = self.clock.recent();
+        if now.as_unix_nanos() < self.nothing_idle_until.load(Ordering::Relaxed) {
+            return false;
+        }
         let start = self.eviction_cursor.fetch_add(1, Ordering::Relaxed);
         let mut oldest: Option<(u32, usize, Box<str>)> = None;
         let mut seen = 0;
@@ -65,6 +75,11 @@ impl Registry {
             }
         }
         let Some((_, index, account_id)) = oldest else {
+            // Every shard read, nothing idle.
+            let until = now
+                .as_unix_nanos()
+                .saturating_add(u64::try_from(NOTHING_IDLE_RESPITE.as_nanos()).unwrap_or(u64::MAX));
+            self.nothing_idle_until.store(until, Ordering::Relaxed);
             return false;
         };
         let hash = accounts::hash(&self.hasher, &account_id);

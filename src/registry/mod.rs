@@ -28,7 +28,7 @@ mod view;
 mod views;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -148,6 +148,9 @@ pub struct Registry {
     /// Where the next search for an idle breaker to evict starts, so that successive searches
     /// look at different shards.
     eviction_cursor: AtomicUsize,
+    /// Until when (Unix nanoseconds, the service clock) new accounts at the limit are refused
+    /// without a search: the last search read every shard and found nothing idle.
+    nothing_idle_until: AtomicU64,
     events: EventLog,
     deadlines: DeadlineQueue,
     store: Arc<dyn Store>,
@@ -173,6 +176,7 @@ impl Registry {
             max_accounts: options.max_accounts,
             accounts: AtomicUsize::new(0),
             eviction_cursor: AtomicUsize::new(0),
+            nothing_idle_until: AtomicU64::new(0),
             events: EventLog::new(
                 options.retained_events,
                 options.retained_age,

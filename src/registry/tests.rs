@@ -666,6 +666,50 @@ async fn with_nothing_idle_a_new_account_is_refused_naming_the_limit() {
     assert!(registry.get("Y").await.is_ok());
 }
 
+/// A search that read every shard and found nothing idle is not repeated for a second: new
+/// accounts meanwhile are refused at once, even when a breaker has become idle since; after the
+/// second that breaker makes room.
+#[tokio::test]
+async fn with_nothing_idle_new_accounts_are_refused_for_a_second_without_another_search() {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_nanos(
+        1_700_000_000_000_000_000,
+    )));
+    let options = RegistryOptions {
+        rulebook: Rulebook {
+            defaults: Arc::new(Settings {
+                failure_threshold: 2,
+                failure_window: Duration::from_millis(500),
+                ..Settings::default()
+            }),
+            ..Rulebook::default()
+        },
+        max_accounts: 2,
+        ..RegistryOptions::default()
+    };
+    let registry = Registry::new(options, Arc::new(MemoryStore::new(100)), clock.clone());
+    registry.load().expect("an empty store loads");
+    // One failure each, in the window: CLOSED, and nothing that may be forgotten.
+    fail(&registry, "X").await;
+    fail(&registry, "Y").await;
+    let refused =
+        |result: Result<CheckResult>| matches!(result, Err(Error::AccountLimit { max: 2 }));
+    assert!(
+        refused(registry.check("Z", Intent::New).await),
+        "nothing idle"
+    );
+    // The failures leave the window: both breakers are idle now, but the last search is recent.
+    clock.advance(Duration::from_millis(600));
+    assert!(
+        refused(registry.check("Z", Intent::New).await),
+        "within the second"
+    );
+    assert_eq!(registry.account_count(), 2);
+    clock.advance(Duration::from_millis(500));
+    let admitted = registry.check("Z", Intent::New).await.expect("room made");
+    assert!(admitted.allowed);
+    assert_eq!(registry.account_count(), 2);
+}
+
 /// Operator settings decide from the next report on, outlive reloads and restarts, show where
 /// each value comes from, are refused whole when invalid, and clear back to the file's.
 #[tokio::test]
