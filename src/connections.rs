@@ -8,8 +8,9 @@
 //! closed by its HTTP/2 task with a GOAWAY, so that a client's call racing the close is either
 //! taken or retried on a new connection, never failed. The connection's shared state
 //! ([`Conn`]) rides along to every call as its connect info, so that the call layer counts
-//! calls in flight per connection and per peer. The accept loop backs off when the process runs out of file descriptors instead of
-//! spinning. [`serve`] speaks HTTP/2 on the admitted connections (`http2`).
+//! calls in flight per connection and per peer. The accept loop backs off when the process
+//! runs out of file descriptors instead of spinning. [`serve`] speaks HTTP/2 on the admitted
+//! connections (`http2`).
 
 mod http2;
 

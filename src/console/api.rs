@@ -92,7 +92,7 @@ pub async fn overview(
             .collect::<Vec<_>>()
     };
     let closed_hidden = survey.calm_matching - survey.calm.len();
-    let counts = Counts::from(survey.counts);
+    let counts = counts(survey.counts);
     let attention = shown(survey.attention);
     let closed = shown(survey.calm);
     let groups: Vec<String> = console.registry.rulebook().groups.keys().cloned().collect();
@@ -130,29 +130,17 @@ async fn node(console: &Console, viewer: &Viewer, peer: SocketAddr) -> Value {
     }
 }
 
-#[derive(Default, serde::Serialize)]
-struct Counts {
-    total: usize,
-    closed: usize,
-    open: usize,
-    half_open: usize,
-    shadow: usize,
-    disabled: usize,
-    tripped: usize,
-}
-
-impl From<crate::registry::Counts> for Counts {
-    fn from(c: crate::registry::Counts) -> Self {
-        Counts {
-            total: c.total,
-            closed: c.closed,
-            open: c.open,
-            half_open: c.half_open,
-            shadow: c.shadow,
-            disabled: c.disabled,
-            tripped: c.tripped,
-        }
-    }
+/// The overview's counts, as the page reads them.
+fn counts(c: crate::registry::Counts) -> Value {
+    json!({
+        "total": c.total,
+        "closed": c.closed,
+        "open": c.open,
+        "half_open": c.half_open,
+        "shadow": c.shadow,
+        "disabled": c.disabled,
+        "tripped": c.tripped,
+    })
 }
 
 /// `GET /api/accounts/{id}`: the breaker in full (or that riskgate has never seen the

@@ -76,10 +76,9 @@ impl Registry {
         }
         let Some((_, index, account_id)) = oldest else {
             // Every shard read, nothing idle.
-            let until = now
-                .as_unix_nanos()
-                .saturating_add(u64::try_from(NOTHING_IDLE_RESPITE.as_nanos()).unwrap_or(u64::MAX));
-            self.nothing_idle_until.store(until, Ordering::Relaxed);
+            let until = now.saturating_add(NOTHING_IDLE_RESPITE);
+            self.nothing_idle_until
+                .store(until.as_unix_nanos(), Ordering::Relaxed);
             return false;
         };
         let hash = accounts::hash(&self.hasher, &account_id);

@@ -49,8 +49,7 @@ impl Counts {
     }
 }
 
-/// Whether `id` contains `needle`, which is lowercase, ignoring ASCII case (account ids are
-/// ASCII).
+/// Whether `id` contains `needle`, ignoring ASCII case (account ids are ASCII).
 fn contains_ignoring_case(id: &str, needle: &str) -> bool {
     needle.is_empty()
         || id
@@ -241,7 +240,6 @@ impl Registry {
     pub async fn survey(&self, needle: &str, calm_shown: usize) -> Result<Survey> {
         self.ensure_ready()?;
         let now = self.clock.now();
-        let needle = needle.to_ascii_lowercase();
         let mut survey = Survey::default();
         let mut attention = Vec::new();
         let mut calm = Lowest::new(calm_shown);
@@ -252,7 +250,7 @@ impl Registry {
             let mode = slot.mode.unwrap_or(slot.settings.mode);
             let tripped = slot.breaker.is_tripped();
             survey.counts.add(state, mode, tripped);
-            if !contains_ignoring_case(id, &needle) {
+            if !contains_ignoring_case(id, needle) {
                 return;
             }
             if state == State::Closed && mode == Mode::Enforce && !tripped {
